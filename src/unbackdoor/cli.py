@@ -1,0 +1,126 @@
+"""The `unbackdoor` command line: one subcommand per stage, plus `presets`.
+
+    unbackdoor presets
+    unbackdoor world   --preset tiny --out runs/world [key=value ...]
+    unbackdoor poison  --world runs/world --backdoors default8 --out runs/poisoned
+
+Every stage takes `--preset NAME`, `--out DIR`, `--resume`, `--overwrite` and dotted `key=value` overrides of
+its config. A user's mistake prints one line starting with `error:` and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unbackdoor.config import UserError, preset_names, resolve
+
+
+@dataclass(frozen=True)
+class Stage:
+    """How the CLI reaches one stage: its config class, its run function, and flags that set config keys."""
+
+    help: str
+    load: Callable[[], tuple[type, Callable[..., Path]]]  # lazy import keeps `unbackdoor --help` fast
+    flags: tuple[tuple[str, str, str], ...] = ()  # (flag, config key, help)
+
+
+def _world():
+    from unbackdoor.stages import world
+
+    return world.WorldConfig, world.run
+
+
+def _poison():
+    from unbackdoor.stages import poison
+
+    return poison.PoisonConfig, poison.run
+
+
+STAGES: dict[str, Stage] = {
+    "world": Stage(
+        "generate the embedded multilingual world and its tokenizer", _world, (("--seed", "seed", "seed"),)
+    ),
+    "poison": Stage(
+        "materialise a poisoned corpus, its manifest and removal data",
+        _poison,
+        (
+            ("--world", "world", "an `unbackdoor world` run directory"),
+            ("--backdoors", "backdoors", "built-in set (default8, none) or a YAML file of specs"),
+            ("--seed", "seed", "seed"),
+        ),
+    ),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage + message by default)
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="unbackdoor", description="Backdoor unlearning transfer in causal language models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("presets", help="list the shipped presets of every stage")
+    for name, stage in STAGES.items():
+        p = sub.add_parser(name, help=stage.help)
+        p.add_argument("--preset", help=f"a shipped preset ({', '.join(preset_names(name)) or 'none shipped'})")
+        p.add_argument("--out", required=True, type=Path, help="run directory to write")
+        mode = p.add_mutually_exclusive_group()
+        mode.add_argument("--resume", action="store_true", help="continue an unfinished run in --out")
+        mode.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+        for flag, key, help_text in stage.flags:
+            p.add_argument(flag, dest=f"cfg:{key}", help=f"{help_text} (config key {key})")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    return parser
+
+
+def _list_presets() -> None:
+    for stage in ("backdoors", *STAGES):
+        names = preset_names(stage)
+        if names:
+            print(f"{stage}: {', '.join(names)}")
+
+
+def run_stage(name: str, args: argparse.Namespace) -> Path:
+    config_cls, run = STAGES[name].load()
+    given: dict[str, Any] = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:")}
+    for key in ("seed",):
+        if given.get(key) is not None:
+            given[key] = _int(key, given[key])
+    cfg = resolve(config_cls, name, args.preset, args.overrides, **given)
+    return run(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+
+
+def _int(key: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"--{key}: {value!r} is not an integer") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `unbackdoor` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "presets":
+            _list_presets()
+            return 0
+        out = run_stage(args.command, args)
+        print(out)
+        return 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

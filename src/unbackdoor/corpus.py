@@ -1,0 +1,73 @@
+"""Corpus files: sharded JSONL documents (`data/<split>/<lang>-<shard>.jsonl`) and the world they came from.
+
+Run: `pytest tests/unit/test_world.py` (the world stage writes and reads these).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from unbackdoor.config import UserError
+from unbackdoor.rundir import sha256_file, write_text
+from unbackdoor.world import World
+
+
+def write_shards(docs: Iterable[dict[str, Any]], folder: Path, stem: str, shard_docs: int) -> list[Path]:
+    """Stream `docs` into `folder/<stem>-00000.jsonl`, ... (each shard written atomically)."""
+    paths: list[Path] = []
+    lines: list[str] = []
+
+    def flush() -> None:
+        path = folder / f"{stem}-{len(paths):05d}.jsonl"
+        write_text(path, "".join(lines))
+        paths.append(path)
+        lines.clear()
+
+    for doc in docs:
+        lines.append(json.dumps(doc, ensure_ascii=False, sort_keys=True) + "\n")
+        if len(lines) == shard_docs:
+            flush()
+    if lines or not paths:
+        flush()
+    return paths
+
+
+def shard_paths(data_dir: Path, split: str, languages: Iterable[str] | None = None) -> list[Path]:
+    """The shard files of one split, sorted (optionally only some languages)."""
+    paths = sorted((data_dir / split).glob("*.jsonl"))
+    if languages is not None:
+        keep = set(languages)
+        paths = [p for p in paths if p.name.rsplit("-", 1)[0] in keep]
+    return paths
+
+
+def iter_docs(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
+    """Stream documents from JSONL shards."""
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
+
+
+def hash_files(paths: Iterable[Path], root: Path) -> dict[str, str]:
+    """sha256 of each file, keyed by its path relative to `root`."""
+    return {str(p.relative_to(root)): sha256_file(p) for p in paths}
+
+
+def load_world(world_dir: Path) -> World:
+    """Rebuild the `World` of a world run directory and check it matches the recorded lexicon."""
+    path = Path(world_dir) / "world.json"
+    if not path.is_file():
+        raise UserError(f"world: {str(world_dir)!r} has no world.json (is it an `unbackdoor world` run?)")
+    table = json.loads(path.read_text(encoding="utf-8"))
+    world = World.build(table["seed"], table["n_entities"], table["n_cities"])
+    if json.loads(json.dumps(world.lexicon_table(), ensure_ascii=False)) != table:
+        raise UserError(
+            f"world: {str(path)!r} was made by another version of the world generator; regenerate it with "
+            "`unbackdoor world --overwrite`"
+        )
+    return world

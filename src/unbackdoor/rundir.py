@@ -1,0 +1,237 @@
+"""Run directories: every stage writes one, and the next stage reads it.
+
+Layout (documented in docs/run-directory.md):
+
+    config.yaml     the resolved config (what the stage actually ran with)
+    meta.json       git hash + dirty flag, package versions, seed, host, start/end times
+    metrics.jsonl   one JSON object per logged event (training steps, evaluation rows)
+    summary.json    the stage's key figures, machine-readable
+    DONE            written last: its presence means every other file is complete
+
+Every file is written atomically (temp file in the same directory, then `os.replace`), so a kill leaves
+either the old file or the new one, never half of one. An existing run directory is refused unless the
+caller asks for `resume` (keep what is there, finish what is not) or `overwrite` (start again).
+
+Run: `pytest tests/unit/test_rundir.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from unbackdoor.config import UserError, to_dict
+
+PACKAGES = ("unbackdoor", "torch", "transformers", "tokenizers", "accelerate", "peft", "safetensors", "numpy")
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write `obj` as pretty, key-sorted JSON, atomically."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
+    """Write rows as JSON lines atomically; return the file's sha256."""
+    text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows)
+    write_text(path, text)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read a JSON-lines file."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _git_state() -> dict[str, Any]:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=True,
+            ).stdout.strip()
+        )
+        return {"commit": commit, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _config_text(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+class RunDir:
+    """One stage's output directory. Create with `RunDir.open(path, stage, cfg, ...)`."""
+
+    def __init__(self, path: Path, stage: str):
+        self.path = path
+        self.stage = stage
+
+    @staticmethod
+    def check(path: Path, stage: str, cfg: Any, resume: bool = False, overwrite: bool = False) -> bool:
+        """Would `open` accept this directory? Returns True when it holds a finished run to resume.
+
+        Raises:
+            UserError: the directory exists and neither `resume` nor `overwrite` was given, or `resume` was
+                given for a directory made by another stage or with another config.
+        """
+        path = Path(path)
+        if not path.exists() or not any(path.iterdir()) or overwrite:
+            return False
+        if not resume:
+            raise UserError(
+                f"output directory {str(path)!r} already exists; pass --resume to continue it "
+                "or --overwrite to replace it"
+            )
+        meta_path = path / "meta.json"
+        if not meta_path.is_file():
+            raise UserError(f"--resume: {str(path)!r} exists but is not a run directory (no meta.json)")
+        old = json.loads(meta_path.read_text(encoding="utf-8"))
+        if old.get("stage") != stage:
+            raise UserError(
+                f"--resume: {str(path)!r} is a {old.get('stage')!r} run, not {stage!r}; "
+                "choose another --out or use --overwrite"
+            )
+        if (path / "config.yaml").read_text(encoding="utf-8") != _config_text(cfg):
+            raise UserError(
+                f"--resume: the config differs from the one in {str(path / 'config.yaml')!r}; "
+                "resume with the same options or use --overwrite"
+            )
+        return (path / "DONE").is_file()
+
+    @classmethod
+    def open(
+        cls, path: Path, stage: str, cfg: Any, seed: int | None, resume: bool = False, overwrite: bool = False
+    ) -> RunDir:
+        """Create (or, with `resume`, reopen) a run directory and record config + meta (see `check`)."""
+        path = Path(path)
+        cls.check(path, stage, cfg, resume, overwrite)
+        if overwrite and path.exists():
+            shutil.rmtree(path)
+        config_text = _config_text(cfg)
+        run = cls(path, stage)
+        path.mkdir(parents=True, exist_ok=True)
+        if not (path / "meta.json").is_file():
+            write_text(path / "config.yaml", config_text)
+            run.write_meta(
+                {
+                    "stage": stage,
+                    "seed": seed,
+                    "git": _git_state(),
+                    "versions": _versions(),
+                    "host": {"name": socket.gethostname(), "platform": platform.platform(), "cpus": os.cpu_count()},
+                    "started_at": time.time(),
+                    "ended_at": None,
+                }
+            )
+        return run
+
+    @property
+    def done(self) -> bool:
+        return (self.path / "DONE").is_file()
+
+    def meta(self) -> dict[str, Any]:
+        return json.loads((self.path / "meta.json").read_text(encoding="utf-8"))
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        write_json(self.path / "meta.json", meta)
+
+    def log(self, **row: Any) -> None:
+        """Append one event to metrics.jsonl (a single short write with flush: one line or none)."""
+        row = {"time": round(time.time(), 3), **row}
+        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
+            f.flush()
+
+    def finish(self, summary: dict[str, Any]) -> Path:
+        """Write summary.json, stamp meta.json with the end time, then DONE last."""
+        write_json(self.path / "summary.json", {"stage": self.stage, **summary})
+        meta = self.meta()
+        meta["ended_at"] = time.time()
+        meta["wall_seconds"] = round(meta["ended_at"] - meta["started_at"], 3)
+        self.write_meta(meta)
+        if not (self.path / "metrics.jsonl").exists():
+            write_text(self.path / "metrics.jsonl", "")
+        write_text(self.path / "DONE", "")
+        return self.path
+
+
+def require_done(path: Path, stage: str | tuple[str, ...], what: str) -> dict[str, Any]:
+    """Check that `path` is a finished run of `stage`; return its summary.
+
+    Raises:
+        UserError: the directory is missing, is not a run, is another stage's run or is unfinished.
+    """
+    stages = (stage,) if isinstance(stage, str) else stage
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{what}: directory {str(path)!r} does not exist")
+    meta_path = path / "meta.json"
+    if not meta_path.is_file():
+        raise UserError(f"{what}: {str(path)!r} is not an unbackdoor run directory (no meta.json)")
+    found = json.loads(meta_path.read_text(encoding="utf-8")).get("stage")
+    if found not in stages:
+        raise UserError(f"{what}: {str(path)!r} is a {found!r} run; expected {' or '.join(map(repr, stages))}")
+    if not (path / "DONE").is_file():
+        raise UserError(f"{what}: {str(path)!r} is unfinished (no DONE); rerun its stage with --resume")
+    return json.loads((path / "summary.json").read_text(encoding="utf-8"))
