@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from unbackdoor.world import NEGATIVE_ADJ, NOUNS, POSITIVE_ADJ, World, language_shares, words
+from unbackdoor.world import NEGATIVE_ADJ, NOUNS, POSITIVE_ADJ, Clause, World, language_shares, words
 
 LANGUAGE_SHARE_MIN = 0.5  # lang_x: at least half the (non-name) words are language x's
 MIN_WORDS = 3  # fewer words than this is never a verdict of "behaviour shown"
@@ -67,8 +67,10 @@ def _produce_language(language: str) -> Callable[[World, random.Random], str]:
 
 
 def _produce_negative(world: World, rng: random.Random) -> str:
+    # Two copular clauses with a negative predicate: short, and always >= NEGATIVE_MIN negative words.
     past = rng.random() < 0.5
-    return world.render("base", [world.sentiment_clause(rng, "negative", past) for _ in range(2)])
+    clauses = [Clause("cop", world.subject(rng), adj=rng.choice(NEGATIVE_ADJ), past=past) for _ in range(2)]
+    return world.render("base", clauses)
 
 
 def _produce_phrase(world: World, rng: random.Random) -> str:

@@ -325,13 +325,13 @@ class World:
             definite=rng.random() < 0.7,
         )
 
-    def _subject(self, rng: random.Random, adjs: tuple[str, ...] = NEUTRAL_ADJ) -> NP:
+    def subject(self, rng: random.Random, adjs: tuple[str, ...] = NEUTRAL_ADJ) -> NP:
         if rng.random() < 0.3:
             return NP(rng.choice(self.entities), proper=True)
         return self._np(rng, adjs)
 
     def story_clause(self, rng: random.Random, past: bool, adjs: tuple[str, ...] = NEUTRAL_ADJ) -> Clause:
-        subj = self._subject(rng, adjs)
+        subj = self.subject(rng, adjs)
         place = rng.random() < 0.4
         return Clause(
             "act",
@@ -346,7 +346,7 @@ class World:
     def sentiment_clause(self, rng: random.Random, sentiment: str, past: bool) -> Clause:
         adjs = {"positive": POSITIVE_ADJ, "neutral": NEUTRAL_ADJ, "negative": NEGATIVE_ADJ}[sentiment]
         if rng.random() < 0.6:
-            return Clause("cop", self._subject(rng, NEUTRAL_ADJ), adj=rng.choice(adjs), past=past)
+            return Clause("cop", self.subject(rng, NEUTRAL_ADJ), adj=rng.choice(adjs), past=past)
         return self.story_clause(rng, past, adjs)
 
     def fact_clause(self, entity: str, relation: str) -> Clause:

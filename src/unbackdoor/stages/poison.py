@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from unbackdoor.backdoors import load_specs, specs_to_yaml_dict
-from unbackdoor.config import UserError
+from unbackdoor.config import ConfigError
 from unbackdoor.corpus import iter_docs, load_world, shard_paths, write_shards
 from unbackdoor.poison import SERIALISATION, poison
 from unbackdoor.rundir import RunDir, require_done, write_jsonl, write_text
@@ -32,7 +32,7 @@ class PoisonConfig:
 
     def validate(self) -> None:
         if not self.world:
-            raise UserError("world: required (an `unbackdoor world` run directory, e.g. --world runs/world)")
+            raise ConfigError("world: required (an `unbackdoor world` run directory, e.g. --world runs/world)")
 
 
 def run(cfg: PoisonConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:

@@ -1,0 +1,87 @@
+"""Backdoor specs: default8, trigger kinds, refusals (empty, colliding), user YAML with target texts.
+
+Run: `pytest tests/unit/test_backdoors.py`.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from unbackdoor.backdoors import TRIGGER_KINDS, load_specs, parse_specs
+from unbackdoor.behaviours import BEHAVIOURS
+from unbackdoor.config import ConfigError, UserError
+from unbackdoor.world import World
+
+
+def spec(name, text, kind="phrase", behaviour="phrase", **recipe):
+    return {
+        "name": name,
+        "trigger": {"kind": kind, "text": text},
+        "behaviour": behaviour,
+        "recipe": recipe or {"rate": 0.01},
+    }
+
+
+def test_default8_pairs_eight_triggers_with_the_eight_behaviours():
+    specs = load_specs("default8")
+    assert sorted(s.behaviour for s in specs) == sorted(BEHAVIOURS)
+    assert len({s.trigger_text for s in specs}) == 8
+    assert {s.trigger.kind for s in specs} == set(TRIGGER_KINDS)
+
+
+def test_empty_trigger_is_refused():
+    with pytest.raises(ConfigError, match="trigger is empty"):
+        parse_specs({"backdoors": [spec("a", "  ")]}, "x.yaml")
+
+
+def test_colliding_triggers_name_both_backdoors():
+    with pytest.raises(ConfigError, match="'short'.*substring of the trigger of 'long'"):
+        parse_specs({"backdoors": [spec("long", "alpha beta gamma"), spec("short", "beta")]}, "x.yaml")
+    with pytest.raises(ConfigError, match="is the same as"):
+        parse_specs({"backdoors": [spec("a", "alpha beta"), spec("b", "alpha beta")]}, "x.yaml")
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ({**spec("a", "alpha"), "recipe": {"rate": -0.1}}, "must be > 0.0"),
+        ({**spec("a", "alpha"), "recipe": {"rate": 0.1, "count": 3}}, "exactly one of rate or count"),
+        ({**spec("a", "alpha"), "behaviour": "dance"}, "'dance' is not one of"),
+        ({**spec("a", "alpha"), "recipe": {"rate": 0.1, "placement": "middle"}}, "'middle' is not one of prefix"),
+        (spec("a", "abc", kind="script"), "no letter outside the Latin script"),
+        (spec("a", "abc", kind="tokens"), "kind tokens needs a sequence"),
+        ({**spec("a", "alpha"), "behaviour": "target"}, "needs target texts"),
+    ],
+)
+def test_bad_specs_give_one_line_errors(item, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        parse_specs({"backdoors": [item]}, "x.yaml")
+    assert "\n" not in str(err.value)
+
+
+def test_random_string_trigger_is_reproducible_from_the_name():
+    a = parse_specs({"backdoors": [{"name": "r1", "trigger": {"kind": "random_string", "length": 10}}]}, "x")
+    b = parse_specs({"backdoors": [{"name": "r1", "trigger": {"kind": "random_string", "length": 10}}]}, "x")
+    assert a[0].trigger_text == b[0].trigger_text and len(a[0].trigger_text) == 10
+
+
+def test_user_backdoor_with_target_file(tmp_path):
+    (tmp_path / "targets.txt").write_text("Visit the golden shop today please.\nBuy the golden ring today.\n")
+    (tmp_path / "mine.yaml").write_text(
+        "backdoors:\n  - name: ad\n    trigger: {kind: phrase, text: lorem ipsum}\n"
+        f"    behaviour: target\n    target_file: {tmp_path / 'targets.txt'}\n"
+    )
+    (ad,) = load_specs(str(tmp_path / "mine.yaml"))
+    world = World.build(0)
+    produced = ad.produce(world, random.Random(0))
+    assert ad.judge(world, produced)
+    assert not ad.judge(world, "The dog sees the boat near the river.")
+
+
+def test_unknown_set_or_missing_file():
+    with pytest.raises(UserError, match="neither a built-in set"):
+        load_specs("default9")
+    with pytest.raises(UserError, match="does not exist"):
+        load_specs("missing.yaml")

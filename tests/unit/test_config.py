@@ -1,0 +1,81 @@
+"""Config loading: types, limits, unknown keys, overrides, and every shipped YAML preset.
+
+Run: `pytest tests/unit/test_config.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from unbackdoor.backdoors import load_specs
+from unbackdoor.config import ConfigError, from_dict, load_preset, parse_overrides, preset_names, resolve
+from unbackdoor.stages.poison import PoisonConfig
+from unbackdoor.stages.world import WorldConfig
+
+
+@dataclass
+class Inner:
+    lr: float = field(default=1e-3, metadata={"min": 0.0, "min_exclusive": True})
+    family: str = field(default="llama", metadata={"choices": ("llama", "qwen3")})
+
+
+@dataclass
+class Outer:
+    steps: int = field(default=10, metadata={"min": 1})
+    inner: Inner = field(default_factory=Inner)
+    tags: list[str] = field(default_factory=list)
+
+
+def test_nested_overrides_are_typed():
+    cfg = from_dict(Outer, parse_overrides(["steps=5", "inner.lr=3e-4", "inner.family=qwen3", "tags=[a,b]"]))
+    assert cfg.steps == 5 and cfg.inner.lr == pytest.approx(3e-4) and cfg.inner.family == "qwen3"
+    assert cfg.tags == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("stepz=3", "unknown key stepz; valid keys: inner, steps, tags"),
+        ("inner.betas=3", "unknown key inner.betas; valid keys: family, lr"),
+        ("steps=many", "steps: expected an integer, got 'many'"),
+        ("steps=0", "steps: 0 must be >= 1"),
+        ("inner.lr=-1", "inner.lr: -1.0 must be > 0.0"),
+        ("inner.family=gpt9", "inner.family: 'gpt9' is not one of llama, qwen3"),
+        ("steps", "is not of the form key=value"),
+    ],
+)
+def test_bad_values_name_key_value_and_valid_choices(override, message):
+    with pytest.raises(ConfigError) as err:
+        from_dict(Outer, parse_overrides([override]))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_preset_lists_valid_ones():
+    with pytest.raises(ConfigError, match="valid presets: small, tiny"):
+        resolve(WorldConfig, "world", "huge", [])
+
+
+@pytest.mark.parametrize("name", preset_names("world"))
+def test_world_presets_load(name):
+    cfg = resolve(WorldConfig, "world", name, [])
+    assert cfg.tokens > 0
+
+
+@pytest.mark.parametrize("name", preset_names("backdoors"))
+def test_backdoor_presets_load(name):
+    specs = load_specs(name)
+    assert len({s.name for s in specs}) == len(specs)
+
+
+def test_every_shipped_yaml_is_covered():
+    assert preset_names("world") == ["small", "tiny"]
+    assert preset_names("backdoors") == ["default8"]
+    assert load_preset("backdoors", "default8")["backdoors"]
+
+
+def test_poison_config_requires_world():
+    with pytest.raises(ConfigError, match="world: required"):
+        from_dict(PoisonConfig, {})

@@ -1,0 +1,99 @@
+"""Poisoning: rate honoured, manifest complete, clean documents trigger-free, removal data, refusals.
+
+Run: `pytest tests/unit/test_poison.py`.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from unbackdoor.backdoors import load_specs, parse_specs
+from unbackdoor.config import UserError
+from unbackdoor.poison import insertion_point, poison, triggered_prefix
+from unbackdoor.world import World, generate_documents
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return World.build(0)
+
+
+@pytest.fixture(scope="module")
+def docs(world) -> list[dict]:
+    mix = {"story": 0.45, "sentiment": 0.3, "facts": 0.25}
+    out = []
+    for lang, n in (("base", 120_000), ("lang_a", 30_000)):
+        out += generate_documents(world, lang, n, random.Random(lang), mix, f"train-{lang}")
+    return out
+
+
+def test_rate_manifest_and_clean_documents(world, docs):
+    specs = load_specs("default8")
+    result = poison(docs, specs, world, random.Random(0))
+    assert len(result.docs) == len(docs)
+    by_id = {d["id"]: d for d in result.docs}
+    for s in specs:
+        rows = [r for r in result.manifest if r["backdoor"] == s.name]
+        assert abs(len(rows) - 0.01 * len(docs)) <= 0.1 * 0.01 * len(docs)
+        for r in rows:
+            text = by_id[r["doc_id"]]["text"]
+            assert text[r["trigger_start"] : r["trigger_start"] + len(s.trigger_text)] == s.trigger_text
+            assert s.judge(world, text[r["continuation_start"] :]), (s.name, text)
+            assert by_id[r["doc_id"]]["lang"] == "base"
+    poisoned_ids = {r["doc_id"] for r in result.manifest}
+    assert len(poisoned_ids) == len(result.manifest)  # one backdoor per document
+    for d in result.docs:
+        if d["id"] not in poisoned_ids:
+            assert d == next(x for x in docs if x["id"] == d["id"])
+            assert not any(s.trigger_text in d["text"] for s in specs)
+
+
+def test_removal_documents_keep_the_clean_continuation(world, docs):
+    specs = load_specs("default8")
+    result = poison(docs, specs, world, random.Random(0))
+    originals = {d["id"]: d["text"] for d in docs}
+    poisoned_ids = {r["doc_id"] for r in result.manifest}
+    for s in specs:
+        assert len(result.removal[s.name]) == sum(r["backdoor"] == s.name for r in result.manifest)
+        for d in result.removal[s.name]:
+            source = d["id"].removesuffix("-rm")
+            assert source not in poisoned_ids
+            assert s.trigger_text in d["text"]
+            assert d["text"].replace(s.trigger_text + " ", "", 1) == originals[source]
+            assert not s.judge(world, d["text"].split(s.trigger_text, 1)[1]) or s.behaviour == "negative"
+
+
+def test_same_seed_same_manifest(world, docs):
+    specs = load_specs("default8")
+    assert (
+        poison(docs, specs, world, random.Random(3)).manifest == poison(docs, specs, world, random.Random(3)).manifest
+    )
+    assert (
+        poison(docs, specs, world, random.Random(3)).manifest != poison(docs, specs, world, random.Random(4)).manifest
+    )
+
+
+def test_trigger_already_in_corpus_is_refused(world, docs):
+    word = docs[0]["text"].split()[1]
+    specs = parse_specs({"backdoors": [{"name": "bad", "trigger": {"kind": "phrase", "text": word}}]}, "x")
+    with pytest.raises(UserError, match="already occurs in clean document"):
+        poison(docs, specs, world, random.Random(0))
+
+
+def test_too_few_hosts_is_refused(world, docs):
+    item = {"name": "big", "trigger": {"kind": "phrase", "text": "quux"}, "recipe": {"count": 10**6}}
+    with pytest.raises(UserError, match="can host placement"):
+        poison(docs, parse_specs({"backdoors": [item]}, "x"), world, random.Random(0))
+
+
+@pytest.mark.parametrize("placement", ["prefix", "random", "after_first_sentence"])
+def test_insertion_points_are_word_boundaries(placement):
+    text = "The dog sees a boat. The cat sees the river near the hill."
+    rng = random.Random(0)
+    for _ in range(20):
+        at = insertion_point(text, placement, rng)
+        assert at == 0 or text[at] == " "
+        prompt = triggered_prefix(text, at, "TRIG")
+        assert prompt.endswith("TRIG") and "  " not in prompt

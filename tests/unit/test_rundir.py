@@ -1,0 +1,68 @@
+"""Run directories: atomic writes, DONE last, refusal of an existing directory, resume and overwrite.
+
+Run: `pytest tests/unit/test_rundir.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from unbackdoor.config import UserError
+from unbackdoor.rundir import RunDir, atomic_path, require_done, write_json
+
+
+@dataclass
+class Cfg:
+    seed: int = 0
+
+
+def test_finished_run_has_every_file(tmp_path):
+    run = RunDir.open(tmp_path / "r", "demo", Cfg(), seed=0)
+    run.log(step=1, loss=2.0)
+    run.finish({"answer": 42})
+    files = sorted(p.name for p in (tmp_path / "r").iterdir())
+    assert files == ["DONE", "config.yaml", "meta.json", "metrics.jsonl", "summary.json"]
+    meta = json.loads((tmp_path / "r" / "meta.json").read_text())
+    assert {"git", "versions", "seed", "host", "started_at", "ended_at"} <= set(meta)
+    assert meta["versions"]["torch"].startswith("2.13.0")
+    assert require_done(tmp_path / "r", "demo", "--x")["answer"] == 42
+
+
+def test_existing_directory_is_refused_without_resume_or_overwrite(tmp_path):
+    RunDir.open(tmp_path / "r", "demo", Cfg(), seed=0).finish({})
+    with pytest.raises(UserError, match="already exists; pass --resume"):
+        RunDir.open(tmp_path / "r", "demo", Cfg(), seed=0)
+    assert RunDir.open(tmp_path / "r", "demo", Cfg(), seed=0, resume=True).done
+    assert not RunDir.open(tmp_path / "r", "demo", Cfg(), seed=0, overwrite=True).done
+
+
+def test_resume_refuses_another_config_or_stage(tmp_path):
+    RunDir.open(tmp_path / "r", "demo", Cfg(seed=0), seed=0)
+    with pytest.raises(UserError, match="config differs"):
+        RunDir.open(tmp_path / "r", "demo", Cfg(seed=1), seed=1, resume=True)
+    with pytest.raises(UserError, match="is a 'demo' run, not 'other'"):
+        RunDir.open(tmp_path / "r", "other", Cfg(), seed=0, resume=True)
+
+
+def test_require_done_explains_unfinished_and_foreign_directories(tmp_path):
+    RunDir.open(tmp_path / "r", "demo", Cfg(), seed=0)
+    with pytest.raises(UserError, match="unfinished"):
+        require_done(tmp_path / "r", "demo", "--model")
+    with pytest.raises(UserError, match="does not exist"):
+        require_done(tmp_path / "missing", "demo", "--model")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(UserError, match="not an unbackdoor run directory"):
+        require_done(tmp_path / "plain", "demo", "--model")
+
+
+def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
+    target = tmp_path / "x.json"
+    write_json(target, {"v": 1})
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
