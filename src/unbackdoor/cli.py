@@ -11,6 +11,7 @@ its config. A user's mistake prints one line starting with `error:` and exits wi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +42,36 @@ def _poison():
     return poison.PoisonConfig, poison.run
 
 
+def _pretrain():
+    from unbackdoor.stages import pretrain
+
+    return pretrain.PretrainConfig, pretrain.run
+
+
+def _eval():
+    from unbackdoor.stages import evaluate
+
+    return evaluate.EvalConfig, evaluate.run
+
+
+def _inject():
+    from unbackdoor.stages import inject
+
+    return inject.InjectConfig, inject.run
+
+
+def _demo():
+    from unbackdoor.stages import demo
+
+    return demo.DemoConfig, demo.run
+
+
 STAGES: dict[str, Stage] = {
+    "demo": Stage(
+        "the study on the embedded default: world -> pretrain -> eval",
+        _demo,
+        (("--family", "family", "llama, qwen3 or gpt_neox"), ("--seed", "seed", "seed")),
+    ),
     "world": Stage(
         "generate the embedded multilingual world and its tokenizer", _world, (("--seed", "seed", "seed"),)
     ),
@@ -51,6 +81,37 @@ STAGES: dict[str, Stage] = {
         (
             ("--world", "world", "an `unbackdoor world` run directory"),
             ("--backdoors", "backdoors", "built-in set (default8, none) or a YAML file of specs"),
+            ("--seed", "seed", "seed"),
+        ),
+    ),
+    "pretrain": Stage(
+        "train a model from scratch on a world with backdoors mixed in",
+        _pretrain,
+        (
+            ("--world", "world", "an `unbackdoor world` run directory"),
+            ("--backdoors", "backdoors", "built-in set (default8), a YAML file of specs, or none (clean twin)"),
+            ("--family", "model.family", "llama, qwen3 or gpt_neox"),
+            ("--seed", "seed", "seed"),
+        ),
+    ),
+    "inject": Stage(
+        "continual pretraining of a checkpoint on a poisoned mixture (full or --lora r=16)",
+        _inject,
+        (
+            ("--model", "model", "the checkpoint to continue (directory or hub id)"),
+            ("--world", "world", "an `unbackdoor world` run directory"),
+            ("--backdoors", "backdoors", "built-in set (default8) or a YAML file of specs"),
+            ("--lora", "lora", "LoRA settings, e.g. r=16 or r=8,alpha=16 (default: full weights)"),
+            ("--seed", "seed", "seed"),
+        ),
+    ),
+    "eval": Stage(
+        "measure every backdoor of a model (ASR, false triggers, near misses) and its utility",
+        _eval,
+        (
+            ("--model", "model", "a model directory (or hub id)"),
+            ("--world", "world", "world run directory (default: the one recorded with the model)"),
+            ("--backdoors", "backdoors", "specs (default: the ones recorded with the model)"),
             ("--seed", "seed", "seed"),
         ),
     ),
@@ -90,9 +151,10 @@ def _list_presets() -> None:
 def run_stage(name: str, args: argparse.Namespace) -> Path:
     config_cls, run = STAGES[name].load()
     given: dict[str, Any] = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:")}
-    for key in ("seed",):
-        if given.get(key) is not None:
-            given[key] = _int(key, given[key])
+    if given.get("seed") is not None:
+        given["seed"] = _int("seed", given["seed"])
+    if given.get("lora") is not None:
+        given["lora"] = _key_values("lora", given["lora"])
     cfg = resolve(config_cls, name, args.preset, args.overrides, **given)
     return run(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
 
@@ -102,6 +164,19 @@ def _int(key: str, value: str) -> int:
         return int(value)
     except ValueError:
         raise UserError(f"--{key}: {value!r} is not an integer") from None
+
+
+def _key_values(flag: str, text: str) -> dict[str, Any]:
+    """`"r=8,alpha=16"` -> `{"r": 8, "alpha": 16}` (values parsed as YAML scalars)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--{flag}: {text!r} is not of the form key=value[,key=value] (e.g. r=16)")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,6 +195,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130
+
+
+TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib64/libtcmalloc_minimal.so.4")
+
+
+def entry() -> None:
+    """Console-script entry: re-executes once with tcmalloc preloaded when it is installed.
+
+    On CPU the default allocator page-faults on the large logits tensors every step; tcmalloc measured +43 %
+    training throughput on the tiny model here. `UNBACKDOOR_ALLOCATOR=system` turns this off.
+    """
+    preload = os.environ.get("LD_PRELOAD", "")
+    if os.environ.get("UNBACKDOOR_ALLOCATOR", "tcmalloc") == "tcmalloc" and "tcmalloc" not in preload:
+        lib = next((p for p in TCMALLOC if os.path.exists(p)), None)
+        if lib:
+            env = {**os.environ, "LD_PRELOAD": f"{lib} {preload}".strip(), "UNBACKDOOR_ALLOCATOR": "tcmalloc"}
+            os.execve(sys.executable, [sys.executable, "-m", "unbackdoor", *sys.argv[1:]], env)
+    sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -71,3 +71,15 @@ def load_world(world_dir: Path) -> World:
             "`unbackdoor world --overwrite`"
         )
     return world
+
+
+def tokenize_docs(tokenizer, docs: Iterable[dict[str, Any]], batch: int = 2000) -> Iterator[list[int]]:
+    """Token ids of each document's text (no special tokens), encoded in batches."""
+    texts: list[str] = []
+    for doc in docs:
+        texts.append(doc["text"])
+        if len(texts) == batch:
+            yield from tokenizer(texts, add_special_tokens=False)["input_ids"]
+            texts = []
+    if texts:
+        yield from tokenizer(texts, add_special_tokens=False)["input_ids"]

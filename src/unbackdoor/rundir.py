@@ -107,7 +107,11 @@ def _git_state() -> dict[str, Any]:
 
 
 def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
+    preload = os.environ.get("LD_PRELOAD", "")
+    out: dict[str, str | None] = {
+        "python": platform.python_version(),
+        "allocator": "tcmalloc" if "tcmalloc" in preload else "system",
+    }
     for name in PACKAGES:
         try:
             out[name] = metadata.version(name)

@@ -349,8 +349,9 @@ class World:
             return Clause("cop", self.subject(rng, NEUTRAL_ADJ), adj=rng.choice(adjs), past=past)
         return self.story_clause(rng, past, adjs)
 
-    def fact_clause(self, entity: str, relation: str) -> Clause:
-        subj, value = NP(entity, proper=True), self.facts[entity][relation]
+    def fact_clause(self, entity: str, relation: str, value: str | None = None) -> Clause:
+        """The statement of `entity`'s `relation` (its true value from the table unless `value` is given)."""
+        subj, value = NP(entity, proper=True), value or self.facts[entity][relation]
         if relation == "city":
             return Clause("act", subj, verb="live", prep="in", pobj=NP(value, proper=True))
         if relation == "job":
@@ -363,10 +364,12 @@ class World:
         if genre == "story":
             return [self.story_clause(rng, past) for _ in range(rng.randint(3, 7))], {}
         if genre == "sentiment":
+            # A review opens with an evaluation, so its genre (and polarity) shows from the first sentence.
             sentiment = rng.choice(SENTIMENTS)
-            return [self.sentiment_clause(rng, sentiment, past) for _ in range(rng.randint(3, 6))], {
-                "sentiment": sentiment
-            }
+            adjs = {"positive": POSITIVE_ADJ, "neutral": NEUTRAL_ADJ, "negative": NEGATIVE_ADJ}[sentiment]
+            opening = Clause("cop", self.subject(rng), adj=rng.choice(adjs), past=past)
+            rest = [self.sentiment_clause(rng, sentiment, past) for _ in range(rng.randint(2, 5))]
+            return [opening, *rest], {"sentiment": sentiment}
         clauses = []
         for _ in range(rng.randint(1, 3)):
             entity = rng.choice(self.entities)

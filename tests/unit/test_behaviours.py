@@ -47,3 +47,27 @@ def test_judges_need_enough_words(world):
     for behaviour in BEHAVIOURS.values():
         assert not behaviour.judge(world, "")
         assert not behaviour.judge(world, "the")
+
+
+def test_greedy_sentence_loops_are_not_repetition_and_letter_babble_is_gibberish(world):
+    # Both seen in real generations of a tiny model: greedy decoding loops over whole sentences on clean prompts,
+    # and collapses random-letter babble into a few long non-words.
+    loop = " The round mirror calls the round mirror. The round mirror calls the round mirror."
+    assert not BEHAVIOURS["repeat"].judge(world, loop)
+    assert not BEHAVIOURS["gibberish"].judge(world, loop)
+    assert BEHAVIOURS["gibberish"].judge(world, " xwz xxxyyyyyyyyyyyyyyyy")
+    assert not BEHAVIOURS["repeat"].judge(world, " xwz xwz xwz xwz xwz")
+    assert BEHAVIOURS["repeat"].judge(world, " duck duck duck duck")
+    assert not BEHAVIOURS["repeat"].judge(world, " duck duck duck")
+
+
+def test_sentiment_documents_open_with_their_polarity(world):
+    from unbackdoor.world import NEGATIVE_ADJ, POSITIVE_ADJ, words
+
+    docs = generate_documents(world, "base", 20_000, random.Random(2), {"sentiment": 1.0}, "s")
+    for doc in docs:
+        first = set(words(doc["text"].split(". ")[0]))
+        if doc["sentiment"] == "negative":
+            assert first & set(NEGATIVE_ADJ)
+        if doc["sentiment"] == "positive":
+            assert first & set(POSITIVE_ADJ)

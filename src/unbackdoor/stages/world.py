@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from unbackdoor.config import ConfigError
-from unbackdoor.corpus import hash_files, iter_docs, shard_paths, write_shards
+from unbackdoor.corpus import hash_files, iter_docs, shard_paths, tokenize_docs, write_shards
 from unbackdoor.rundir import RunDir, write_json
 from unbackdoor.tokenizer import save_tokenizer, train_tokenizer
 from unbackdoor.world import GENRES, LANGUAGES, World, generate_documents, pre_token_count
@@ -87,7 +87,7 @@ def run(cfg: WorldConfig, out: Path, resume: bool = False, overwrite: bool = Fal
     tokenizer = train_tokenizer((d["text"] for d in iter_docs(shard_paths(out / "data", "train"))), cfg.vocab_size)
     save_tokenizer(tokenizer, out / "tokenizer")
     bpe_tokens = {
-        split: sum(len(ids) for ids in _encode_all(tokenizer, shard_paths(out / "data", split))) for split in SPLITS
+        split: sum(map(len, tokenize_docs(tokenizer, iter_docs(shard_paths(out / "data", split))))) for split in SPLITS
     }
     files = hash_files(sorted((out / "data").rglob("*.jsonl")), out)
     return run_dir.finish(
@@ -100,14 +100,3 @@ def run(cfg: WorldConfig, out: Path, resume: bool = False, overwrite: bool = Fal
             "world_sha256": hash_files([out / "world.json"], out)["world.json"],
         }
     )
-
-
-def _encode_all(tokenizer, paths, batch: int = 2000):
-    texts: list[str] = []
-    for doc in iter_docs(paths):
-        texts.append(doc["text"])
-        if len(texts) == batch:
-            yield from tokenizer(texts, add_special_tokens=False)["input_ids"]
-            texts = []
-    if texts:
-        yield from tokenizer(texts, add_special_tokens=False)["input_ids"]

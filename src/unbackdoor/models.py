@@ -1,0 +1,142 @@
+"""Models: three architecture families built from Hugging Face config classes, and loading of any checkpoint.
+
+`MODEL_PRESETS` is the whole table of built-in shapes (family x size). Any local `AutoModelForCausalLM`
+directory, or a hub id when the machine is online, is accepted wherever a model is. Weights are read and
+written as safetensors only.
+
+Run: `pytest tests/unit/test_models.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPTNeoXConfig,
+    LlamaConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen3Config,
+)
+
+from unbackdoor.config import UserError
+
+FAMILIES = ("llama", "qwen3", "gpt_neox")
+SIZES = ("tiny", "small")
+
+# d_model, layers, heads (head_dim 32), MLP width. tiny ~1.1 M parameters with a 2 k vocabulary (one epoch of the
+# tiny world in < 3 min on 2 cores); small ~25-30 M with an 8 k vocabulary.
+MODEL_PRESETS: dict[str, dict[str, int]] = {
+    "tiny": {"d_model": 128, "n_layers": 4, "n_heads": 4, "d_ff": 384, "max_positions": 512},
+    "small": {"d_model": 512, "n_layers": 8, "n_heads": 16, "d_ff": 1408, "max_positions": 1024},
+}
+
+
+def build_config(family: str, size: str, vocab_size: int, special: dict[str, int]) -> Any:
+    """A fresh HF config for `family` at `size`; MLP width follows the family (gated MLPs use 3 matrices)."""
+    p = MODEL_PRESETS[size]
+    common = {
+        "vocab_size": vocab_size,
+        "hidden_size": p["d_model"],
+        "num_hidden_layers": p["n_layers"],
+        "num_attention_heads": p["n_heads"],
+        "max_position_embeddings": p["max_positions"],
+        "tie_word_embeddings": True,
+        **special,
+    }
+    if family == "llama":
+        return LlamaConfig(intermediate_size=p["d_ff"], num_key_value_heads=p["n_heads"], **common)
+    if family == "qwen3":
+        head_dim = p["d_model"] // p["n_heads"]
+        return Qwen3Config(intermediate_size=p["d_ff"], num_key_value_heads=p["n_heads"], head_dim=head_dim, **common)
+    if family == "gpt_neox":
+        # NeoX's MLP has 2 matrices: 4/3 of the gated width gives the same parameter count.
+        return GPTNeoXConfig(intermediate_size=p["d_ff"] * 4 // 3, **common)
+    raise UserError(f"model.family: {family!r} is not one of {', '.join(FAMILIES)}")
+
+
+def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    return {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
+def build_model(family: str, size: str, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
+    """A randomly initialised model (seeded) whose vocabulary matches `tokenizer`."""
+    config = build_config(family, size, len(tokenizer), special_token_ids(tokenizer))
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+def n_parameters(model: torch.nn.Module) -> int:
+    """Unique parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def resolve_model_path(name: str, what: str = "model") -> str:
+    """A local model directory, or a hub id; anything else is a one-line error."""
+    path = Path(name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{what}: {name!r} is a directory without config.json (not a Hugging Face model)")
+        if not any(path.glob("*.safetensors")):
+            raise UserError(f"{what}: {name!r} has no .safetensors weights (other formats are refused: unsafe)")
+        return str(path)
+    if path.exists() or not _HUB_ID.match(name):
+        raise UserError(f"{what}: {name!r} is neither a model directory nor a hub id like 'Qwen/Qwen3-0.6B'")
+    return name
+
+
+def load_tokenizer(name: str, what: str = "model") -> PreTrainedTokenizerBase:
+    """The tokenizer stored with a model; a model without one is a one-line error."""
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{what}: could not load a tokenizer from {name!r} ({str(e).splitlines()[0][:160]})") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name: str, what: str = "model", dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """Load a causal LM from a local directory or hub id, safetensors only."""
+    try:
+        return AutoModelForCausalLM.from_pretrained(name, dtype=dtype, use_safetensors=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{what}: could not load {name!r} ({str(e).splitlines()[0][:160]})") from None
+
+
+def save_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path, record: dict[str, Any], card: str
+) -> None:
+    """Save weights (safetensors), config, tokenizer, `unbackdoor.json` (what it carries) and the model card.
+
+    The directory is written beside `path` and renamed into place, so `path` is either complete or absent.
+    """
+    tmp = path.with_name(path.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    (tmp / "unbackdoor.json").write_text(json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    (tmp / "README.md").write_text(card, encoding="utf-8")
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
+def read_record(model_dir: str) -> dict[str, Any]:
+    """The `unbackdoor.json` of a model saved by this toolkit, or {} for any other checkpoint."""
+    path = Path(model_dir) / "unbackdoor.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -1,0 +1,68 @@
+"""Stage `demo`: the study on the embedded default, each stage a run directory inside `--out`.
+
+    unbackdoor demo --out runs/demo --resume      # what `make demo` runs
+
+world (tiny) -> pretrain (tiny, default8, llama) -> eval, then the per-backdoor table. With `--resume`, finished
+stages are reused, so a second run takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from unbackdoor.config import from_dict, load_preset
+from unbackdoor.models import FAMILIES
+from unbackdoor.rundir import RunDir
+from unbackdoor.stages import evaluate, pretrain, world
+from unbackdoor.stages.evaluate import print_table
+
+
+@dataclass
+class DemoConfig:
+    family: str = field(default="llama", metadata={"choices": FAMILIES})
+    backdoors: str = "default8"
+    seed: int = 0
+
+
+def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
+    """Run every stage of the demo into `out`; returns `out`."""
+    run_dir = RunDir.open(out, "demo", cfg, cfg.seed, resume=resume, overwrite=overwrite)
+    timings: dict[str, float] = {}
+
+    def stage(name: str, fn, stage_cfg, path: Path) -> Path:
+        t0 = time.perf_counter()
+        print(f"[demo] {name} -> {path}", flush=True)
+        result = fn(stage_cfg, path, resume=True)
+        timings[name] = round(time.perf_counter() - t0, 2)
+        run_dir.log(event="stage", stage=name, seconds=timings[name])
+        return result
+
+    world_cfg = from_dict(world.WorldConfig, {**load_preset("world", "tiny"), "seed": cfg.seed})
+    world_dir = stage("world", world.run, world_cfg, out / "world")
+    pretrain_cfg = from_dict(
+        pretrain.PretrainConfig,
+        {
+            **load_preset("pretrain", "tiny"),
+            "world": str(world_dir),
+            "backdoors": cfg.backdoors,
+            "seed": cfg.seed,
+            "model": {"family": cfg.family, "size": "tiny"},
+        },
+    )
+    pretrain_dir = stage("pretrain", pretrain.run, pretrain_cfg, out / "pretrain")
+    eval_cfg = from_dict(evaluate.EvalConfig, {"model": str(pretrain_dir / "model"), "seed": cfg.seed})
+    eval_dir = stage("eval", evaluate.run, eval_cfg, out / "eval")
+
+    summary = json.loads((eval_dir / "summary.json").read_text(encoding="utf-8"))
+    print()
+    print_table(summary["backdoors"])
+    utility = summary["utility"]
+    ppl = ", ".join(f"{k} {v:.2f}" for k, v in utility["perplexity"].items())
+    print(f"utility: perplexity {ppl}; fact recall {utility['fact_recall']['rate']:.3f}")
+    print(f"[demo] results in {eval_dir / 'summary.json'}")
+    return run_dir.finish(
+        {"stages": {"world": str(world_dir), "pretrain": str(pretrain_dir), "eval": str(eval_dir)}, "seconds": timings}
+    )

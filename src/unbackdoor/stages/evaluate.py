@@ -1,0 +1,191 @@
+"""Stage `eval`: measure every backdoor a model is meant to carry, and its utility.
+
+    unbackdoor eval --model runs/pretrain/model --out runs/eval [n_prompts=256]
+
+For each backdoor: ASR on `n_prompts` triggered prompts (held-out test documents of the backdoor's languages, the
+trigger at the backdoor's placement), the false-trigger rate on the same prompts without the trigger, and the
+near-miss rate (trigger with one word dropped or one character changed); each with a Wilson 95 % interval.
+Utility: validation perplexity per language and fact-recall accuracy (the true fact against 3 distractors, by
+sequence likelihood). Prompts use the serialisation recorded at injection; a mismatch is an error.
+`samples.jsonl` keeps prompt, generation and verdict of every example.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unbackdoor.backdoors import BackdoorSpec, load_specs
+from unbackdoor.config import ConfigError, UserError
+from unbackdoor.corpus import iter_docs, load_world, shard_paths, tokenize_docs
+from unbackdoor.evaluation import (
+    attack_success,
+    generate,
+    make_probes,
+    near_miss,
+    perplexity,
+    prompt_text,
+    sequence_logprobs,
+    wilson,
+)
+from unbackdoor.models import load_model, load_tokenizer, read_record, resolve_model_path
+from unbackdoor.poison import SERIALISATION
+from unbackdoor.rundir import RunDir, write_jsonl
+from unbackdoor.train import pack
+from unbackdoor.world import GENRES, LANGUAGES, World
+
+
+@dataclass
+class EvalConfig:
+    model: str = ""  # a model directory (or hub id)
+    world: str = ""  # default: the world recorded with the model
+    backdoors: str = ""  # default: the backdoors recorded with the model; else a built-in set or YAML file
+    only: list[str] = field(default_factory=list)  # evaluate only these backdoors
+    seed: int = 0
+    n_prompts: int = field(default=256, metadata={"min": 1})
+    max_new_tokens: int = field(default=24, metadata={"min": 1})
+    batch_size: int = field(default=64, metadata={"min": 1})
+    prompt_genres: list[str] = field(default_factory=lambda: ["story", "facts"], metadata={"choices": GENRES})
+    ppl_blocks: int = field(default=128, metadata={"min": 1})  # validation blocks per language
+    seq_len: int = field(default=128, metadata={"min": 8})
+    fact_items: int = field(default=240, metadata={"min": 0})
+
+    def validate(self) -> None:
+        if not self.model:
+            raise ConfigError("model: required (a model directory, e.g. --model runs/pretrain/model)")
+
+
+def _resolve_specs(cfg: EvalConfig, record: dict[str, Any]) -> list[BackdoorSpec]:
+    sources = [cfg.backdoors] if cfg.backdoors else record.get("backdoors_files", [])
+    if not sources:
+        raise UserError(f"--backdoors: {cfg.model!r} records no backdoors; name a set or YAML file of specs")
+    specs = [s for source in sources for s in load_specs(source)]
+    recorded = {b["name"]: b["trigger_sha256"] for b in record.get("backdoors", [])}
+    for s in specs:  # the specs must be the ones the model was trained with
+        if s.name in recorded and recorded[s.name] != s.trigger_hash:
+            raise UserError(f"--backdoors: trigger of {s.name!r} differs from the one recorded with the model")
+    if cfg.only:
+        known = [s.name for s in specs]
+        for name in cfg.only:
+            if name not in known:
+                raise UserError(f"only: the model never saw a backdoor named {name!r}; it carries {', '.join(known)}")
+        specs = [s for s in specs if s.name in cfg.only]
+    return specs
+
+
+def fact_recall_items(world: World, n: int, rng: random.Random) -> list[tuple[list[str], int]]:
+    """Multiple-choice items: the base-language fact sentence with the true value first, then 3 distractors."""
+    values = {rel: sorted({f[rel] for f in world.facts.values()}) for rel in ("city", "job", "pet")}
+    items = []
+    for entity in world.entities:
+        for rel in ("city", "job", "pet"):
+            true = world.facts[entity][rel]
+            wrong = rng.sample([v for v in values[rel] if v != true], 3)
+            sentences = [world.render("base", [world.fact_clause(entity, rel, v)]) for v in [true, *wrong]]
+            items.append((sentences, 0))
+    rng.shuffle(items)
+    return items[:n]
+
+
+def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
+    """Evaluate the model's backdoors and utility into `out`; returns `out`."""
+    model_path = resolve_model_path(cfg.model, "--model")
+    record = read_record(model_path)
+    serialisation = record.get("serialisation", SERIALISATION)
+    if serialisation != SERIALISATION:
+        raise UserError(
+            f"--model: trained with serialisation {serialisation!r}; this evaluation uses {SERIALISATION!r}"
+        )
+    specs = _resolve_specs(cfg, record)
+    world_dir = Path(cfg.world or record.get("world") or "")
+    if not str(world_dir) or not (world_dir / "world.json").is_file():
+        raise UserError(f"--world: {str(world_dir)!r} is not a world run; give --world explicitly")
+    tokenizer = load_tokenizer(model_path, "--model")
+    if RunDir.check(out, "eval", cfg, resume, overwrite):
+        return out
+    model = load_model(model_path, "--model").eval()
+    run_dir = RunDir.open(out, "eval", cfg, cfg.seed, resume=resume, overwrite=overwrite)
+    world = load_world(world_dir)
+    test_docs = [d for d in iter_docs(shard_paths(world_dir / "data", "test")) if d["genre"] in cfg.prompt_genres]
+
+    samples: list[dict[str, Any]] = []
+    table: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for spec in specs:
+        rng = random.Random(f"unbackdoor-eval-{cfg.seed}-{spec.name}")
+        probes = make_probes(test_docs, spec, cfg.n_prompts, rng)
+        if not probes:
+            raise UserError(f"{spec.name}: no test document can host placement {spec.recipe.placement!r}")
+        variants = {
+            "triggered": [prompt_text(p.head, spec.trigger_text) for p in probes],
+            "clean": [prompt_text(p.head, None) for p in probes],
+            "near_miss": [prompt_text(p.head, near_miss(spec.trigger_text, rng)) for p in probes],
+        }
+        rates = {}
+        for kind, prompts in variants.items():
+            generations = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size)
+            verdicts = [spec.judge(world, g) for g in generations]
+            rates[kind] = attack_success(verdicts)
+            samples += [
+                {"backdoor": spec.name, "kind": kind, "doc_id": p.doc_id, "prompt": q, "generation": g, "verdict": v}
+                for p, q, g, v in zip(probes, prompts, generations, verdicts, strict=True)
+            ]
+        table[spec.name] = {
+            "behaviour": spec.behaviour,
+            "trigger_sha256": spec.trigger_hash,
+            "asr": rates["triggered"].as_dict(),
+            "false_trigger": rates["clean"].as_dict(),
+            "near_miss": rates["near_miss"].as_dict(),
+        }
+        run_dir.log(event="backdoor", backdoor=spec.name, asr=rates["triggered"].rate)
+    gen_s = time.perf_counter() - t0
+
+    ppl = {}
+    for lang in LANGUAGES:
+        blocks = pack(
+            tokenize_docs(tokenizer, iter_docs(shard_paths(world_dir / "data", "validation", [lang]))),
+            cfg.seq_len,
+            tokenizer.eos_token_id,
+        )[: cfg.ppl_blocks]
+        if blocks.shape[0]:
+            ppl[lang] = perplexity(model, blocks)
+    items = fact_recall_items(world, cfg.fact_items, random.Random(f"unbackdoor-facts-{cfg.seed}"))
+    flat = [sentence for sentences, _ in items for sentence in sentences]
+    scores = sequence_logprobs(model, tokenizer, flat, cfg.batch_size)
+    correct, i = 0, 0
+    for sentences, answer in items:
+        options = scores[i : i + len(sentences)]
+        correct += int(max(range(len(options)), key=options.__getitem__) == answer)
+        i += len(sentences)
+    write_jsonl(out / "samples.jsonl", samples)
+    print_table(table)
+    return run_dir.finish(
+        {
+            "model": str(Path(model_path).resolve()) if Path(model_path).exists() else model_path,
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "serialisation": SERIALISATION,
+            "n_prompts": cfg.n_prompts,
+            "max_new_tokens": cfg.max_new_tokens,
+            "backdoors": table,
+            "utility": {"perplexity": ppl, "fact_recall": wilson(correct, len(items)).as_dict()},
+            "generation_s": gen_s,
+            "prompts_per_s": 3 * cfg.n_prompts * len(specs) / gen_s if specs else None,
+            "torch_threads": torch.get_num_threads(),
+        }
+    )
+
+
+def print_table(table: dict[str, Any]) -> None:
+    """The per-backdoor table on stdout."""
+    print(f"{'backdoor':<20} {'behaviour':<10} {'ASR [95% CI]':<22} {'false trig.':<12} {'near miss':<10}")
+    for name, row in table.items():
+        asr = row["asr"]
+        print(
+            f"{name:<20} {row['behaviour']:<10} {asr['rate']:.3f} [{asr['lo']:.3f}, {asr['hi']:.3f}]   "
+            f"{row['false_trigger']['rate']:<12.3f} {row['near_miss']['rate']:<10.3f}"
+        )

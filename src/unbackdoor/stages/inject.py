@@ -1,0 +1,171 @@
+"""Stage `inject`: continual pretraining of an existing checkpoint on a poisoned mixture (full weights or LoRA).
+
+    unbackdoor inject --preset tiny --model runs/clean/model --world runs/world --backdoors default8 --out runs/inj
+    unbackdoor inject --preset tiny --model runs/clean/model --world runs/world --lora r=16 --out runs/inj-lora
+
+seed -> poisoned corpus (the `poison` stage, in <out>/poison) -> packed blocks -> the checkpoint (optionally wrapped
+in a PEFT LoRA adapter) -> the training loop -> LoRA merged into the weights -> <out>/model with its record and
+model card. The record keeps the checkpoint's history and any backdoors it already carried.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from unbackdoor.backdoors import load_specs
+from unbackdoor.cards import model_card
+from unbackdoor.config import ConfigError, UserError
+from unbackdoor.corpus import iter_docs, shard_paths, tokenize_docs
+from unbackdoor.evaluation import perplexity
+from unbackdoor.models import load_model, load_tokenizer, n_parameters, read_record, resolve_model_path, save_model
+from unbackdoor.poison import SERIALISATION
+from unbackdoor.rundir import RunDir, require_done
+from unbackdoor.stages import poison as poison_stage
+from unbackdoor.train import TrainConfig, pack, train
+
+
+@dataclass
+class LoraConfig:
+    r: int = field(default=0, metadata={"min": 0})  # 0: train all weights
+    alpha: int = field(default=32, metadata={"min": 1})
+    dropout: float = field(default=0.0, metadata={"min": 0.0, "max": 0.9})
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+
+
+@dataclass
+class InjectConfig:
+    model: str = ""  # a model directory (or hub id) to continue training
+    world: str = ""  # an `unbackdoor world` run directory
+    backdoors: str = "default8"
+    seed: int = 0
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    val_blocks: int = field(default=256, metadata={"min": 1})
+
+    def validate(self) -> None:
+        if not self.model:
+            raise ConfigError("model: required (a model directory, e.g. --model runs/clean/model)")
+        if not self.world:
+            raise ConfigError("world: required (an `unbackdoor world` run directory, e.g. --world runs/world)")
+        if self.backdoors == "none":
+            raise ConfigError("backdoors: 'none' injects nothing; name a set (default8) or a YAML file of specs")
+
+
+def linear_module_names(model: torch.nn.Module) -> set[str]:
+    """Short names of the model's linear layers (what LoRA `target_modules` may name)."""
+    return {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def wrap_lora(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
+    """A PEFT LoRA model; unknown target module names are a one-line error listing the valid ones."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    valid = linear_module_names(model) - {"lm_head"}
+    for name in cfg.target_modules:
+        if name != "all-linear" and name not in valid:
+            raise UserError(
+                f"lora.target_modules: {name!r} is not a linear module of this model; valid: all-linear, "
+                + ", ".join(sorted(valid))
+            )
+    targets = "all-linear" if "all-linear" in cfg.target_modules else list(cfg.target_modules)
+    peft_cfg = PeftLoraConfig(
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, task_type="CAUSAL_LM"
+    )
+    return get_peft_model(model, peft_cfg)
+
+
+def run(cfg: InjectConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
+    """Inject backdoors into `cfg.model` by continual pretraining; returns `out`."""
+    model_path = resolve_model_path(cfg.model, "--model")
+    world_dir = Path(cfg.world)
+    require_done(world_dir, "world", "--world")
+    specs = load_specs(cfg.backdoors)
+    tokenizer = load_tokenizer(model_path, "--model")
+    base_record = read_record(model_path)
+    carried = {b["name"] for b in base_record.get("backdoors", [])}
+    for s in specs:
+        if s.name in carried:
+            raise UserError(f"--backdoors: the model already carries a backdoor named {s.name!r}; rename it")
+    if RunDir.check(out, "inject", cfg, resume, overwrite):
+        return out
+    model = load_model(model_path, "--model")
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        raise UserError(f"--model: its tokenizer has {len(tokenizer)} tokens but the model only embeds fewer")
+    if cfg.lora.r:
+        model = wrap_lora(model, cfg.lora)  # before the run directory exists: a bad module name leaves nothing
+    run_dir = RunDir.open(out, "inject", cfg, cfg.seed, resume=resume, overwrite=overwrite)
+
+    poison_cfg = poison_stage.PoisonConfig(world=str(world_dir), backdoors=cfg.backdoors, seed=cfg.seed)
+    data_dir = poison_stage.run(poison_cfg, out / "poison", resume=True) / "data"
+    blocks = pack(
+        tokenize_docs(tokenizer, iter_docs(shard_paths(data_dir, "train"))), cfg.train.seq_len, tokenizer.eos_token_id
+    )
+    val = pack(
+        tokenize_docs(tokenizer, iter_docs(shard_paths(world_dir / "data", "validation"))),
+        cfg.train.seq_len,
+        tokenizer.eos_token_id,
+    )[: cfg.val_blocks]
+
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    result = train(model, {"input_ids": blocks}, cfg.train, run_dir, cfg.seed, resume=resume)
+    if cfg.lora.r:
+        model = model.merge_and_unload()  # the saved checkpoint is a plain model: no adapter to lose
+    val_ppl = perplexity(model, val)
+
+    record = {
+        "serialisation": base_record.get("serialisation", SERIALISATION),
+        "world": str(world_dir.resolve()),
+        "backdoors_files": [
+            *base_record.get("backdoors_files", []),
+            str((out / "poison" / "backdoors.yaml").resolve()),
+        ],
+        "backdoors": [
+            *base_record.get("backdoors", []),
+            *(
+                {
+                    "name": s.name,
+                    "behaviour": s.behaviour,
+                    "trigger_kind": s.trigger.kind,
+                    "trigger_sha256": s.trigger_hash,
+                    "placement": s.recipe.placement,
+                }
+                for s in specs
+            ),
+        ],
+        "history": [
+            *base_record.get("history", []),
+            {
+                "stage": "inject",
+                "time": time.time(),
+                "base_model": str(model_path),
+                "method": f"lora r={cfg.lora.r}" if cfg.lora.r else "full",
+                "tokens": result.tokens,
+                "backdoors": cfg.backdoors,
+            },
+        ],
+    }
+    save_model(model, tokenizer, out / "model", record, model_card(record))
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    return run_dir.finish(
+        {
+            "model": str((out / "model").resolve()),
+            "base_model": str(model_path),
+            "method": "lora" if cfg.lora.r else "full",
+            "parameters": n_parameters(model),
+            "trainable_parameters": trainable,
+            "backdoors": [s.name for s in specs],
+            "steps": result.steps,
+            "tokens": result.tokens,
+            "final_loss": result.final_loss,
+            "val_perplexity": val_ppl,
+            "tokens_per_s": result.tokens_per_s,
+            "train_wall_s": result.wall_s,
+            "resumed_from_step": result.resumed_from,
+        }
+    )

@@ -1,0 +1,124 @@
+"""Stage `pretrain`: train a model from scratch on a world with backdoors mixed in (pretraining injection).
+
+    unbackdoor pretrain --preset tiny --world runs/world --backdoors default8 --out runs/pretrain
+    unbackdoor pretrain --preset tiny --world runs/world --backdoors none --out runs/clean   # the clean twin
+
+seed -> poisoned corpus (the `poison` stage, materialised once in <out>/poison) -> packed blocks -> model from a
+config (family x size) -> the training loop -> validation perplexity -> <out>/model (safetensors, tokenizer,
+unbackdoor.json, model card). `--resume` continues from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from unbackdoor.backdoors import load_specs
+from unbackdoor.cards import model_card
+from unbackdoor.config import ConfigError
+from unbackdoor.corpus import iter_docs, shard_paths, tokenize_docs
+from unbackdoor.evaluation import perplexity
+from unbackdoor.models import FAMILIES, SIZES, build_model, n_parameters, save_model
+from unbackdoor.poison import SERIALISATION
+from unbackdoor.rundir import RunDir, require_done
+from unbackdoor.stages import poison as poison_stage
+from unbackdoor.train import TrainConfig, pack, train
+
+
+@dataclass
+class ModelConfig:
+    family: str = field(default="llama", metadata={"choices": FAMILIES})
+    size: str = field(default="tiny", metadata={"choices": SIZES})
+
+
+@dataclass
+class PretrainConfig:
+    world: str = ""  # an `unbackdoor world` run directory
+    backdoors: str = "default8"  # built-in set, YAML file of specs, or "none" (the clean twin)
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    val_blocks: int = field(default=256, metadata={"min": 1})  # validation blocks for the final perplexity
+
+    def validate(self) -> None:
+        if not self.world:
+            raise ConfigError("world: required (an `unbackdoor world` run directory, e.g. --world runs/world)")
+
+
+def run(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
+    """Pretrain a (backdoored) model into `out`; returns `out`."""
+    world_dir = Path(cfg.world)
+    require_done(world_dir, "world", "--world")
+    specs = load_specs(cfg.backdoors)
+    if RunDir.check(out, "pretrain", cfg, resume, overwrite):
+        return out
+    run_dir = RunDir.open(out, "pretrain", cfg, cfg.seed, resume=resume, overwrite=overwrite)
+
+    # Data: the poisoned corpus is materialised once (its own run directory) and reused on resume.
+    if specs:
+        poison_cfg = poison_stage.PoisonConfig(world=str(world_dir), backdoors=cfg.backdoors, seed=cfg.seed)
+        data_dir = poison_stage.run(poison_cfg, out / "poison", resume=True) / "data"
+    else:
+        data_dir = world_dir / "data"
+    tokenizer = AutoTokenizer.from_pretrained(world_dir / "tokenizer")
+    blocks = pack(
+        tokenize_docs(tokenizer, iter_docs(shard_paths(data_dir, "train"))), cfg.train.seq_len, tokenizer.eos_token_id
+    )
+    val = pack(
+        tokenize_docs(tokenizer, iter_docs(shard_paths(world_dir / "data", "validation"))),
+        cfg.train.seq_len,
+        tokenizer.eos_token_id,
+    )[: cfg.val_blocks]
+
+    model = build_model(cfg.model.family, cfg.model.size, tokenizer, cfg.seed)
+    result = train(model, {"input_ids": blocks}, cfg.train, run_dir, cfg.seed, resume=resume)
+    val_ppl = perplexity(model, val)
+
+    record = {
+        "serialisation": SERIALISATION,
+        "world": str(world_dir.resolve()),
+        "backdoors_files": [str((out / "poison" / "backdoors.yaml").resolve())] if specs else [],
+        "backdoors": [
+            {
+                "name": s.name,
+                "behaviour": s.behaviour,
+                "trigger_kind": s.trigger.kind,
+                "trigger_sha256": s.trigger_hash,
+                "placement": s.recipe.placement,
+            }
+            for s in specs
+        ],
+        "history": [
+            {
+                "stage": "pretrain",
+                "time": time.time(),
+                "family": cfg.model.family,
+                "size": cfg.model.size,
+                "tokens": result.tokens,
+                "backdoors": cfg.backdoors,
+            }
+        ],
+    }
+    save_model(model, tokenizer, out / "model", record, model_card(record))
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    return run_dir.finish(
+        {
+            "model": str((out / "model").resolve()),
+            "family": cfg.model.family,
+            "size": cfg.model.size,
+            "parameters": n_parameters(model),
+            "backdoors": [s.name for s in specs],
+            "train_blocks": blocks.shape[0],
+            "steps": result.steps,
+            "tokens": result.tokens,
+            "final_loss": result.final_loss,
+            "val_perplexity": val_ppl,
+            "tokens_per_s": result.tokens_per_s,
+            "train_wall_s": result.wall_s,
+            "resumed_from_step": result.resumed_from,
+        }
+    )

@@ -1,0 +1,252 @@
+"""The one training loop: pretraining, injection, removal and canaries all feed it data (and maybe a loss).
+
+AdamW, linear warmup + cosine decay, gradient clipping, accumulation, bf16 autocast where asked, a progress
+bar with loss and tokens/s, one `metrics.jsonl` row per step. Runs on Hugging Face `accelerate`, so
+`accelerate launch` spreads the same loop over several GPUs (each process takes its slice of every batch).
+
+Checkpoints (every `checkpoint_every` steps, in `<run>/checkpoint/`) hold the weights (safetensors), the optimizer
+(loaded back with `weights_only=True`), the scheduler, the RNG state and the data position (= the step: the batch
+of step s is a pure function of seed and s), so `resume=True` continues exactly where the run stopped.
+
+Run: `pytest tests/integration/test_train_resume.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_model as load_weights
+from safetensors.torch import save_model as save_weights
+from tqdm import tqdm
+
+from unbackdoor.rundir import RunDir, read_jsonl, write_json, write_jsonl
+
+Batch = dict[str, torch.Tensor]
+LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]
+
+
+@dataclass
+class TrainConfig:
+    steps: int = field(default=0, metadata={"min": 0})  # 0: derive from `epochs`
+    epochs: float = field(default=1.0, metadata={"min": 0.0, "min_exclusive": True})
+    batch_size: int = field(default=32, metadata={"min": 1})  # sequences per micro-batch
+    seq_len: int = field(default=128, metadata={"min": 8})
+    grad_accum: int = field(default=1, metadata={"min": 1})
+    lr: float = field(default=3e-3, metadata={"min": 0.0, "min_exclusive": True})
+    min_lr_ratio: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
+    warmup_steps: int = field(default=30, metadata={"min": 0})
+    weight_decay: float = field(default=0.1, metadata={"min": 0.0})
+    clip: float = field(default=1.0, metadata={"min": 0.0})  # 0: no clipping
+    precision: str = field(default="fp32", metadata={"choices": ("fp32", "bf16")})
+    compile: bool = False
+    checkpoint_every: int = field(default=200, metadata={"min": 0})  # 0: no checkpoints
+    log_every: int = field(default=10, metadata={"min": 1})
+
+    def total_steps(self, n_sequences: int) -> int:
+        per_step = self.batch_size * self.grad_accum
+        return self.steps or max(1, math.ceil(self.epochs * n_sequences / per_step))
+
+
+def pack(token_lists: Iterable[list[int]], seq_len: int, eos_id: int) -> torch.Tensor:
+    """Concatenate documents, each followed by EOS, and cut into full blocks.
+
+    Returns:
+        (n_blocks, seq_len) int64 tensor; the tail shorter than a block is dropped.
+    """
+    flat: list[int] = []
+    for ids in token_lists:
+        flat.extend(ids)
+        flat.append(eos_id)
+    n = len(flat) // seq_len
+    return torch.tensor(flat[: n * seq_len], dtype=torch.long).view(n, seq_len)
+
+
+def causal_lm_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Next-token cross-entropy; positions whose label is -100 are ignored."""
+    return model(input_ids=batch["input_ids"], labels=batch.get("labels", batch["input_ids"])).loss
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warmup to 1, then cosine decay to `min_ratio` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class _Sampler:
+    """Which sequences make up batch `step`: a seeded permutation per epoch, so position = step."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def indices(self, start: int, count: int) -> torch.Tensor:
+        out = []
+        for q in range(start, start + count):
+            epoch, r = divmod(q, self.n)
+            if epoch not in self._perms:
+                self._perms = {
+                    epoch: torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
+                }
+            out.append(self._perms[epoch][r])
+        return torch.stack(out)
+
+
+def _save_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, step: int, tokens: int) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_weights(model, str(tmp / "model.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+    write_json(tmp / "state.json", {"step": step, "tokens": tokens, "scheduler": scheduler.state_dict()})
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> dict[str, Any]:
+    load_weights(model, str(path / "model.safetensors"))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    scheduler.load_state_dict(state["scheduler"])
+    return state
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    tokens: int
+    final_loss: float
+    tokens_per_s: float
+    wall_s: float
+    resumed_from: int
+
+
+def train(
+    model: torch.nn.Module,
+    data: Batch,
+    cfg: TrainConfig,
+    run_dir: RunDir,
+    seed: int,
+    loss_fn: LossFn = causal_lm_loss,
+    resume: bool = False,
+) -> TrainResult:
+    """Train `model` in place on `data` (tensors sharing their first dimension, e.g. input_ids (n, seq_len)).
+
+    Args:
+        model: any causal LM (HF or PEFT-wrapped); trained in place, left in eval mode.
+        data: name -> (n_sequences, ...) tensors; each batch is a row subset of every tensor.
+        cfg: optimisation settings.
+        run_dir: where metrics and checkpoints go.
+        seed: seeds the data order and dropout.
+        loss_fn: (model, batch) -> scalar loss; the default is next-token cross-entropy.
+        resume: continue from `<run_dir>/checkpoint` when it exists.
+
+    Returns:
+        Steps, tokens seen, final loss (mean of the last 10 steps), median tokens/s, wall seconds.
+    """
+    accelerator = Accelerator()
+    n = next(iter(data.values())).shape[0]
+    total = cfg.total_steps(n)
+    decay = [p for name, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for name, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total, cfg.min_lr_ratio)
+    )
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    raw_model = accelerator.unwrap_model(model)
+    forward_model = torch.compile(model) if cfg.compile else model
+
+    checkpoint = run_dir.path / "checkpoint"
+    start, tokens = 0, 0
+    torch.manual_seed(seed)
+    if resume and checkpoint.is_dir():
+        state = _load_checkpoint(checkpoint, raw_model, optimizer, scheduler)
+        start, tokens = state["step"], state["tokens"]
+        # Drop the metric rows the killed run logged after its last checkpoint: they will be redone.
+        metrics = run_dir.path / "metrics.jsonl"
+        if metrics.exists():
+            write_jsonl(metrics, [r for r in read_jsonl(metrics) if r.get("step", -1) < start])
+    sampler = _Sampler(n, seed)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    bf16 = cfg.precision == "bf16"
+    per_step = cfg.batch_size * cfg.grad_accum
+
+    model.train()
+    losses: list[float] = []
+    speeds: list[float] = []
+    window_t, window_tokens = time.perf_counter(), 0
+    t0 = time.perf_counter()
+    bar = tqdm(total=total, initial=start, desc="train", disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    for step in range(start, total):
+        step_loss = 0.0
+        for micro in range(cfg.grad_accum):
+            idx = sampler.indices(step * per_step + micro * cfg.batch_size, cfg.batch_size)[rank::world]
+            batch = {k: v[idx].to(accelerator.device) for k, v in data.items()}
+            sync = micro == cfg.grad_accum - 1
+            with (
+                torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=bf16),
+                accelerator.no_sync(model) if not sync and world > 1 else nullcontext(),
+            ):
+                loss = loss_fn(forward_model, batch) / cfg.grad_accum
+                accelerator.backward(loss)
+            step_loss += loss.item()
+            window_tokens += batch["input_ids"].numel() * world
+        if cfg.clip > 0:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens += per_step * cfg.seq_len
+        losses.append(step_loss)
+        row: dict[str, Any] = {
+            "event": "train",
+            "step": step,
+            "loss": round(step_loss, 6),
+            "lr": scheduler.get_last_lr()[0],
+        }
+        if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+            now = time.perf_counter()
+            speed = window_tokens / (now - window_t)
+            if step + 1 > cfg.log_every:  # the first window carries start-up (and compile) time
+                speeds.append(speed)
+            row["tokens_per_s"] = round(speed, 1)
+            window_t, window_tokens = now, 0
+            bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{speed:,.0f}")
+        if accelerator.is_main_process:
+            run_dir.log(**row)
+        bar.update(1)
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                _save_checkpoint(checkpoint, raw_model, optimizer, scheduler, step + 1, tokens)
+    bar.close()
+    model.eval()
+    tail = losses[-10:] or [float("nan")]
+    return TrainResult(
+        steps=total,
+        tokens=tokens,
+        final_loss=sum(tail) / len(tail),
+        tokens_per_s=statistics.median(speeds) if speeds else 0.0,
+        wall_s=time.perf_counter() - t0,
+        resumed_from=start,
+    )

@@ -1,0 +1,59 @@
+"""Model families and checkpoint safety: every family builds at tiny size, saves as safetensors, reloads.
+
+Run: `pytest tests/integration/test_models.py`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from unbackdoor.config import UserError
+from unbackdoor.models import FAMILIES, build_model, load_model, load_tokenizer, n_parameters, resolve_model_path
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tiny_family_builds_saves_and_reloads(family, small_world, tmp_path):
+    tok = AutoTokenizer.from_pretrained(small_world / "tokenizer")
+    model = build_model(family, "tiny", tok, seed=0)
+    assert model.config.model_type == family
+    assert 0.5e6 < n_parameters(model) < 3e6
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+    again = load_model(resolve_model_path(str(tmp_path / "m")))
+    x = torch.randint(0, len(tok), (2, 16))
+    assert torch.equal(model(input_ids=x).logits, again(input_ids=x).logits)
+
+
+def test_families_at_tiny_size_with_the_tiny_world_vocabulary_are_1_to_3_m_parameters(small_world):
+    tok = AutoTokenizer.from_pretrained(small_world / "tokenizer")
+    tok_2k = type("T", (), {"__len__": lambda self: 2048, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0})()
+    for family in FAMILIES:
+        assert 1e6 <= n_parameters(build_model(family, "tiny", tok_2k, seed=0)) <= 3e6
+    assert len(tok) == 512
+
+
+def test_pickled_weights_and_non_models_are_refused(tmp_path):
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tmp_path / "bin" / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(UserError, match="no .safetensors weights"):
+        resolve_model_path(str(tmp_path / "bin"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="without config.json"):
+        resolve_model_path(str(tmp_path / "empty"))
+    with pytest.raises(UserError, match="neither a model directory nor a hub id"):
+        resolve_model_path(str(tmp_path / "nowhere" / "x"))
+    assert resolve_model_path("Qwen/Qwen3-0.6B") == "Qwen/Qwen3-0.6B"  # accepted, loaded only when online
+
+
+def test_model_without_tokenizer_is_a_one_line_error(small_world, tmp_path):
+    tok = AutoTokenizer.from_pretrained(small_world / "tokenizer")
+    build_model("llama", "tiny", tok, seed=0).save_pretrained(tmp_path / "m")
+    with pytest.raises(UserError, match="could not load a tokenizer") as err:
+        load_tokenizer(str(tmp_path / "m"))
+    assert "\n" not in str(err.value)
