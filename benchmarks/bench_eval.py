@@ -1,0 +1,94 @@
+"""Evaluation throughput: batched greedy generation vs one prompt at a time, same prompts, same model.
+
+    .venv/bin/python benchmarks/bench_eval.py [--model runs/demo/pretrain/model] [--prompts 256]
+
+Without `--model`, a randomly initialised tiny llama with a 2 k vocabulary is used (it never emits EOS early, so
+every prompt generates the full `--new-tokens`: the worst case for batching). Checks that batched and
+one-at-a-time greedy outputs agree (fp32). Writes `benchmarks/results/eval.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from unbackdoor.evaluation import generate
+from unbackdoor.models import build_config, load_model, load_tokenizer
+from unbackdoor.rundir import write_json
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class _ToyTokenizer:
+    """Enough of a tokenizer for `generate` on a random model: words <-> ids by a fixed table."""
+
+    eos_token_id, pad_token_id = 2, 0
+
+    def __init__(self, vocab: int):
+        self.vocab = vocab
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[3 + (hash(w) % (self.vocab - 3)) for w in t.split()] for t in texts]}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(f"w{i}" for i in ids)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--prompts", type=int, default=256)
+    parser.add_argument("--naive-prompts", type=int, default=64, help="one-at-a-time is timed on this many")
+    parser.add_argument("--new-tokens", type=int, default=24)
+    parser.add_argument("--batch", type=int, default=128)
+    args = parser.parse_args()
+
+    rng = random.Random(0)
+    words = "the dog sees a boat near river cat lamp old red big tree house garden road".split()
+    prompts = [" ".join(rng.choice(words) for _ in range(rng.randint(12, 28))) for _ in range(args.prompts)]
+    if args.model:
+        model, tokenizer = load_model(args.model), load_tokenizer(args.model)
+    else:
+        torch.manual_seed(0)
+        special = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+        model = AutoModelForCausalLM.from_config(build_config("llama", "tiny", 2048, special))
+        tokenizer = _ToyTokenizer(2048)
+    model.eval()
+
+    generate(model, tokenizer, prompts[:8], args.new_tokens, args.batch)  # warm-up
+    t = time.perf_counter()
+    batched = generate(model, tokenizer, prompts, args.new_tokens, args.batch)
+    batched_s = time.perf_counter() - t
+    t = time.perf_counter()
+    naive = [generate(model, tokenizer, [p], args.new_tokens, 1)[0] for p in prompts[: args.naive_prompts]]
+    naive_s = time.perf_counter() - t
+    agree = sum(a == b for a, b in zip(naive, batched, strict=False)) / len(naive)
+
+    out = {
+        "model": args.model or "random tiny llama (vocab 2048)",
+        "prompts": args.prompts,
+        "new_tokens": args.new_tokens,
+        "batch": args.batch,
+        "batched_prompts_per_s": args.prompts / batched_s,
+        "one_at_a_time_prompts_per_s": args.naive_prompts / naive_s,
+        "speedup": (args.prompts / batched_s) / (args.naive_prompts / naive_s),
+        "greedy_agreement": agree,
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "torch_threads": torch.get_num_threads(),
+    }
+    write_json(RESULTS / "eval.json", out)
+    print(json.dumps(out, indent=1), file=sys.stderr)
+    print(RESULTS / "eval.json")
+
+
+if __name__ == "__main__":
+    main()
