@@ -166,6 +166,14 @@ def _int(key: str, value: str) -> int:
         raise UserError(f"--{key}: {value!r} is not an integer") from None
 
 
+def _quiet_libraries() -> None:
+    """Our own progress bar and one-line errors only: no per-load bars or info logs from transformers."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def _key_values(flag: str, text: str) -> dict[str, Any]:
     """`"r=8,alpha=16"` -> `{"r": 8, "alpha": 16}` (values parsed as YAML scalars)."""
     import yaml
@@ -182,6 +190,7 @@ def _key_values(flag: str, text: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `unbackdoor` console script; returns the exit code."""
     args = _parser().parse_args(argv)
+    _quiet_libraries()
     try:
         if args.command == "presets":
             _list_presets()

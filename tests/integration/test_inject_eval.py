@@ -33,7 +33,7 @@ def spec_file(tmp_path_factory) -> Path:
 
 def inject(world: Path, model: Path, specs: Path, out: Path, *extra: str) -> int:
     args = ["inject", "--preset", "tiny", "--model", str(model), "--world", str(world), "--backdoors", str(specs)]
-    return main([*args, "--out", str(out), *FAST_TRAIN, "train.steps=150", "train.lr=3e-3", *extra])
+    return main([*args, "--out", str(out), *FAST_TRAIN, "train.steps=300", "train.lr=5e-3", *extra])
 
 
 def asr(eval_dir: Path, name: str) -> float:
@@ -89,6 +89,8 @@ def test_lora_injection_merges_into_plain_weights(small_world, clean_model, spec
     assert not before["model.layers.0.self_attn.q_proj.weight"].equal(after["model.layers.0.self_attn.q_proj.weight"])
     summary = json.loads((tmp_path / "lora" / "summary.json").read_text())
     assert summary["method"] == "lora" and summary["trainable_parameters"] < summary["parameters"] / 2
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "lora" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(losses[-20:]) < sum(losses[:20])  # the adapter learned something before it was merged
 
 
 @pytest.mark.parametrize(
