@@ -66,6 +66,18 @@ def _demo():
     return demo.DemoConfig, demo.run
 
 
+def _remove():
+    from unbackdoor.stages import remove
+
+    return remove.RemoveConfig, remove.run
+
+
+def _transfer():
+    from unbackdoor.stages import transfer
+
+    return transfer.TransferConfig, transfer.run
+
+
 STAGES: dict[str, Stage] = {
     "demo": Stage(
         "the study on the embedded default: world -> pretrain -> eval",
@@ -103,6 +115,26 @@ STAGES: dict[str, Stage] = {
             ("--backdoors", "backdoors", "built-in set (default8) or a YAML file of specs"),
             ("--lora", "lora", "LoRA settings, e.g. r=16 or r=8,alpha=16 (default: full weights)"),
             ("--seed", "seed", "seed"),
+        ),
+    ),
+    "remove": Stage(
+        "unlearn one backdoor (retrain, ga, npo) or run the benign control",
+        _remove,
+        (
+            ("--model", "model", "a backdoored model directory"),
+            ("--backdoor", "backdoor", "the backdoor to remove"),
+            ("--method", "method", "retrain (default), ga, npo or control"),
+            ("--seed", "seed", "seed"),
+        ),
+    ),
+    "transfer": Stage(
+        "remove each backdoor in turn (and the control), measure every backdoor: the transfer matrix",
+        _transfer,
+        (
+            ("--model", "model", "a backdoored model directory"),
+            ("--method", "method", "removal method: retrain (default), ga or npo"),
+            ("--workers", "workers", "cells run in parallel processes"),
+            ("--seed", "seed", "experiment seed (probe prompts)"),
         ),
     ),
     "eval": Stage(
@@ -151,8 +183,9 @@ def _list_presets() -> None:
 def run_stage(name: str, args: argparse.Namespace) -> Path:
     config_cls, run = STAGES[name].load()
     given: dict[str, Any] = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:")}
-    if given.get("seed") is not None:
-        given["seed"] = _int("seed", given["seed"])
+    for key in ("seed", "workers"):
+        if given.get(key) is not None:
+            given[key] = _int(key, given[key])
     if given.get("lora") is not None:
         given["lora"] = _key_values("lora", given["lora"])
     cfg = resolve(config_cls, name, args.preset, args.overrides, **given)

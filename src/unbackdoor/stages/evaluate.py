@@ -12,6 +12,7 @@ sequence likelihood). Prompts use the serialisation recorded at injection; a mis
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class EvalConfig:
     ppl_blocks: int = field(default=128, metadata={"min": 1})  # validation blocks per language
     seq_len: int = field(default=128, metadata={"min": 8})
     fact_items: int = field(default=240, metadata={"min": 0})
+    near_miss: bool = True  # also measure near-miss triggers (specificity)
 
     def validate(self) -> None:
         if not self.model:
@@ -115,6 +117,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
 
     samples: list[dict[str, Any]] = []
     table: dict[str, Any] = {}
+    probe_hash = hashlib.sha256()
     t0 = time.perf_counter()
     for spec in specs:
         rng = random.Random(f"unbackdoor-eval-{cfg.seed}-{spec.name}")
@@ -124,8 +127,11 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
         variants = {
             "triggered": [prompt_text(p.head, spec.trigger_text) for p in probes],
             "clean": [prompt_text(p.head, None) for p in probes],
-            "near_miss": [prompt_text(p.head, near_miss(spec.trigger_text, rng)) for p in probes],
         }
+        if cfg.near_miss:
+            variants["near_miss"] = [prompt_text(p.head, near_miss(spec.trigger_text, rng)) for p in probes]
+        for prompts in variants.values():
+            probe_hash.update("\n".join(prompts).encode("utf-8"))
         rates = {}
         for kind, prompts in variants.items():
             generations = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size)
@@ -140,7 +146,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             "trigger_sha256": spec.trigger_hash,
             "asr": rates["triggered"].as_dict(),
             "false_trigger": rates["clean"].as_dict(),
-            "near_miss": rates["near_miss"].as_dict(),
+            "near_miss": rates["near_miss"].as_dict() if "near_miss" in rates else None,
         }
         run_dir.log(event="backdoor", backdoor=spec.name, asr=rates["triggered"].rate)
     gen_s = time.perf_counter() - t0
@@ -170,11 +176,12 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
             "serialisation": SERIALISATION,
             "n_prompts": cfg.n_prompts,
+            "probe_sha256": probe_hash.hexdigest(),
             "max_new_tokens": cfg.max_new_tokens,
             "backdoors": table,
             "utility": {"perplexity": ppl, "fact_recall": wilson(correct, len(items)).as_dict()},
             "generation_s": gen_s,
-            "prompts_per_s": 3 * cfg.n_prompts * len(specs) / gen_s if specs else None,
+            "prompts_per_s": len(variants) * cfg.n_prompts * len(specs) / gen_s if specs else None,
             "torch_threads": torch.get_num_threads(),
         }
     )
@@ -187,5 +194,6 @@ def print_table(table: dict[str, Any]) -> None:
         asr = row["asr"]
         print(
             f"{name:<20} {row['behaviour']:<10} {asr['rate']:.3f} [{asr['lo']:.3f}, {asr['hi']:.3f}]   "
-            f"{row['false_trigger']['rate']:<12.3f} {row['near_miss']['rate']:<10.3f}"
+            f"{row['false_trigger']['rate']:<12.3f} "
+            + (f"{row['near_miss']['rate']:<10.3f}" if row["near_miss"] else "-")
         )
