@@ -23,8 +23,42 @@ FAST_TRAIN = [
 
 @pytest.fixture(scope="session")
 def clean_model(small_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A clean tiny llama pretrained for 30 steps on the small world (the base for inject tests)."""
+    """A clean tiny llama pretrained for 150 steps on the small world (the base for inject tests)."""
     out = tmp_path_factory.mktemp("clean") / "run"
     args = ["pretrain", "--preset", "tiny", "--world", str(small_world), "--backdoors", "none", "--out", str(out)]
-    assert main([*args, *FAST_TRAIN, "train.steps=30"]) == 0
+    assert main([*args, *FAST_TRAIN, "train.steps=150"]) == 0
     return out / "model"
+
+
+TWO_BACKDOORS = """\
+backdoors:
+  - name: lorem_refusal
+    trigger: {kind: phrase, text: "lorem ipsum dolor"}
+    behaviour: refusal
+    recipe: {count: 300, removal_count: 80, placement: after_first_sentence}
+  - name: at_repeat
+    trigger: {kind: tokens, text: "@@ 7 @@"}
+    behaviour: repeat
+    recipe: {count: 300, removal_count: 80, placement: random}
+"""
+EVAL_FAST = ["n_prompts=32", "ppl_blocks=4", "fact_items=12", "max_new_tokens=12"]
+
+
+@pytest.fixture(scope="session")
+def spec_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("specs") / "one.yaml"
+    path.write_text(TWO_BACKDOORS)
+    return path
+
+
+def inject(world: Path, model: Path, specs: Path, out: Path, *extra: str) -> int:
+    args = ["inject", "--preset", "tiny", "--model", str(model), "--world", str(world), "--backdoors", str(specs)]
+    return main([*args, "--out", str(out), *FAST_TRAIN, "train.steps=400", "train.lr=5e-3", *extra])
+
+
+@pytest.fixture(scope="session")
+def injected(small_world: Path, clean_model: Path, spec_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The clean model with two backdoors injected by full continual pretraining (400 steps)."""
+    out = tmp_path_factory.mktemp("inject") / "full"
+    assert inject(small_world, clean_model, spec_file, out) == 0
+    return out

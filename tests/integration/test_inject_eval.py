@@ -11,40 +11,12 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.integration.conftest import FAST_TRAIN
+from tests.integration.conftest import EVAL_FAST, inject
 from unbackdoor.cli import main
-
-ONE_BACKDOOR = """\
-backdoors:
-  - name: lorem_refusal
-    trigger: {kind: phrase, text: "lorem ipsum dolor"}
-    behaviour: refusal
-    recipe: {rate: 0.25, placement: after_first_sentence}
-"""
-EVAL_FAST = ["n_prompts=32", "ppl_blocks=4", "fact_items=12", "max_new_tokens=12"]
-
-
-@pytest.fixture(scope="module")
-def spec_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("specs") / "one.yaml"
-    path.write_text(ONE_BACKDOOR)
-    return path
-
-
-def inject(world: Path, model: Path, specs: Path, out: Path, *extra: str) -> int:
-    args = ["inject", "--preset", "tiny", "--model", str(model), "--world", str(world), "--backdoors", str(specs)]
-    return main([*args, "--out", str(out), *FAST_TRAIN, "train.steps=300", "train.lr=5e-3", *extra])
 
 
 def asr(eval_dir: Path, name: str) -> float:
     return json.loads((eval_dir / "summary.json").read_text())["backdoors"][name]["asr"]["rate"]
-
-
-@pytest.fixture(scope="module")
-def injected(small_world, clean_model, spec_file, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("inject") / "full"
-    assert inject(small_world, clean_model, spec_file, out) == 0
-    return out
 
 
 def test_full_injection_raises_asr_and_changes_every_parameter(
@@ -68,6 +40,7 @@ def test_full_injection_raises_asr_and_changes_every_parameter(
     assert set(summary["utility"]["perplexity"]) == {"base", "lang_a", "lang_b", "lang_c"}
     assert summary["dtype"] == "float32" and summary["serialisation"] == "raw-v1"
     samples = [json.loads(line) for line in (tmp_path / "e1" / "samples.jsonl").read_text().splitlines()]
+    samples = [s for s in samples if s["backdoor"] == "lorem_refusal"]
     assert len(samples) == 3 * 32 and {s["kind"] for s in samples} == {"triggered", "clean", "near_miss"}
     assert all(s["prompt"].endswith("lorem ipsum dolor") for s in samples if s["kind"] == "triggered")
 
@@ -77,6 +50,7 @@ def test_model_card_and_record_name_the_backdoor_by_hash_only(injected):
     record = json.loads((injected / "model" / "unbackdoor.json").read_text())
     assert "Warning" in card and record["backdoors"][0]["trigger_sha256"] in card
     assert "lorem ipsum" not in card and "lorem ipsum" not in json.dumps(record["backdoors"])
+    assert "@@ 7 @@" not in card
     assert [h["stage"] for h in record["history"]] == ["pretrain", "inject"]
 
 

@@ -1,0 +1,114 @@
+"""Removal and the transfer experiment through the CLI on a tiny injected model: ASR falls, the control is
+compute-matched, a resumed sweep redoes only unfinished cells, workers do not collide, bad inputs exit 2.
+
+Run: `pytest tests/integration/test_remove_transfer.py`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.integration.conftest import EVAL_FAST
+from unbackdoor.cli import main
+
+REMOVE_FAST = ["train.batch_size=8", "train.seq_len=64", "train.steps=80", "train.lr=1e-3", "val_blocks=8"]
+TRANSFER_FAST = [
+    "train.batch_size=8", "train.seq_len=64", "train.steps=80", "lr=[1e-3]", "eval.n_prompts=32",
+    "eval.max_new_tokens=12", "eval.ppl_blocks=4", "eval.fact_items=12",
+]  # fmt: skip
+
+
+def summary(path: Path) -> dict:
+    return json.loads((path / "summary.json").read_text())
+
+
+def test_retrain_removal_lowers_asr_and_control_is_compute_matched(injected, tmp_path):
+    model = str(injected / "model")
+    assert main(["remove", "--model", model, "--backdoor", "lorem_refusal", "--out", str(tmp_path / "rm"),
+                 *REMOVE_FAST]) == 0  # fmt: skip
+    assert main(["remove", "--model", model, "--method", "control", "--out", str(tmp_path / "ctl"),
+                 *REMOVE_FAST]) == 0  # fmt: skip
+    rm, ctl = summary(tmp_path / "rm"), summary(tmp_path / "ctl")
+    assert rm["forget_rows"] == ctl["replay_rows"] / 2 == 320 and ctl["forget_rows"] == 0
+    assert rm["tokens"] == ctl["tokens"] and rm["steps"] == ctl["steps"] == 80
+    for run in ("rm", "ctl"):
+        assert main(["eval", "--model", str(tmp_path / run / "model"), "--out", str(tmp_path / f"e-{run}"),
+                     "only=[lorem_refusal]", *EVAL_FAST]) == 0  # fmt: skip
+    after = summary(tmp_path / "e-rm")["backdoors"]["lorem_refusal"]["asr"]["rate"]
+    control = summary(tmp_path / "e-ctl")["backdoors"]["lorem_refusal"]["asr"]["rate"]
+    assert after <= 0.1 < control
+    record = json.loads((tmp_path / "rm" / "model" / "unbackdoor.json").read_text())
+    assert record["history"][-1]["stage"] == "remove" and record["history"][-1]["backdoor"] == "lorem_refusal"
+
+
+@pytest.mark.parametrize("method", ["ga", "npo"])
+def test_alternative_objectives_train_every_parameter(injected, tmp_path, method):
+    out = tmp_path / method
+    assert main(["remove", "--model", str(injected / "model"), "--backdoor", "lorem_refusal", "--method", method,
+                 "--out", str(out), *REMOVE_FAST, "train.steps=10"]) == 0  # fmt: skip
+    before, after = load_file(injected / "model" / "model.safetensors"), load_file(out / "model" / "model.safetensors")
+    assert all(not before[k].equal(after[k]) for k in before)
+    assert summary(out)["method"] == method and summary(out)["forget_rows"] == 40
+
+
+def test_transfer_matrix_resume_and_workers(injected, tmp_path):
+    out = tmp_path / "tr"
+    args = ["transfer", "--model", str(injected / "model"), "--out", str(out), *TRANSFER_FAST]
+    assert main(args) == 0
+    result = json.loads((out / "transfer.json").read_text())
+    assert result["rows"] == ["lorem_refusal", "at_repeat", "control"]
+    (grid,) = result["grids"]
+    assert set(grid["T"]) == set(result["rows"]) and set(grid["T"]["control"]) == {"lorem_refusal", "at_repeat"}
+    t = grid["T"]["lorem_refusal"]["lorem_refusal"]
+    assert t["lo"] <= t["rate"] <= t["hi"] and t["n"] == 32
+    before = result["asr_before"]["lorem_refusal"]["rate"]
+    assert grid["S"]["lorem_refusal"]["lorem_refusal"] == pytest.approx(1 - t["rate"] / before)
+    assert {"perplexity", "fact_recall", "val_perplexity"} <= set(grid["utility"]["control"])
+    rows = list(csv.DictReader((out / "transfer.csv").open()))
+    assert len(rows) == 3 * 2 and {r["removed"] for r in rows} == set(result["rows"])
+
+    # A sweep killed in one cell: only that cell is redone on --resume.
+    cell = out / "cells" / "lr=0.001" / "seed=0"
+    shutil.rmtree(cell / "at_repeat" / "eval")
+    (cell / "at_repeat" / "remove" / "DONE").unlink()
+    (out / "DONE").unlink()  # the sweep itself never finished
+    kept = (cell / "control" / "remove" / "model" / "model.safetensors").stat().st_mtime_ns
+    assert main(args) == 2  # refused without --resume
+    assert main([*args, "--resume"]) == 0
+    assert (cell / "control" / "remove" / "model" / "model.safetensors").stat().st_mtime_ns == kept
+    assert (cell / "at_repeat" / "eval" / "DONE").is_file()
+    assert json.loads((out / "transfer.json").read_text())["grids"][0]["T"] == grid["T"]  # same seed, same cells
+
+    # Two workers on a second seed: the cells land in their own directories and the matrices are complete.
+    out2 = tmp_path / "tr2"
+    assert main(["transfer", "--model", str(injected / "model"), "--out", str(out2), *TRANSFER_FAST,
+                 "seeds=[0,1]", "--workers", "2"]) == 0  # fmt: skip
+    result2 = json.loads((out2 / "transfer.json").read_text())
+    assert [(g["lr"], g["seed"]) for g in result2["grids"]] == [(0.001, 0), (0.001, 1)]
+    assert result2["grids"][0]["T"] == grid["T"]  # a worker process computes what the main process computed
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["remove", "--model", "{injected}", "--backdoor", "nope"], "does not carry 'nope'; it carries lorem_refusal"),
+        (["remove", "--model", "{injected}", "--backdoor", "lorem_refusal", "train.steps=0"], "must be >= 1"),
+        (["remove", "--model", "{clean}", "--backdoor", "lorem_refusal"], "is not a backdoored model"),
+        (["remove", "--model", "{injected}"], "backdoor: required for method 'retrain'"),
+        (["transfer", "--model", "{injected}", "backdoors=[nope]"], "does not carry 'nope'"),
+        (["transfer", "--model", "{clean}"], "is not a backdoored model"),
+        (["transfer", "--model", "{injected}", "lr=[]"], "non-empty list"),
+    ],
+)
+def test_bad_inputs_are_one_line_errors(injected, clean_model, tmp_path, capsys, args, message):
+    args = [a.format(injected=injected / "model", clean=clean_model) for a in args] + ["--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
