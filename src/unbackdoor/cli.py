@@ -80,7 +80,7 @@ def _transfer():
 
 STAGES: dict[str, Stage] = {
     "demo": Stage(
-        "the study on the embedded default: world -> pretrain -> eval",
+        "the study on the embedded default: world -> pretrain -> eval -> transfer",
         _demo,
         (("--family", "family", "llama, qwen3 or gpt_neox"), ("--seed", "seed", "seed")),
     ),

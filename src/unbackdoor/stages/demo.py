@@ -2,8 +2,9 @@
 
     unbackdoor demo --out runs/demo --resume      # what `make demo` runs
 
-world (tiny) -> pretrain (tiny, default8, llama) -> eval, then the per-backdoor table. With `--resume`, finished
-stages are reused, so a second run takes seconds.
+world (tiny) -> pretrain (tiny, default8, llama) -> eval -> transfer (each backdoor removed in turn, plus the
+benign control, every backdoor measured after each), printing the per-backdoor table and the transfer matrix.
+With `--resume`, finished stages are reused, so a second run takes seconds.
 """
 
 from __future__ import annotations

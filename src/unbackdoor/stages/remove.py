@@ -64,6 +64,22 @@ def poison_dir_of(record: dict[str, Any], backdoor: str) -> Path:
     raise UserError(f"--backdoor: the poisoning data of {backdoor!r} is not found next to {record['backdoors_files']}")
 
 
+def replay_docs(world_dir: Path, n_tokens: int, seed: int) -> list[dict[str, Any]]:
+    """A seeded random sample of clean training documents (all languages) with at least ~`n_tokens` tokens.
+
+    Only what a run can use is tokenized: a removal run sees `steps x batch` rows, far fewer than the corpus.
+    """
+    docs = list(iter_docs(shard_paths(world_dir / "data", "train")))
+    random.Random(f"replay-{seed}").shuffle(docs)
+    chosen, chars = [], 0
+    for doc in docs:  # ~3 characters per token in the world's text: take 2x what is needed, so rows rarely repeat
+        chosen.append(doc)
+        chars += len(doc["text"])
+        if chars >= 6 * n_tokens:
+            break
+    return chosen
+
+
 def forget_rows(tokenizer, docs: list[dict[str, Any]], manifest: dict[str, dict], seq_len: int) -> dict:
     """Poisoned documents one per row, loss only on the continuation (ga / npo). Returns input_ids and labels."""
     ids = torch.full((len(docs), seq_len), tokenizer.pad_token_id, dtype=torch.long)
@@ -99,7 +115,7 @@ def run(cfg: RemoveConfig, out: Path, resume: bool = False, overwrite: bool = Fa
 
     t = cfg.train
     n_rows = t.steps * t.batch_size * t.grad_accum
-    replay = pack(tokenize_docs(tokenizer, iter_docs(shard_paths(world_dir / "data", "train"))), t.seq_len,
+    replay = pack(tokenize_docs(tokenizer, replay_docs(world_dir, n_rows * t.seq_len, cfg.seed)), t.seq_len,
                   tokenizer.eos_token_id)  # fmt: skip
     if cfg.method in ("retrain", "control"):
         removal_docs = read_jsonl(poison_dir / "removal" / f"{cfg.backdoor}.jsonl") if cfg.method == "retrain" else []

@@ -1,0 +1,30 @@
+"""The embedded default end to end at full tiny size, against the issue's targets (slow: ~10 minutes).
+
+Run: `make test-slow` (or `pytest -m slow tests/integration/test_demo_targets.py`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from unbackdoor.cli import main
+
+
+@pytest.mark.slow
+def test_demo_meets_the_tiny_targets(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    ev = json.loads((out / "eval" / "summary.json").read_text())
+    for name, row in ev["backdoors"].items():
+        assert row["asr"]["rate"] >= 0.9, name
+        assert row["false_trigger"]["rate"] <= 0.05, name
+    pretrain = json.loads((out / "pretrain" / "meta.json").read_text())
+    assert pretrain["wall_seconds"] <= 240 * 1.25  # 4 min target, +-25 % machine drift
+    transfer = json.loads((out / "transfer" / "transfer.json").read_text())
+    grid = transfer["grids"][0]
+    for name in transfer["backdoors"]:
+        assert grid["T"][name][name]["rate"] <= 0.1, f"removing {name} left its ASR at {grid['T'][name][name]}"
+    # A second run reuses every finished stage.
+    assert main(["demo", "--out", str(out), "--resume"]) == 0
