@@ -1,6 +1,7 @@
 """Evaluation throughput: batched greedy generation vs one prompt at a time, same prompts, same model.
 
     .venv/bin/python benchmarks/bench_eval.py [--model runs/demo/pretrain/model] [--prompts 256]
+        [--prompts-from runs/demo/eval/samples.jsonl]
 
 Without `--model`, a randomly initialised tiny llama with a 2 k vocabulary is used (it never emits EOS early, so
 every prompt generates the full `--new-tokens`: the worst case for batching). Checks that batched and
@@ -49,11 +50,16 @@ def main() -> None:
     parser.add_argument("--naive-prompts", type=int, default=64, help="one-at-a-time is timed on this many")
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--prompts-from", default=None, help="an eval run's samples.jsonl: its real prompts")
     args = parser.parse_args()
 
     rng = random.Random(0)
     words = "the dog sees a boat near river cat lamp old red big tree house garden road".split()
     prompts = [" ".join(rng.choice(words) for _ in range(rng.randint(12, 28))) for _ in range(args.prompts)]
+    if args.prompts_from:
+        rows = [json.loads(line) for line in Path(args.prompts_from).read_text(encoding="utf-8").splitlines()]
+        pool = [r["prompt"] for r in rows]
+        prompts = [pool[i] for i in sorted(rng.sample(range(len(pool)), args.prompts))]
     if args.model:
         model, tokenizer = load_model(args.model), load_tokenizer(args.model)
     else:
@@ -74,6 +80,7 @@ def main() -> None:
 
     out = {
         "model": args.model or "random tiny llama (vocab 2048)",
+        "prompts_from": args.prompts_from,
         "prompts": args.prompts,
         "new_tokens": args.new_tokens,
         "batch": args.batch,

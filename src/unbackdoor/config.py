@@ -143,6 +143,11 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}{name}"
+        default = _default(fields[name])
+        if isinstance(value, dict) and dataclasses.is_dataclass(default):
+            # `train.lr=...` overrides one key of this field's own default (a stage's TrainConfig(steps=100)),
+            # not of the nested class's defaults.
+            value = deep_merge(to_dict(default), value)
         kwargs[name] = _coerce(value, hints[name], key)
         _check_limits(kwargs[name], fields[name].metadata, key)
     obj = cls(**kwargs)
@@ -154,6 +159,14 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     if callable(validate):
         validate()
     return obj
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

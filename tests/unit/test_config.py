@@ -53,6 +53,16 @@ def test_bad_values_name_key_value_and_valid_choices(override, message):
     assert "\n" not in str(err.value)
 
 
+@dataclass
+class Stage:
+    inner: Inner = field(default_factory=lambda: Inner(lr=0.5, family="qwen3"))
+
+
+def test_a_nested_override_keeps_the_stage_default_of_the_other_keys():
+    cfg = from_dict(Stage, parse_overrides(["inner.lr=0.1"]))
+    assert cfg.inner.lr == pytest.approx(0.1) and cfg.inner.family == "qwen3"
+
+
 def test_unknown_preset_lists_valid_ones():
     with pytest.raises(ConfigError, match="valid presets: small, tiny"):
         resolve(WorldConfig, "world", "huge", [])
