@@ -17,7 +17,7 @@ from pathlib import Path
 from unbackdoor.config import from_dict, load_preset
 from unbackdoor.models import FAMILIES
 from unbackdoor.rundir import RunDir
-from unbackdoor.stages import evaluate, pretrain, world
+from unbackdoor.stages import evaluate, pretrain, transfer, world
 from unbackdoor.stages.evaluate import print_table
 
 
@@ -57,13 +57,19 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     eval_cfg = from_dict(evaluate.EvalConfig, {"model": str(pretrain_dir / "model"), "seed": cfg.seed})
     eval_dir = stage("eval", evaluate.run, eval_cfg, out / "eval")
 
+    transfer_cfg = from_dict(transfer.TransferConfig, {"model": str(pretrain_dir / "model"), "seed": cfg.seed})
+    transfer_dir = stage("transfer", transfer.run, transfer_cfg, out / "transfer")
+
     summary = json.loads((eval_dir / "summary.json").read_text(encoding="utf-8"))
     print()
     print_table(summary["backdoors"])
     utility = summary["utility"]
     ppl = ", ".join(f"{k} {v:.2f}" for k, v in utility["perplexity"].items())
     print(f"utility: perplexity {ppl}; fact recall {utility['fact_recall']['rate']:.3f}")
-    print(f"[demo] results in {eval_dir / 'summary.json'}")
-    return run_dir.finish(
-        {"stages": {"world": str(world_dir), "pretrain": str(pretrain_dir), "eval": str(eval_dir)}, "seconds": timings}
-    )
+    result = json.loads((transfer_dir / "transfer.json").read_text(encoding="utf-8"))
+    for grid in result["grids"]:
+        print(f"\nASR after removing the row's backdoor (lr={grid['lr']:g}, seed={grid['seed']}):")
+        print(transfer.format_matrix(grid, result["backdoors"], result["asr_before"]))
+    print(f"\n[demo] results in {eval_dir / 'summary.json'} and {transfer_dir / 'transfer.json'}", flush=True)
+    stages = {"world": world_dir, "pretrain": pretrain_dir, "eval": eval_dir, "transfer": transfer_dir}
+    return run_dir.finish({"stages": {k: str(v) for k, v in stages.items()}, "seconds": timings})
