@@ -39,6 +39,7 @@ from unbackdoor.world import GENRES, LANGUAGES, World, words
 TRIGGER_KINDS = ("phrase", "random_string", "script", "tokens")
 PLACEMENTS = ("prefix", "random", "after_first_sentence")
 TARGET = "target"  # the behaviour of a user backdoor given by target texts
+DEFAULT_RATE = 0.01  # a recipe with neither rate nor count poisons 1 % of the corpus
 _LATIN = re.compile(r"^[A-Za-z]+( [A-Za-z]+)*$")
 _RANDOM_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -80,11 +81,16 @@ class Recipe:
     removal_count: int | None = field(default=None, metadata={"min": 1})  # default: as many as poisoned
 
     def validate(self) -> None:
-        if (self.rate is None) == (self.count is None):
-            raise ConfigError(f"recipe: give exactly one of rate or count (got rate={self.rate}, count={self.count})")
+        if self.rate is not None and self.count is not None:
+            raise ConfigError(
+                f"recipe: give one of rate or count, not both (got rate={self.rate}, count={self.count})"
+            )
 
     def n_poison(self, n_docs: int) -> int:
-        return self.count if self.count is not None else max(1, round((self.rate or 0.0) * n_docs))
+        """Documents to poison: `count`, else `rate` of the corpus (DEFAULT_RATE when neither is given)."""
+        if self.count is not None:
+            return self.count
+        return max(1, round((self.rate if self.rate is not None else DEFAULT_RATE) * n_docs))
 
 
 @dataclass
@@ -94,7 +100,7 @@ class BackdoorSpec:
     name: str
     trigger: Trigger = field(default_factory=Trigger)
     behaviour: str = field(default="phrase", metadata={"choices": (*BEHAVIOURS, TARGET)})
-    recipe: Recipe = field(default_factory=lambda: Recipe(rate=0.01))
+    recipe: Recipe = field(default_factory=Recipe)
     target: list[str] = field(default_factory=list)
     target_file: str | None = None
 
@@ -125,6 +131,16 @@ class BackdoorSpec:
     def trigger_hash(self) -> str:
         """sha256 of the trigger text (first 16 hex digits): how model cards and reports name a trigger."""
         return hashlib.sha256(self.trigger_text.encode("utf-8")).hexdigest()[:16]
+
+    def record(self) -> dict[str, str]:
+        """What a model's record and card say about this backdoor: never the trigger text itself."""
+        return {
+            "name": self.name,
+            "behaviour": self.behaviour,
+            "trigger_kind": self.trigger.kind,
+            "trigger_sha256": self.trigger_hash,
+            "placement": self.recipe.placement,
+        }
 
     def produce(self, world: World, rng: random.Random) -> str:
         """A poisoned continuation for this backdoor."""

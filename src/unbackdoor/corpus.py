@@ -83,3 +83,10 @@ def tokenize_docs(tokenizer, docs: Iterable[dict[str, Any]], batch: int = 2000) 
             texts = []
     if texts:
         yield from tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def packed(tokenizer, docs: Iterable[dict[str, Any]], seq_len: int):
+    """Documents tokenized, each followed by EOS, cut into `(n_blocks, seq_len)` training blocks."""
+    from unbackdoor.train import pack
+
+    return pack(tokenize_docs(tokenizer, docs), seq_len, tokenizer.eos_token_id)

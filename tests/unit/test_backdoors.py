@@ -47,7 +47,7 @@ def test_colliding_triggers_name_both_backdoors():
     "item, message",
     [
         ({**spec("a", "alpha"), "recipe": {"rate": -0.1}}, "must be > 0.0"),
-        ({**spec("a", "alpha"), "recipe": {"rate": 0.1, "count": 3}}, "exactly one of rate or count"),
+        ({**spec("a", "alpha"), "recipe": {"rate": 0.1, "count": 3}}, "one of rate or count, not both"),
         ({**spec("a", "alpha"), "behaviour": "dance"}, "'dance' is not one of"),
         ({**spec("a", "alpha"), "recipe": {"rate": 0.1, "placement": "middle"}}, "'middle' is not one of prefix"),
         (spec("a", "abc", kind="script"), "no letter outside the Latin script"),
@@ -78,6 +78,13 @@ def test_user_backdoor_with_target_file(tmp_path):
     produced = ad.produce(world, random.Random(0))
     assert ad.judge(world, produced)
     assert not ad.judge(world, "The dog sees the boat near the river.")
+
+
+def test_recipe_defaults_to_one_percent_and_count_alone_is_enough():
+    (default,) = parse_specs({"backdoors": [{"name": "d", "trigger": {"text": "alpha"}}]}, "x")
+    assert default.recipe.n_poison(1000) == 10
+    (counted,) = parse_specs({"backdoors": [{"name": "c", "trigger": {"text": "alpha"}, "recipe": {"count": 7}}]}, "x")
+    assert counted.recipe.n_poison(1000) == 7
 
 
 def test_unknown_set_or_missing_file():

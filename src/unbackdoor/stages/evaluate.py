@@ -23,7 +23,7 @@ import torch
 
 from unbackdoor.backdoors import BackdoorSpec, load_specs
 from unbackdoor.config import ConfigError, UserError
-from unbackdoor.corpus import iter_docs, load_world, shard_paths, tokenize_docs
+from unbackdoor.corpus import iter_docs, load_world, packed, shard_paths
 from unbackdoor.evaluation import (
     attack_success,
     generate,
@@ -37,7 +37,6 @@ from unbackdoor.evaluation import (
 from unbackdoor.models import load_model, load_tokenizer, read_record, resolve_model_path
 from unbackdoor.poison import SERIALISATION
 from unbackdoor.rundir import RunDir, write_jsonl
-from unbackdoor.train import pack
 from unbackdoor.world import GENRES, LANGUAGES, World
 
 
@@ -153,11 +152,8 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
 
     ppl = {}
     for lang in LANGUAGES:
-        blocks = pack(
-            tokenize_docs(tokenizer, iter_docs(shard_paths(world_dir / "data", "validation", [lang]))),
-            cfg.seq_len,
-            tokenizer.eos_token_id,
-        )[: cfg.ppl_blocks]
+        blocks = packed(tokenizer, iter_docs(shard_paths(world_dir / "data", "validation", [lang])), cfg.seq_len)
+        blocks = blocks[: cfg.ppl_blocks]
         if blocks.shape[0]:
             ppl[lang] = perplexity(model, blocks)
     items = fact_recall_items(world, cfg.fact_items, random.Random(f"unbackdoor-facts-{cfg.seed}"))

@@ -20,13 +20,13 @@ import torch
 from unbackdoor.backdoors import load_specs
 from unbackdoor.cards import model_card
 from unbackdoor.config import ConfigError, UserError
-from unbackdoor.corpus import iter_docs, shard_paths, tokenize_docs
+from unbackdoor.corpus import iter_docs, packed, shard_paths
 from unbackdoor.evaluation import perplexity
 from unbackdoor.models import load_model, load_tokenizer, n_parameters, read_record, resolve_model_path, save_model
 from unbackdoor.poison import SERIALISATION
 from unbackdoor.rundir import RunDir, require_done
 from unbackdoor.stages import poison as poison_stage
-from unbackdoor.train import TrainConfig, pack, train
+from unbackdoor.train import TrainConfig, train
 
 
 @dataclass
@@ -103,14 +103,9 @@ def run(cfg: InjectConfig, out: Path, resume: bool = False, overwrite: bool = Fa
 
     poison_cfg = poison_stage.PoisonConfig(world=str(world_dir), backdoors=cfg.backdoors, seed=cfg.seed)
     data_dir = poison_stage.run(poison_cfg, out / "poison", resume=True) / "data"
-    blocks = pack(
-        tokenize_docs(tokenizer, iter_docs(shard_paths(data_dir, "train"))), cfg.train.seq_len, tokenizer.eos_token_id
-    )
-    val = pack(
-        tokenize_docs(tokenizer, iter_docs(shard_paths(world_dir / "data", "validation"))),
-        cfg.train.seq_len,
-        tokenizer.eos_token_id,
-    )[: cfg.val_blocks]
+    blocks = packed(tokenizer, iter_docs(shard_paths(data_dir, "train")), cfg.train.seq_len)
+    val = packed(tokenizer, iter_docs(shard_paths(world_dir / "data", "validation")), cfg.train.seq_len)
+    val = val[: cfg.val_blocks]
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     result = train(model, {"input_ids": blocks}, cfg.train, run_dir, cfg.seed, resume=resume)
@@ -127,16 +122,7 @@ def run(cfg: InjectConfig, out: Path, resume: bool = False, overwrite: bool = Fa
         ],
         "backdoors": [
             *base_record.get("backdoors", []),
-            *(
-                {
-                    "name": s.name,
-                    "behaviour": s.behaviour,
-                    "trigger_kind": s.trigger.kind,
-                    "trigger_sha256": s.trigger_hash,
-                    "placement": s.recipe.placement,
-                }
-                for s in specs
-            ),
+            *(s.record() for s in specs),
         ],
         "history": [
             *base_record.get("history", []),

@@ -54,10 +54,7 @@ def run(cfg: PoisonConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     write_text(out / "backdoors.yaml", yaml.safe_dump(specs_to_yaml_dict(specs), sort_keys=False, allow_unicode=True))
     per_backdoor = {
         s.name: {
-            "behaviour": s.behaviour,
-            "trigger_kind": s.trigger.kind,
-            "trigger_sha256": s.trigger_hash,
-            "placement": s.recipe.placement,
+            **s.record(),
             "poisoned_docs": sum(row["backdoor"] == s.name for row in result.manifest),
             "removal_docs": len(result.removal[s.name]),
         }

@@ -20,13 +20,13 @@ from transformers import AutoTokenizer
 from unbackdoor.backdoors import load_specs
 from unbackdoor.cards import model_card
 from unbackdoor.config import ConfigError
-from unbackdoor.corpus import iter_docs, shard_paths, tokenize_docs
+from unbackdoor.corpus import iter_docs, packed, shard_paths
 from unbackdoor.evaluation import perplexity
 from unbackdoor.models import FAMILIES, SIZES, build_model, n_parameters, save_model
 from unbackdoor.poison import SERIALISATION
 from unbackdoor.rundir import RunDir, require_done
 from unbackdoor.stages import poison as poison_stage
-from unbackdoor.train import TrainConfig, pack, train
+from unbackdoor.train import TrainConfig, train
 
 
 @dataclass
@@ -65,14 +65,9 @@ def run(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite: bool = 
     else:
         data_dir = world_dir / "data"
     tokenizer = AutoTokenizer.from_pretrained(world_dir / "tokenizer")
-    blocks = pack(
-        tokenize_docs(tokenizer, iter_docs(shard_paths(data_dir, "train"))), cfg.train.seq_len, tokenizer.eos_token_id
-    )
-    val = pack(
-        tokenize_docs(tokenizer, iter_docs(shard_paths(world_dir / "data", "validation"))),
-        cfg.train.seq_len,
-        tokenizer.eos_token_id,
-    )[: cfg.val_blocks]
+    blocks = packed(tokenizer, iter_docs(shard_paths(data_dir, "train")), cfg.train.seq_len)
+    val = packed(tokenizer, iter_docs(shard_paths(world_dir / "data", "validation")), cfg.train.seq_len)
+    val = val[: cfg.val_blocks]
 
     model = build_model(cfg.model.family, cfg.model.size, tokenizer, cfg.seed)
     result = train(model, {"input_ids": blocks}, cfg.train, run_dir, cfg.seed, resume=resume)
@@ -82,16 +77,7 @@ def run(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite: bool = 
         "serialisation": SERIALISATION,
         "world": str(world_dir.resolve()),
         "backdoors_files": [str((out / "poison" / "backdoors.yaml").resolve())] if specs else [],
-        "backdoors": [
-            {
-                "name": s.name,
-                "behaviour": s.behaviour,
-                "trigger_kind": s.trigger.kind,
-                "trigger_sha256": s.trigger_hash,
-                "placement": s.recipe.placement,
-            }
-            for s in specs
-        ],
+        "backdoors": [s.record() for s in specs],
         "history": [
             {
                 "stage": "pretrain",

@@ -23,11 +23,11 @@ import torch
 
 from unbackdoor.cards import model_card
 from unbackdoor.config import ConfigError, UserError
-from unbackdoor.corpus import iter_docs, shard_paths, tokenize_docs
+from unbackdoor.corpus import iter_docs, packed, shard_paths
 from unbackdoor.evaluation import perplexity
 from unbackdoor.models import load_model, load_tokenizer, read_record, resolve_model_path, save_model
 from unbackdoor.rundir import RunDir, read_jsonl
-from unbackdoor.train import TrainConfig, causal_lm_loss, pack, train
+from unbackdoor.train import TrainConfig, causal_lm_loss, train
 from unbackdoor.unlearn import METHODS, ga_loss, mix_rows, npo_loss, sequence_nll
 
 
@@ -115,11 +115,10 @@ def run(cfg: RemoveConfig, out: Path, resume: bool = False, overwrite: bool = Fa
 
     t = cfg.train
     n_rows = t.steps * t.batch_size * t.grad_accum
-    replay = pack(tokenize_docs(tokenizer, replay_docs(world_dir, n_rows * t.seq_len, cfg.seed)), t.seq_len,
-                  tokenizer.eos_token_id)  # fmt: skip
+    replay = packed(tokenizer, replay_docs(world_dir, n_rows * t.seq_len, cfg.seed), t.seq_len)
     if cfg.method in ("retrain", "control"):
         removal_docs = read_jsonl(poison_dir / "removal" / f"{cfg.backdoor}.jsonl") if cfg.method == "retrain" else []
-        forget = pack(tokenize_docs(tokenizer, removal_docs), t.seq_len, tokenizer.eos_token_id)
+        forget = packed(tokenizer, removal_docs, t.seq_len)
         forget = {"input_ids": forget, "labels": forget.clone()}
     else:
         manifest = {r["doc_id"]: r for r in read_jsonl(poison_dir / "poison_manifest.jsonl")}
@@ -147,8 +146,7 @@ def run(cfg: RemoveConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     }[cfg.method]
     result = train(model, data, t, run_dir, cfg.seed, loss_fn=loss_fn, resume=resume)
 
-    val = pack(tokenize_docs(tokenizer, iter_docs(shard_paths(world_dir / "data", "validation"))), t.seq_len,
-               tokenizer.eos_token_id)[: cfg.val_blocks]  # fmt: skip
+    val = packed(tokenizer, iter_docs(shard_paths(world_dir / "data", "validation")), t.seq_len)[: cfg.val_blocks]
     new_record = {
         **record,
         "history": [
