@@ -138,6 +138,17 @@ class TrainResult:
     wall_s: float
     resumed_from: int
 
+    def summary(self) -> dict[str, float | int]:
+        """The training figures every training stage puts in its summary.json."""
+        return {
+            "steps": self.steps,
+            "tokens": self.tokens,
+            "final_loss": self.final_loss,
+            "tokens_per_s": self.tokens_per_s,
+            "train_wall_s": self.wall_s,
+            "resumed_from_step": self.resumed_from,
+        }
+
 
 def train(
     model: torch.nn.Module,

@@ -131,7 +131,6 @@ def run(cfg: InjectConfig, out: Path, resume: bool = False, overwrite: bool = Fa
                 "time": time.time(),
                 "base_model": str(model_path),
                 "method": f"lora r={cfg.lora.r}" if cfg.lora.r else "full",
-                "tokens": result.tokens,
                 "backdoors": cfg.backdoors,
             },
         ],
@@ -146,12 +145,8 @@ def run(cfg: InjectConfig, out: Path, resume: bool = False, overwrite: bool = Fa
             "parameters": n_parameters(model),
             "trainable_parameters": trainable,
             "backdoors": [s.name for s in specs],
-            "steps": result.steps,
             "tokens": result.tokens,
-            "final_loss": result.final_loss,
+            **result.summary(),
             "val_perplexity": val_ppl,
-            "tokens_per_s": result.tokens_per_s,
-            "train_wall_s": result.wall_s,
-            "resumed_from_step": result.resumed_from,
         }
     )

@@ -84,7 +84,6 @@ def run(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite: bool = 
                 "time": time.time(),
                 "family": cfg.model.family,
                 "size": cfg.model.size,
-                "tokens": result.tokens,
                 "backdoors": cfg.backdoors,
             }
         ],
@@ -99,12 +98,8 @@ def run(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite: bool = 
             "parameters": n_parameters(model),
             "backdoors": [s.name for s in specs],
             "train_blocks": blocks.shape[0],
-            "steps": result.steps,
             "tokens": result.tokens,
-            "final_loss": result.final_loss,
+            **result.summary(),
             "val_perplexity": val_ppl,
-            "tokens_per_s": result.tokens_per_s,
-            "train_wall_s": result.wall_s,
-            "resumed_from_step": result.resumed_from,
         }
     )

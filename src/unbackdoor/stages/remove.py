@@ -171,11 +171,7 @@ def run(cfg: RemoveConfig, out: Path, resume: bool = False, overwrite: bool = Fa
             "backdoor": cfg.backdoor if cfg.method != "control" else None,
             "forget_rows": len(f_idx),
             "replay_rows": len(r_idx),
-            "steps": result.steps,
-            "tokens": result.tokens,
-            "final_loss": result.final_loss,
+            **result.summary(),
             "val_perplexity": perplexity(model, val),
-            "tokens_per_s": result.tokens_per_s,
-            "train_wall_s": result.wall_s,
         }
     )
