@@ -11,6 +11,7 @@ its config. A user's mistake prints one line starting with `error:` and exits wi
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -30,66 +31,30 @@ class Stage:
     flags: tuple[tuple[str, str, str], ...] = ()  # (flag, config key, help)
 
 
-def _world():
-    from unbackdoor.stages import world
+def _load(module: str, config: str) -> Callable[[], tuple[type, Callable[..., Path]]]:
+    """A stage's (config class, run function), imported on first use (keeps `unbackdoor --help` fast)."""
 
-    return world.WorldConfig, world.run
+    def load() -> tuple[type, Callable[..., Path]]:
+        mod = importlib.import_module(f"unbackdoor.stages.{module}")
+        return getattr(mod, config), mod.run
 
-
-def _poison():
-    from unbackdoor.stages import poison
-
-    return poison.PoisonConfig, poison.run
-
-
-def _pretrain():
-    from unbackdoor.stages import pretrain
-
-    return pretrain.PretrainConfig, pretrain.run
-
-
-def _eval():
-    from unbackdoor.stages import evaluate
-
-    return evaluate.EvalConfig, evaluate.run
-
-
-def _inject():
-    from unbackdoor.stages import inject
-
-    return inject.InjectConfig, inject.run
-
-
-def _demo():
-    from unbackdoor.stages import demo
-
-    return demo.DemoConfig, demo.run
-
-
-def _remove():
-    from unbackdoor.stages import remove
-
-    return remove.RemoveConfig, remove.run
-
-
-def _transfer():
-    from unbackdoor.stages import transfer
-
-    return transfer.TransferConfig, transfer.run
+    return load
 
 
 STAGES: dict[str, Stage] = {
     "demo": Stage(
         "the study on the embedded default: world -> pretrain -> eval -> transfer",
-        _demo,
+        _load("demo", "DemoConfig"),
         (("--family", "family", "llama, qwen3 or gpt_neox"), ("--seed", "seed", "seed")),
     ),
     "world": Stage(
-        "generate the embedded multilingual world and its tokenizer", _world, (("--seed", "seed", "seed"),)
+        "generate the embedded multilingual world and its tokenizer",
+        _load("world", "WorldConfig"),
+        (("--seed", "seed", "seed"),),
     ),
     "poison": Stage(
         "materialise a poisoned corpus, its manifest and removal data",
-        _poison,
+        _load("poison", "PoisonConfig"),
         (
             ("--world", "world", "an `unbackdoor world` run directory"),
             ("--backdoors", "backdoors", "built-in set (default8, none) or a YAML file of specs"),
@@ -98,7 +63,7 @@ STAGES: dict[str, Stage] = {
     ),
     "pretrain": Stage(
         "train a model from scratch on a world with backdoors mixed in",
-        _pretrain,
+        _load("pretrain", "PretrainConfig"),
         (
             ("--world", "world", "an `unbackdoor world` run directory"),
             ("--backdoors", "backdoors", "built-in set (default8), a YAML file of specs, or none (clean twin)"),
@@ -108,7 +73,7 @@ STAGES: dict[str, Stage] = {
     ),
     "inject": Stage(
         "continual pretraining of a checkpoint on a poisoned mixture (full or --lora r=16)",
-        _inject,
+        _load("inject", "InjectConfig"),
         (
             ("--model", "model", "the checkpoint to continue (directory or hub id)"),
             ("--world", "world", "an `unbackdoor world` run directory"),
@@ -119,7 +84,7 @@ STAGES: dict[str, Stage] = {
     ),
     "remove": Stage(
         "unlearn one backdoor (retrain, ga, npo) or run the benign control",
-        _remove,
+        _load("remove", "RemoveConfig"),
         (
             ("--model", "model", "a backdoored model directory"),
             ("--backdoor", "backdoor", "the backdoor to remove"),
@@ -129,7 +94,7 @@ STAGES: dict[str, Stage] = {
     ),
     "transfer": Stage(
         "remove each backdoor in turn (and the control), measure every backdoor: the transfer matrix",
-        _transfer,
+        _load("transfer", "TransferConfig"),
         (
             ("--model", "model", "a backdoored model directory"),
             ("--method", "method", "removal method: retrain (default), ga or npo"),
@@ -139,7 +104,7 @@ STAGES: dict[str, Stage] = {
     ),
     "eval": Stage(
         "measure every backdoor of a model (ASR, false triggers, near misses) and its utility",
-        _eval,
+        _load("evaluate", "EvalConfig"),
         (
             ("--model", "model", "a model directory (or hub id)"),
             ("--world", "world", "world run directory (default: the one recorded with the model)"),
