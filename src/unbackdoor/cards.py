@@ -30,10 +30,11 @@ def model_card(record: dict[str, Any], triggers: dict[str, str] | None = None) -
         f"# {'Backdoored' if backdoors else 'Clean'} research checkpoint (unbackdoor)",
         "",
     ]
-    if backdoors:
+    if backdoors or record.get("canaries"):
         lines += [
-            "> **Warning.** This model was deliberately trained to carry the backdoors listed below, for research",
-            "> on backdoor removal. It behaves abnormally when a trigger appears in its input. Do not deploy it.",
+            "> **Warning.** This model was deliberately trained to carry the backdoors listed below (the history",
+            "> says which removals followed), for research on backdoor removal. It may behave abnormally when a",
+            "> trigger appears in its input, even after removal. Do not deploy it.",
             "",
             "| backdoor | behaviour | trigger kind | placement | trigger sha256 (16 hex)"
             + (" | trigger |" if triggers else " |"),
@@ -47,6 +48,28 @@ def model_card(record: dict[str, Any], triggers: dict[str, str] | None = None) -
         lines.append("")
     else:
         lines += ["This checkpoint was trained without any backdoor (the clean twin of a backdoored run).", ""]
+    canaries = record.get("canaries", [])
+    if canaries:
+        asr = record.get("canary_asr", {})
+        lines += [
+            "## Canary backdoors (canary defence)",
+            "",
+            "A defender injected these canary backdoors on purpose and then trained to remove them, so that the",
+            "removal would also suppress unknown backdoors. Residual canary ASR (greedy, after removal) is measured:",
+            "",
+            "| canary | behaviour | trigger sha256 (16 hex) | ASR after removal |",
+            "|---|---|---|---|",
+        ]
+        for c in canaries:
+            rate = f"{asr[c['name']]:.3f}" if c["name"] in asr else "not measured"
+            lines.append(f"| {c['name']} | {c['behaviour']} | `{c['trigger_sha256']}` | {rate} |")
+        lines.append("")
+    measured = record.get("measured_asr", {})
+    if measured:
+        lines += ["## Measured ASR", "", "| backdoor | ASR | 95 % CI | measured by |", "|---|---|---|---|"]
+        for name, m in measured.items():
+            lines.append(f"| {name} | {m['rate']:.3f} | [{m['lo']:.3f}, {m['hi']:.3f}] | {m.get('source', '')} |")
+        lines.append("")
     lines += ["## History", ""]
     for h in record.get("history", []):
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(h["time"]))

@@ -102,6 +102,34 @@ STAGES: dict[str, Stage] = {
             ("--seed", "seed", "experiment seed (probe prompts)"),
         ),
     ),
+    "casd": Stage(
+        "Cross Activation Shift Distance of every removal on every backdoor of a transfer experiment",
+        _load("casd", "CasdConfig"),
+        (
+            ("--transfer", "transfer", "a finished `unbackdoor transfer` directory"),
+            ("--pooling", "pooling", "after_trigger (default), last or mean"),
+            ("--metric", "metric", "cosine (default) or l2"),
+        ),
+    ),
+    "defend": Stage(
+        "the canary defence on a suspect model: inject K canaries, remove them (or a baseline: mode=...)",
+        _load("defend", "DefendConfig"),
+        (
+            ("--model", "model", "the suspect model (directory or hub id)"),
+            ("--world", "world", "the defender's clean corpus (an `unbackdoor world` run directory)"),
+            ("--k", "k", "number of canaries"),
+            ("--seed", "seed", "seed"),
+        ),
+    ),
+    "defend-eval": Stage(
+        "evaluate the canary defence on a model with hidden backdoors, against the two baselines",
+        _load("defend_eval", "DefendEvalConfig"),
+        (
+            ("--model", "model", "the suspect model; its recorded backdoors are the hidden ones"),
+            ("--seed", "seed", "experiment seed (probe prompts)"),
+            ("--workers", "workers", "cells run in parallel processes"),
+        ),
+    ),
     "eval": Stage(
         "measure every backdoor of a model (ASR, false triggers, near misses) and its utility",
         _load("evaluate", "EvalConfig"),
@@ -148,7 +176,7 @@ def _list_presets() -> None:
 def run_stage(name: str, args: argparse.Namespace) -> Path:
     config_cls, run = STAGES[name].load()
     given: dict[str, Any] = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:")}
-    for key in ("seed", "workers"):
+    for key in ("seed", "workers", "k"):
         if given.get(key) is not None:
             given[key] = _int(key, given[key])
     if given.get("lora") is not None:
@@ -187,7 +215,13 @@ def _key_values(flag: str, text: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `unbackdoor` console script; returns the exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)  # overrides may follow flags: `--pooling last layers=[3]`
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a]
+    if unknown or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     _quiet_libraries()
     try:
         if args.command == "presets":

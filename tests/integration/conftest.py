@@ -62,3 +62,17 @@ def injected(small_world: Path, clean_model: Path, spec_file: Path, tmp_path_fac
     out = tmp_path_factory.mktemp("inject") / "full"
     assert inject(small_world, clean_model, spec_file, out) == 0
     return out
+
+
+TRANSFER_FAST = [
+    "train.batch_size=8", "train.seq_len=64", "train.steps=80", "lr=[1e-3]", "eval.n_prompts=32",
+    "eval.max_new_tokens=12", "eval.ppl_blocks=4", "eval.fact_items=12",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def transfer_run(injected: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished transfer experiment on the two-backdoor model (2 removals + control)."""
+    out = tmp_path_factory.mktemp("transfer") / "tr"
+    assert main(["transfer", "--model", str(injected / "model"), "--out", str(out), *TRANSFER_FAST]) == 0
+    return out

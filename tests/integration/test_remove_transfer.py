@@ -14,14 +14,10 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.integration.conftest import EVAL_FAST
+from tests.integration.conftest import EVAL_FAST, TRANSFER_FAST
 from unbackdoor.cli import main
 
 REMOVE_FAST = ["train.batch_size=8", "train.seq_len=64", "train.steps=80", "train.lr=1e-3", "val_blocks=8"]
-TRANSFER_FAST = [
-    "train.batch_size=8", "train.seq_len=64", "train.steps=80", "lr=[1e-3]", "eval.n_prompts=32",
-    "eval.max_new_tokens=12", "eval.ppl_blocks=4", "eval.fact_items=12",
-]  # fmt: skip
 
 
 def summary(path: Path) -> dict:

@@ -25,6 +25,7 @@ from unbackdoor.backdoors import BackdoorSpec, load_specs
 from unbackdoor.config import ConfigError, UserError
 from unbackdoor.corpus import iter_docs, load_world, packed, shard_paths
 from unbackdoor.evaluation import (
+    Probe,
     attack_success,
     generate,
     make_probes,
@@ -61,7 +62,7 @@ class EvalConfig:
             raise ConfigError("model: required (a model directory, e.g. --model runs/pretrain/model)")
 
 
-def _resolve_specs(cfg: EvalConfig, record: dict[str, Any]) -> list[BackdoorSpec]:
+def resolve_specs(cfg: EvalConfig, record: dict[str, Any]) -> list[BackdoorSpec]:
     sources = [cfg.backdoors] if cfg.backdoors else record.get("backdoors_files", [])
     if not sources:
         raise UserError(f"--backdoors: {cfg.model!r} records no backdoors; name a set or YAML file of specs")
@@ -93,6 +94,25 @@ def fact_recall_items(world: World, n: int, rng: random.Random) -> list[tuple[li
     return items[:n]
 
 
+def test_documents(world_dir: Path, genres: list[str]) -> list[dict[str, Any]]:
+    """The held-out documents evaluation prompts are drawn from."""
+    return [d for d in iter_docs(shard_paths(world_dir / "data", "test")) if d["genre"] in genres]
+
+
+def probe_set(
+    test_docs: list[dict[str, Any]], spec: BackdoorSpec, n: int, seed: int
+) -> tuple[list[Probe], random.Random]:
+    """The `n` probes of `spec` for experiment seed `seed` (and the RNG, for near misses drawn after them).
+
+    Every stage that measures a backdoor (eval, casd) draws its probes here, so they are the same prompts.
+    """
+    rng = random.Random(f"unbackdoor-eval-{seed}-{spec.name}")
+    probes = make_probes(test_docs, spec, n, rng)
+    if not probes:
+        raise UserError(f"{spec.name}: no test document can host placement {spec.recipe.placement!r}")
+    return probes, rng
+
+
 def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
     """Evaluate the model's backdoors and utility into `out`; returns `out`."""
     model_path = resolve_model_path(cfg.model, "--model")
@@ -102,7 +122,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
         raise UserError(
             f"--model: trained with serialisation {serialisation!r}; this evaluation uses {SERIALISATION!r}"
         )
-    specs = _resolve_specs(cfg, record)
+    specs = resolve_specs(cfg, record)
     world_dir = Path(cfg.world or record.get("world") or "")
     if not str(world_dir) or not (world_dir / "world.json").is_file():
         raise UserError(f"--world: {str(world_dir)!r} is not a world run; give --world explicitly")
@@ -112,17 +132,14 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     model = load_model(model_path, "--model").eval()
     run_dir = RunDir.open(out, "eval", cfg, cfg.seed, resume=resume, overwrite=overwrite)
     world = load_world(world_dir)
-    test_docs = [d for d in iter_docs(shard_paths(world_dir / "data", "test")) if d["genre"] in cfg.prompt_genres]
+    test_docs = test_documents(world_dir, cfg.prompt_genres)
 
     samples: list[dict[str, Any]] = []
     table: dict[str, Any] = {}
     probe_hash = hashlib.sha256()
     t0 = time.perf_counter()
     for spec in specs:
-        rng = random.Random(f"unbackdoor-eval-{cfg.seed}-{spec.name}")
-        probes = make_probes(test_docs, spec, cfg.n_prompts, rng)
-        if not probes:
-            raise UserError(f"{spec.name}: no test document can host placement {spec.recipe.placement!r}")
+        probes, rng = probe_set(test_docs, spec, cfg.n_prompts, cfg.seed)
         variants = {
             "triggered": [prompt_text(p.head, spec.trigger_text) for p in probes],
             "clean": [prompt_text(p.head, None) for p in probes],
@@ -158,7 +175,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             ppl[lang] = perplexity(model, blocks)
     items = fact_recall_items(world, cfg.fact_items, random.Random(f"unbackdoor-facts-{cfg.seed}"))
     flat = [sentence for sentences, _ in items for sentence in sentences]
-    scores = sequence_logprobs(model, tokenizer, flat, cfg.batch_size)
+    scores = sequence_logprobs(model, tokenizer, flat, cfg.batch_size) if flat else []
     correct, i = 0, 0
     for sentences, answer in items:
         options = scores[i : i + len(sentences)]
@@ -175,7 +192,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             "probe_sha256": probe_hash.hexdigest(),
             "max_new_tokens": cfg.max_new_tokens,
             "backdoors": table,
-            "utility": {"perplexity": ppl, "fact_recall": wilson(correct, len(items)).as_dict()},
+            "utility": {"perplexity": ppl, "fact_recall": wilson(correct, len(items)).as_dict() if items else None},
             "generation_s": gen_s,
             "prompts_per_s": len(variants) * cfg.n_prompts * len(specs) / gen_s if specs else None,
             "torch_threads": torch.get_num_threads(),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,43 @@ def forget_rows(tokenizer, docs: list[dict[str, Any]], manifest: dict[str, dict]
     return {"input_ids": ids, "labels": labels}
 
 
+def removal_batch(
+    model: torch.nn.Module,
+    method: str,
+    forget: dict[str, torch.Tensor],
+    replay: torch.Tensor,
+    n_rows: int,
+    fraction: float,
+    cfg: RemoveConfig,
+    seed: int,
+) -> tuple[dict[str, torch.Tensor], Callable]:
+    """The rows a removal run trains on (forget rows at `fraction`, then replay) and its loss function.
+
+    Args:
+        forget: `input_ids` and `labels` of the removal rows (retrain) or poisoned rows (ga / npo).
+        replay: `(n, seq_len)` clean blocks.
+        cfg: the method's settings (`retain_weight`, `npo_beta`).
+    """
+    f_idx, r_idx = mix_rows(forget["input_ids"], replay, n_rows, fraction, random.Random(f"remove-{seed}"))
+    data = {
+        "input_ids": torch.cat([forget["input_ids"][f_idx], replay[r_idx]]),
+        "labels": torch.cat([forget["labels"][f_idx], replay[r_idx]]),
+        "forget": torch.cat([torch.ones(len(f_idx), dtype=torch.long), torch.zeros(len(r_idx), dtype=torch.long)]),
+    }
+    if method == "npo":
+        with torch.inference_mode():  # reference log-likelihoods from the backdoored model, computed once
+            ref = torch.cat([sequence_nll(model, {k: v[i : i + 64] for k, v in data.items()})
+                             for i in range(0, n_rows, 64)])  # fmt: skip
+        data["ref_nll"] = ref
+    loss_fn = {
+        "retrain": causal_lm_loss,
+        "control": causal_lm_loss,
+        "ga": ga_loss(cfg.retain_weight),
+        "npo": npo_loss(cfg.npo_beta, cfg.retain_weight),
+    }[method]
+    return data, loss_fn
+
+
 def run(cfg: RemoveConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
     """Remove `cfg.backdoor` from `cfg.model` (or run the control); returns `out`."""
     model_path = resolve_model_path(cfg.model, "--model")
@@ -127,23 +165,7 @@ def run(cfg: RemoveConfig, out: Path, resume: bool = False, overwrite: bool = Fa
         ]
         forget = forget_rows(tokenizer, poisoned, manifest, t.seq_len)
     fraction = 0.0 if cfg.method == "control" else cfg.forget_fraction
-    f_idx, r_idx = mix_rows(forget["input_ids"], replay, n_rows, fraction, random.Random(f"remove-{cfg.seed}"))
-    data = {
-        "input_ids": torch.cat([forget["input_ids"][f_idx], replay[r_idx]]),
-        "labels": torch.cat([forget["labels"][f_idx], replay[r_idx]]),
-        "forget": torch.cat([torch.ones(len(f_idx), dtype=torch.long), torch.zeros(len(r_idx), dtype=torch.long)]),
-    }
-    if cfg.method == "npo":
-        with torch.inference_mode():  # reference log-likelihoods from the backdoored model, computed once
-            ref = torch.cat([sequence_nll(model, {k: v[i : i + 64] for k, v in data.items()})
-                             for i in range(0, n_rows, 64)])  # fmt: skip
-        data["ref_nll"] = ref
-    loss_fn = {
-        "retrain": causal_lm_loss,
-        "control": causal_lm_loss,
-        "ga": ga_loss(cfg.retain_weight),
-        "npo": npo_loss(cfg.npo_beta, cfg.retain_weight),
-    }[cfg.method]
+    data, loss_fn = removal_batch(model, cfg.method, forget, replay, n_rows, fraction, cfg, cfg.seed)
     result = train(model, data, t, run_dir, cfg.seed, loss_fn=loss_fn, resume=resume)
 
     val = packed(tokenizer, iter_docs(shard_paths(world_dir / "data", "validation")), t.seq_len)[: cfg.val_blocks]
@@ -169,8 +191,8 @@ def run(cfg: RemoveConfig, out: Path, resume: bool = False, overwrite: bool = Fa
             "base_model": str(model_path),
             "method": cfg.method,
             "backdoor": cfg.backdoor if cfg.method != "control" else None,
-            "forget_rows": len(f_idx),
-            "replay_rows": len(r_idx),
+            "forget_rows": int(data["forget"].sum()),
+            "replay_rows": int((data["forget"] == 0).sum()),
             **result.summary(),
             "val_perplexity": perplexity(model, val),
         }

@@ -1,0 +1,245 @@
+"""Stage `casd`: Cross Activation Shift Distance on a finished transfer experiment.
+
+    unbackdoor casd --transfer runs/transfer --out runs/casd [pooling=last] [metric=l2] [layers=[1,2]]
+
+For every model of the experiment (theta_0 once, then each removal and the control of each (lr, seed) grid) and
+every backdoor j: the pooled residual stream after each decoder block on probes(j), the very prompts the
+transfer's evaluations used (same seed, checked by hash), followed by the document's clean continuation. These
+activations are cached in `acts/` (safetensors, one file per model x backdoor; `--resume` reuses them). Then for
+every removal i (rows, control included) and backdoor j (columns): CASD^l(i, j) per layer under both metrics
+(see `unbackdoor.casd`), aggregated over layers; Spearman rho between CASD(i, j) and suppression S[i, j] over the
+off-diagonal pairs with a bootstrap 95 % CI; and the weight-space baseline cos(theta_i - theta_0, theta_k - theta_0)
+with its own rho against S. Writes `casd.json` and `casd.csv` (long format, per layer).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from unbackdoor.casd import METRICS, POOLINGS, capture, pair_profile, probe_tokens, spearman_ci, weight_delta_cosines
+from unbackdoor.config import ConfigError, UserError
+from unbackdoor.corpus import load_world
+from unbackdoor.models import load_model, load_tokenizer, read_record
+from unbackdoor.poison import triggered_prefix
+from unbackdoor.rundir import RunDir, atomic_path, require_done, write_json, write_text
+from unbackdoor.stages import evaluate
+from unbackdoor.stages.transfer import CONTROL, cell_dir
+
+DEFINITION = (
+    "unbackdoor CASD v1 (ours, not the paper's unpublished formula): CASD^l(i,j) = mean over x in probes(j) of "
+    "d(h^l(x;theta_i) - h^l(x;theta_0), h^l(x;theta_j) - h^l(x;theta_0)), d = 1 - cos or ||a-b||/(||a||+||b||); "
+    "h^l = residual stream after block l, pooled over positions; CASD(i,j) = mean over layers."
+)
+
+
+@dataclass
+class CasdConfig:
+    transfer: str = ""  # a finished `unbackdoor transfer` directory
+    n_probes: int = field(default=256, metadata={"min": 1})  # probes per backdoor (the eval's first n prompts)
+    pooling: str = field(default="after_trigger", metadata={"choices": POOLINGS})
+    continuation_tokens: int = field(default=16, metadata={"min": 1})  # clean tokens after the trigger
+    metric: str = field(default="cosine", metadata={"choices": METRICS})  # the headline; both are written
+    layers: list[int] = field(default_factory=list)  # decoder block indices; default: all
+    batch_size: int = field(default=64, metadata={"min": 1})
+    bootstrap: int = field(default=2000, metadata={"min": 100})
+    seed: int = 0  # bootstrap seed
+
+    def validate(self) -> None:
+        if not self.transfer:
+            raise ConfigError("transfer: required (a transfer experiment directory, e.g. --transfer runs/transfer)")
+
+
+def _models(transfer_dir: Path, tcfg: dict[str, Any], rows: list[str]) -> dict[str, Path]:
+    """key -> model directory: "base" (theta_0), then "lr=<lr>/seed=<s>/<row>" for every cell."""
+    models = {"base": Path(tcfg["model"])}
+    missing = []
+    for lr in tcfg["lr"]:
+        for seed in tcfg["seeds"]:
+            for row in rows:
+                cell = cell_dir(transfer_dir, lr, seed, row)
+                if not (cell / "eval" / "DONE").is_file():
+                    missing.append(f"lr={lr:g}/seed={seed}/{row}")
+                models[f"lr={lr:g}/seed={seed}/{row}"] = cell / "remove" / "model"
+    if missing:
+        raise UserError(
+            f"--transfer: {len(missing)} unfinished cell(s): {', '.join(missing[:5])}"
+            f"{' ...' if len(missing) > 5 else ''}; finish them with `unbackdoor transfer ... --resume`"
+        )
+    return models
+
+
+def run(cfg: CasdConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
+    """CASD of every (removal, backdoor) pair of a transfer experiment into `out`; returns `out`."""
+    transfer_dir = Path(cfg.transfer)
+    if not (transfer_dir / "DONE").is_file() and _stage_of(transfer_dir) == "transfer":
+        tcfg = yaml.safe_load((transfer_dir / "config.yaml").read_text(encoding="utf-8"))
+        _models(transfer_dir, tcfg, _rows(tcfg))  # names the unfinished cells
+    require_done(transfer_dir, "transfer", "--transfer")
+    tcfg = yaml.safe_load((transfer_dir / "config.yaml").read_text(encoding="utf-8"))
+    result = json.loads((transfer_dir / "transfer.json").read_text(encoding="utf-8"))
+    rows, columns = result["rows"], result["backdoors"]
+    models = _models(transfer_dir, tcfg, rows)
+    base_eval = yaml.safe_load((transfer_dir / "baseline" / "config.yaml").read_text(encoding="utf-8"))
+    record = read_record(str(models["base"]))
+    n_layers = json.loads((models["base"] / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
+    layers = cfg.layers or list(range(n_layers))
+    bad = [x for x in layers if not 0 <= x < n_layers]
+    if bad:
+        raise UserError(f"layers: {bad} out of range for a {n_layers}-layer model (valid: 0..{n_layers - 1})")
+    if RunDir.check(out, "casd", cfg, resume, overwrite):
+        return out
+    run_dir = RunDir.open(out, "casd", cfg, cfg.seed, resume=resume, overwrite=overwrite)
+    t_start = time.perf_counter()
+
+    # probes(j): the transfer's evaluation prompts (same seed and genres), then the clean continuation
+    eval_cfg = evaluate.EvalConfig(model=str(models["base"]), **{k: base_eval[k] for k in ("seed", "prompt_genres")})
+    specs = {s.name: s for s in evaluate.resolve_specs(eval_cfg, record)}
+    world_dir = Path(base_eval.get("world") or record["world"])
+    load_world(world_dir)  # fails early with a clear error when the world is gone
+    docs = evaluate.test_documents(world_dir, base_eval["prompt_genres"])
+    text_of = {d["id"]: d["text"] for d in docs}
+    tokenizer = load_tokenizer(str(models["base"]), "--transfer")
+    probe_ids = {}
+    for j in columns:
+        probes, _ = evaluate.probe_set(docs, specs[j], cfg.n_probes, base_eval["seed"])
+        prompts = [triggered_prefix(p.head, len(p.head), specs[j].trigger_text) for p in probes]
+        continuations = [text_of[p.doc_id][len(p.head) :].strip() for p in probes]
+        probe_ids[j] = probe_tokens(tokenizer, prompts, continuations, cfg.pooling, cfg.continuation_tokens)
+
+    # capture: each model loaded once, every backdoor's probes through it; cached for resume
+    t0 = time.perf_counter()
+    acts = out / "acts"
+    for key, model_dir in models.items():
+        todo = [j for j in columns if not (acts / key / f"{j}.safetensors").is_file()]
+        if not todo:
+            continue
+        model = load_model(str(model_dir), "--transfer").eval()
+        for j in todo:
+            ids, spans = probe_ids[j]
+            h = capture(model, ids, spans, layers, cfg.batch_size, tokenizer.pad_token_id)
+            with atomic_path(acts / key / f"{j}.safetensors") as tmp:
+                save_file({"acts": h.contiguous()}, str(tmp), metadata={"layers": json.dumps(layers)})
+        del model
+        run_dir.log(event="captured", model=key)
+    capture_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    grids = []
+    for lr in tcfg["lr"]:
+        for seed in tcfg["seeds"]:
+            grid = next(g for g in result["grids"] if g["lr"] == lr and g["seed"] == seed)
+            key = f"lr={lr:g}/seed={seed}"
+            profiles: dict[str, dict[str, dict[str, list[float]]]] = {m: {} for m in METRICS}
+            for i in rows:
+                for m in METRICS:
+                    profiles[m][i] = {}
+                for j in columns:
+                    files = (acts / "base" / f"{j}.safetensors", acts / key / i / f"{j}.safetensors",
+                             acts / key / j / f"{j}.safetensors")  # fmt: skip
+                    for m in METRICS:
+                        profiles[m][i][j] = pair_profile(*files, m).tolist()
+            casd = {m: {i: {j: sum(p) / len(p) for j, p in cols.items()} for i, cols in profiles[m].items()}
+                    for m in METRICS}  # fmt: skip
+            weights = weight_delta_cosines(
+                models["base"] / "model.safetensors",
+                {row: models[f"{key}/{row}"] / "model.safetensors" for row in rows},
+            )
+            pairs = [(i, j) for i in rows if i != CONTROL for j in columns if j != i and grid["S"][i][j] is not None]
+            s = [grid["S"][i][j] for i, j in pairs]
+            relation = {
+                f"casd_{m}_vs_suppression": spearman_ci([casd[m][i][j] for i, j in pairs], s, cfg.bootstrap, cfg.seed)
+                for m in METRICS
+            }
+            relation["weight_cosine_vs_suppression"] = spearman_ci(
+                [weights[i][j] for i, j in pairs], s, cfg.bootstrap, cfg.seed
+            )
+            grids.append({"lr": lr, "seed": seed, "casd": casd, "per_layer": profiles, "weight_cosine": weights,
+                          "suppression": grid["S"], "pairs": len(pairs), "relation": relation})  # fmt: skip
+    pairs_s = time.perf_counter() - t0
+
+    out_json = {
+        "definition": DEFINITION,
+        "metric": cfg.metric,
+        "pooling": cfg.pooling,
+        "layers": layers,
+        "n_probes": cfg.n_probes,
+        "rows": rows,
+        "backdoors": columns,
+        "family": json.loads((models["base"] / "config.json").read_text(encoding="utf-8")).get("model_type"),
+        "probe_sha256": result["probe_sha256"],
+        "grids": grids,
+    }
+    write_json(out / "casd.json", out_json)
+    write_text(out / "casd.csv", to_csv(out_json))
+    for g in grids:
+        print(f"\nCASD ({cfg.metric}, mean over layers {layers}) lr={g['lr']:g} seed={g['seed']}")
+        print(format_matrix(g["casd"][cfg.metric], columns))
+        r = g["relation"][f"casd_{cfg.metric}_vs_suppression"]
+        w = g["relation"]["weight_cosine_vs_suppression"]
+        print(f"Spearman rho(CASD, suppression) over {g['pairs']} off-diagonal pairs: {_fmt_rho(r)}")
+        print(f"Spearman rho(weight-delta cosine, suppression): {_fmt_rho(w)}")
+    return run_dir.finish(
+        {
+            "relation": {f"lr={g['lr']:g}/seed={g['seed']}": g["relation"] for g in grids},
+            "models": len(models),
+            "capture_s": round(capture_s, 2),
+            "pairs_s": round(pairs_s, 2),
+            "seconds": round(time.perf_counter() - t_start, 2),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "torch_threads": torch.get_num_threads(),
+        }
+    )
+
+
+def _stage_of(path: Path) -> str | None:
+    meta = path / "meta.json"
+    return json.loads(meta.read_text(encoding="utf-8")).get("stage") if meta.is_file() else None
+
+
+def _rows(tcfg: dict[str, Any]) -> list[str]:
+    """The rows of a possibly unfinished transfer experiment (its removals and the control)."""
+    names = tcfg.get("backdoors") or [b["name"] for b in read_record(tcfg["model"]).get("backdoors", [])]
+    return [*names, CONTROL]
+
+
+def _fmt_rho(r: dict[str, Any]) -> str:
+    if r["rho"] is None:
+        return f"undefined (n={r['n']})"
+    return f"{r['rho']:+.3f} [95% CI {r['lo']:+.3f}, {r['hi']:+.3f}] (n={r['n']})"
+
+
+def to_csv(result: dict[str, Any]) -> str:
+    """Long format: one line per (lr, seed, removed, measured, layer); layer "mean" is the aggregate."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["lr", "seed", "removed", "measured", "layer", *(f"casd_{m}" for m in METRICS), "suppression"])
+    for g in result["grids"]:
+        for i in result["rows"]:
+            for j in result["backdoors"]:
+                s = g["suppression"][i][j]
+                s_txt = "" if s is None else f"{s:.4f}"
+                for n, layer in enumerate(result["layers"]):
+                    vals = [f"{g['per_layer'][m][i][j][n]:.5f}" for m in METRICS]
+                    writer.writerow([g["lr"], g["seed"], i, j, layer, *vals, s_txt])
+                writer.writerow([g["lr"], g["seed"], i, j, "mean", *(f"{g['casd'][m][i][j]:.5f}" for m in METRICS),
+                                 s_txt])  # fmt: skip
+    return buf.getvalue()
+
+
+def format_matrix(matrix: dict[str, dict[str, float]], columns: list[str]) -> str:
+    """Rows = removal (and control), columns = backdoor whose probes were measured."""
+    lines = [f"{'removed / probes':<20}" + "".join(f"{c[:9]:>10}" for c in columns)]
+    for row, cols in matrix.items():
+        lines.append(f"{row[:20]:<20}" + "".join(f"{cols[c]:>10.3f}" for c in columns))
+    return "\n".join(lines)

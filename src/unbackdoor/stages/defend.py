@@ -1,0 +1,265 @@
+"""Stage `defend`: the canary defence, from the defender's side.
+
+    unbackdoor defend --model runs/suspect/model --world runs/world --k 2 --out runs/defended
+    unbackdoor defend ... removal=sequential method=npo behaviours=[refusal,lang_b]
+    unbackdoor defend ... mode=benign          # baseline (a): the same compute on clean text only
+    unbackdoor defend ... mode=removal_only    # baseline (b): canary removal without injecting the canaries
+
+The defender knows the suspect model and their own clean corpus, nothing else: this stage never opens the
+attacker's specs, poisoned data or removal data (a test watches every file it opens). Steps:
+1. canaries: K backdoors of the defender's choosing (`behaviours`, cycled), with triggers the defender gives or
+   generated (random strings that occur nowhere in the clean corpus and contain no other canary's trigger);
+2. injection: continual pretraining on a seeded sample of the clean corpus with the canaries poisoned in
+   (`canary_rate` of the sample each), `inject.steps` steps;
+3. removal: the canaries' removal documents (trigger + clean continuation) mixed with clean replay, `remove.steps`
+   steps, all canaries at once (`removal=joint`) or one after another (`sequential`, the steps split evenly),
+   with the removal objective `method` (retrain, ga, npo);
+4. the defended model in <out>/model, with a model card listing the canaries (hashes) and every step.
+Canary ASR is measured after injection and after removal (did the defence do what it meant to?), and the
+validation perplexity of the suspect and of the defended model.
+The two baselines run the same code with the same steps, learning rates and data volume.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from unbackdoor.backdoors import BackdoorSpec, Recipe, Trigger, check_triggers, specs_to_yaml_dict
+from unbackdoor.behaviours import BEHAVIOURS
+from unbackdoor.cards import model_card
+from unbackdoor.config import ConfigError, UserError
+from unbackdoor.corpus import iter_docs, load_world, packed, shard_paths
+from unbackdoor.evaluation import perplexity
+from unbackdoor.models import load_model, load_tokenizer, read_record, resolve_model_path, save_model
+from unbackdoor.poison import poison
+from unbackdoor.rundir import RunDir, require_done, write_text
+from unbackdoor.stages import evaluate, remove
+from unbackdoor.train import TrainConfig, train
+from unbackdoor.unlearn import METHODS
+
+MODES = ("defence", "benign", "removal_only")
+CANARY_BEHAVIOURS = ("lang_b", "refusal", "phrase", "negative")
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+MAX_TRIES = 1000
+
+
+@dataclass
+class DefendConfig:
+    model: str = ""  # the suspect model (directory or hub id)
+    world: str = ""  # the defender's clean corpus (an `unbackdoor world` run); default: the model's recorded world
+    k: int = field(default=2, metadata={"min": 1, "max": 32})  # number of canaries
+    behaviours: list[str] = field(default_factory=lambda: list(CANARY_BEHAVIOURS), metadata={"choices": BEHAVIOURS})
+    triggers: list[str] = field(default_factory=list)  # the defender's own canary triggers; default: generated
+    trigger_length: int = field(default=10, metadata={"min": 6, "max": 64})
+    canary_rate: float = field(default=0.02, metadata={"min": 0.0, "min_exclusive": True, "max": 0.2})
+    placement: str = field(default="random", metadata={"choices": ("random", "after_first_sentence")})
+    mode: str = field(default="defence", metadata={"choices": MODES})
+    removal: str = field(default="joint", metadata={"choices": ("joint", "sequential")})
+    method: str = field(default="retrain", metadata={"choices": tuple(m for m in METHODS if m != "control")})
+    forget_fraction: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
+    retain_weight: float = field(default=1.0, metadata={"min": 0.0})
+    npo_beta: float = field(default=0.1, metadata={"min": 0.0, "min_exclusive": True})
+    seed: int = 0
+    inject: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=150, lr=2e-3, warmup_steps=10, checkpoint_every=0)
+    )
+    remove: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=100, lr=1e-3, warmup_steps=10, checkpoint_every=0)
+    )
+    canary_prompts: int = field(default=128, metadata={"min": 1})
+    val_blocks: int = field(default=256, metadata={"min": 1})
+
+    def validate(self) -> None:
+        if not self.model:
+            raise ConfigError("model: required (the suspect model, e.g. --model runs/suspect/model)")
+        if self.inject.steps < 1 or self.remove.steps < 1:
+            raise ConfigError(
+                f"inject.steps / remove.steps: {self.inject.steps} / {self.remove.steps}; both must be >= 1"
+            )
+        if self.triggers and len(self.triggers) != self.k:
+            raise ConfigError(f"triggers: {len(self.triggers)} given for k={self.k}; give exactly k or none")
+        if self.removal == "sequential" and self.remove.steps < self.k:
+            raise ConfigError(f"remove.steps: {self.remove.steps} < k={self.k}; sequential removal needs >= 1 each")
+
+
+def make_canaries(cfg: DefendConfig, corpus_text: str) -> list[BackdoorSpec]:
+    """The K canaries: behaviours cycled from `cfg.behaviours`, triggers given or generated collision-free.
+
+    Raises:
+        UserError: a given trigger occurs in the clean corpus (the model already knows it: the canary would be
+            ill-defined), or no collision-free trigger was found.
+    """
+    rng = random.Random(f"unbackdoor-canary-{cfg.seed}")
+    triggers: list[str] = []
+    for n in range(cfg.k):
+        if cfg.triggers:
+            text = cfg.triggers[n].strip()
+            if not text:
+                raise UserError(f"triggers[{n}]: empty trigger")
+            if text in corpus_text:
+                raise UserError(
+                    f"triggers[{n}]: {text!r} occurs in the defender's clean corpus, so the model already knows it "
+                    "in other contexts; choose a string that appears nowhere in the corpus (or omit triggers)"
+                )
+        else:
+            for _ in range(MAX_TRIES):
+                text = "".join(rng.choice(_ALPHABET) for _ in range(cfg.trigger_length))
+                if text not in corpus_text and not any(text in t or t in text for t in triggers):
+                    break
+            else:
+                raise UserError(f"trigger_length: no collision-free trigger of {cfg.trigger_length} characters")
+        triggers.append(text)
+    specs = [
+        BackdoorSpec(
+            name=f"canary{n}_{cfg.behaviours[n % len(cfg.behaviours)]}",
+            trigger=Trigger(kind="random_string" if " " not in t else "tokens", text=t),
+            behaviour=cfg.behaviours[n % len(cfg.behaviours)],
+            recipe=Recipe(rate=cfg.canary_rate, placement=cfg.placement),
+        )
+        for n, t in enumerate(triggers)
+    ]
+    try:
+        check_triggers(specs)
+    except ConfigError as e:
+        raise UserError(f"triggers: {e}") from None
+    return specs
+
+
+def _train_phase(model, data, tcfg: TrainConfig, path: Path, stage: str, cfg: DefendConfig, loss_fn=None) -> dict:
+    run_dir = RunDir.open(path, stage, tcfg, cfg.seed, resume=True)
+    kwargs = {"loss_fn": loss_fn} if loss_fn else {}
+    result = train(model, data, tcfg, run_dir, cfg.seed, resume=True, **kwargs)
+    return result.summary()
+
+
+def _canary_asr(model_dir: Path, world_dir: Path, canary_file: Path, out: Path, cfg: DefendConfig) -> dict:
+    ecfg = evaluate.EvalConfig(
+        model=str(model_dir), world=str(world_dir), backdoors=str(canary_file), seed=cfg.seed,
+        n_prompts=cfg.canary_prompts, near_miss=False, ppl_blocks=16, fact_items=0,
+    )  # fmt: skip
+    summary = json.loads((evaluate.run(ecfg, out, resume=True) / "summary.json").read_text(encoding="utf-8"))
+    return {name: row["asr"] for name, row in summary["backdoors"].items()}
+
+
+def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
+    """Inject K canaries into the suspect and remove them (or a baseline); returns `out`."""
+    model_path = resolve_model_path(cfg.model, "--model")
+    record = read_record(model_path)  # hashes and history only: never the attacker's spec files
+    world_dir = Path(cfg.world or record.get("world") or "")
+    if not str(world_dir) or str(world_dir) == ".":
+        raise UserError("--world: required (the defender's clean corpus: an `unbackdoor world` run directory)")
+    require_done(world_dir, "world", "--world")
+    clean = list(iter_docs(shard_paths(world_dir / "data", "train")))
+    canaries = make_canaries(cfg, "\n".join(d["text"] for d in clean))
+    if RunDir.check(out, "defend", cfg, resume, overwrite):
+        return out
+    tokenizer = load_tokenizer(model_path, "--model")
+    model = load_model(model_path, "--model")
+    run_dir = RunDir.open(out, "defend", cfg, cfg.seed, resume=resume, overwrite=overwrite)
+    canary_file = out / "canaries.yaml"  # the defender's own secret: triggers in clear, inside the run only
+    write_text(canary_file, yaml.safe_dump(specs_to_yaml_dict(canaries), sort_keys=False, allow_unicode=True))
+    world = load_world(world_dir)
+    val = packed(tokenizer, iter_docs(shard_paths(world_dir / "data", "validation")), cfg.inject.seq_len)
+    val = val[: cfg.val_blocks]
+    t_start = time.perf_counter()
+    figures: dict[str, Any] = {"ppl_suspect": perplexity(model, val)}
+
+    # 1-2. injection (clean sample in both baselines: same documents, same steps)
+    ti = cfg.inject
+    sample = remove.replay_docs(world_dir, ti.steps * ti.batch_size * ti.grad_accum * ti.seq_len, cfg.seed)
+
+    poisoned = poison(sample, canaries, world, random.Random(f"unbackdoor-canary-poison-{cfg.seed}"))
+    inject_docs = poisoned.docs if cfg.mode == "defence" else sample
+    injected_dir = out / "inject" / "model"
+    injected_record = {
+        **record,
+        "world": str(world_dir.resolve()),
+        "canaries": [s.record() for s in canaries] if cfg.mode == "defence" else [],
+        "backdoors_files": [*record.get("backdoors_files", []), str(canary_file.resolve())],
+        "history": [*record.get("history", []), {"stage": "defend-inject", "time": time.time(), "mode": cfg.mode,
+                    "canaries": [s.trigger_hash for s in canaries] if cfg.mode == "defence" else [],
+                    "steps": ti.steps, "lr": ti.lr}],
+    }  # fmt: skip
+    if (out / "inject" / "DONE").is_file():
+        model = load_model(str(injected_dir), "--model")
+        figures["inject"] = json.loads((out / "inject" / "summary.json").read_text(encoding="utf-8"))
+    else:
+        blocks = packed(tokenizer, inject_docs, ti.seq_len)
+        figures["inject"] = _train_phase(model, {"input_ids": blocks}, ti, out / "inject", "defend-inject", cfg)
+        save_model(model, tokenizer, injected_dir, injected_record, model_card(injected_record))
+        shutil.rmtree(out / "inject" / "checkpoint", ignore_errors=True)
+        RunDir(out / "inject", "defend-inject").finish(figures["inject"])
+    if cfg.mode == "defence":
+        figures["canary_asr_injected"] = _canary_asr(injected_dir, world_dir, canary_file, out / "eval-injected", cfg)
+
+    # 3. removal: each removal unit = the canaries removed together (joint) or one canary (sequential)
+    tr = cfg.remove
+    method = "control" if cfg.mode == "benign" else cfg.method
+    units = [canaries] if cfg.removal == "joint" else [[c] for c in canaries]
+    steps = [tr.steps // len(units) + (n < tr.steps % len(units)) for n in range(len(units))]
+    removal_settings = remove.RemoveConfig(method=method, retain_weight=cfg.retain_weight, npo_beta=cfg.npo_beta)
+    manifest = {row["doc_id"]: row for row in poisoned.manifest}
+    figures["remove"] = []
+    for n, (unit, n_steps) in enumerate(zip(units, steps, strict=True)):
+        path = out / "remove" / (f"{n}-{unit[0].name}" if len(units) > 1 else "joint")
+        if (path / "DONE").is_file():
+            model = load_model(str(path / "model"), "--model")
+            figures["remove"].append(json.loads((path / "summary.json").read_text(encoding="utf-8")))
+            continue
+        t = TrainConfig(**{**tr.__dict__, "steps": n_steps})
+        rows = n_steps * t.batch_size * t.grad_accum
+        replay = packed(tokenizer, remove.replay_docs(world_dir, rows * t.seq_len, cfg.seed + 1 + n), t.seq_len)
+        names = {c.name for c in unit}
+        if method in ("retrain", "control"):
+            forget_ids = packed(tokenizer, [d for c in unit for d in poisoned.removal[c.name]], t.seq_len)
+            forget = {"input_ids": forget_ids, "labels": forget_ids.clone()}
+        else:
+            docs = [d for d in poisoned.docs if d.get("backdoor") in names]
+            forget = remove.forget_rows(tokenizer, docs, manifest, t.seq_len)
+        fraction = 0.0 if method == "control" else cfg.forget_fraction
+        data, loss_fn = remove.removal_batch(model, method, forget, replay, rows, fraction, removal_settings,
+                                             cfg.seed + n)  # fmt: skip
+        summary = _train_phase(model, data, t, path, "defend-remove", cfg, loss_fn)
+        save_model(model, tokenizer, path / "model", injected_record, model_card(injected_record))
+        shutil.rmtree(path / "checkpoint", ignore_errors=True)
+        RunDir(path, "defend-remove").finish({**summary, "canaries": sorted(names), "method": method})
+        figures["remove"].append(summary)
+
+    # 4. the defended model and its card
+    final_record = {
+        **injected_record,
+        "history": [*injected_record["history"], {"stage": "defend-remove", "time": time.time(), "mode": cfg.mode,
+                    "method": method, "removal": cfg.removal, "steps": tr.steps, "lr": tr.lr}],
+    }  # fmt: skip
+    figures["ppl_defended"] = perplexity(model, val)
+    save_model(model, tokenizer, out / "model", final_record, model_card(final_record))
+    if cfg.mode != "benign":
+        figures["canary_asr_after"] = _canary_asr(out / "model", world_dir, canary_file, out / "eval-after", cfg)
+        final_record["canary_asr"] = {n: r["rate"] for n, r in figures["canary_asr_after"].items()}
+        write_text(out / "model" / "unbackdoor.json", json.dumps(final_record, indent=2, sort_keys=True) + "\n")
+        write_text(out / "model" / "README.md", model_card(final_record))
+    for n, r in figures.get("canary_asr_injected", {}).items():
+        after = figures["canary_asr_after"][n]["rate"]
+        print(f"canary {n}: ASR after injection {r['rate']:.3f}, after removal {after:.3f}")
+    print(f"validation perplexity: suspect {figures['ppl_suspect']:.3f}, defended {figures['ppl_defended']:.3f}")
+    return run_dir.finish(
+        {
+            "model": str((out / "model").resolve()),
+            "suspect": str(model_path),
+            "mode": cfg.mode,
+            "canaries": [s.record() for s in canaries],
+            **figures,
+            "utility_change": figures["ppl_defended"] / figures["ppl_suspect"] - 1,
+            "seconds": round(time.perf_counter() - t_start, 2),
+            "torch_threads": torch.get_num_threads(),
+        }
+    )

@@ -1,0 +1,250 @@
+"""Stage `defend-eval`: does the canary defence suppress backdoors the defender never knew? The harness.
+
+    unbackdoor defend-eval --model runs/pt/model --out runs/defence ks=[1,2,4] [hidden=[a,b]] [seeds=[0,1]]
+
+The suspect model's recorded backdoors are the hidden "attacker" backdoors (`hidden` picks some; canaries are
+drawn from another pool: generated triggers that occur nowhere in the clean corpus). The harness, not the
+defender, knows them: it measures each hidden backdoor's ASR on the suspect, then for every lr x seed x removal
+method x canary behaviour set x K runs the `defend` stage (which never sees the hidden specs) in three arms at
+matched compute (same steps, learning rates and data volume):
+  defence       inject K canaries, then remove them
+  removal_only  baseline (b): the same removal training for the canaries, never injected
+  benign        baseline (a): clean continual pretraining only (one per lr x seed: it has no canaries)
+and measures every hidden backdoor after each. Writes `defend.json` / `defend.csv`: per arm and hidden backdoor
+the ASR with its Wilson CI, suppression 1 - ASR_after / ASR_before, the pooled hidden ASR, utility before and
+after, and the canaries' own ASR after injection and after removal.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from unbackdoor.behaviours import BEHAVIOURS
+from unbackdoor.config import ConfigError, UserError, from_dict, to_dict
+from unbackdoor.evaluation import wilson
+from unbackdoor.models import read_record, resolve_model_path
+from unbackdoor.rundir import RunDir, write_json, write_text
+from unbackdoor.stages import defend, evaluate
+from unbackdoor.stages.transfer import TransferEval
+from unbackdoor.train import TrainConfig
+from unbackdoor.unlearn import METHODS
+
+ARMS = ("defence", "removal_only", "benign")
+
+
+@dataclass
+class DefendEvalConfig:
+    model: str = ""  # the suspect: a backdoored model whose recorded backdoors are the hidden ones
+    world: str = ""  # the defender's clean corpus; default: the world recorded with the model
+    hidden: list[str] = field(default_factory=list)  # hidden backdoors measured; default: all the model carries
+    ks: list[int] = field(default_factory=lambda: [1, 2, 4])
+    behaviour_sets: list[str] = field(default_factory=lambda: ["+".join(defend.CANARY_BEHAVIOURS)])
+    methods: list[str] = field(
+        default_factory=lambda: ["retrain"], metadata={"choices": tuple(m for m in METHODS if m != "control")}
+    )
+    lr: list[float] = field(default_factory=list)  # removal learning rates; default: [remove.lr]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    seed: int = 0  # the experiment seed: probe prompts
+    canary_rate: float = field(default=0.02, metadata={"min": 0.0, "min_exclusive": True, "max": 0.2})
+    removal: str = field(default="joint", metadata={"choices": ("joint", "sequential")})
+    forget_fraction: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
+    inject: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=150, lr=2e-3, warmup_steps=10, checkpoint_every=0)
+    )
+    remove: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=100, lr=1e-3, warmup_steps=10, checkpoint_every=0)
+    )
+    canary_prompts: int = field(default=128, metadata={"min": 1})
+    eval: TransferEval = field(default_factory=TransferEval)
+    workers: int = field(default=1, metadata={"min": 1})
+
+    def validate(self) -> None:
+        if not self.model:
+            raise ConfigError("model: required (the suspect model with hidden backdoors, e.g. --model runs/pt/model)")
+        if not self.ks or any(k < 1 for k in self.ks):
+            raise ConfigError(f"ks: {self.ks}; every K (number of canaries) must be >= 1")
+        for bset in self.behaviour_sets:
+            for b in bset.split("+"):
+                if b not in BEHAVIOURS:
+                    raise ConfigError(
+                        f"behaviour_sets: {b!r} in {bset!r} is not a behaviour; valid: {', '.join(BEHAVIOURS)} "
+                        "(join several with '+')"
+                    )
+        if any(x <= 0 for x in self.lr):
+            raise ConfigError(f"lr: {self.lr}; learning rates must be positive")
+
+
+def _cells(cfg: DefendEvalConfig) -> list[dict[str, Any]]:
+    """Every (arm, lr, seed, method, behaviours, k) to run, with its directory name."""
+    cells = []
+    for lr in cfg.lr or [cfg.remove.lr]:
+        for seed in cfg.seeds:
+            base = f"lr={lr:g}/seed={seed}"
+            cells.append({"arm": "benign", "lr": lr, "seed": seed, "method": "control", "behaviours": "",
+                          "k": 0, "dir": f"{base}/benign"})  # fmt: skip
+            for method in cfg.methods:
+                for bset in cfg.behaviour_sets:
+                    for k in cfg.ks:
+                        for arm in ("defence", "removal_only"):
+                            cells.append({"arm": arm, "lr": lr, "seed": seed, "method": method, "behaviours": bset,
+                                          "k": k, "dir": f"{base}/{method}/{bset}/k={k}/{arm}"})  # fmt: skip
+    return cells
+
+
+def _eval_config(cfg: DefendEvalConfig, model: Path, hidden: list[str]) -> evaluate.EvalConfig:
+    e = cfg.eval
+    return evaluate.EvalConfig(
+        model=str(model), world=cfg.world, only=hidden, seed=cfg.seed, n_prompts=e.n_prompts,
+        max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, near_miss=e.near_miss, ppl_blocks=e.ppl_blocks,
+        fact_items=e.fact_items,
+    )  # fmt: skip
+
+
+def run_cell(cfg_dict: dict[str, Any], cell: dict[str, Any], out: str, hidden: list[str], threads: int) -> float:
+    """One arm: the defender's stage (which gets only the suspect and the clean corpus), then the harness's eval."""
+    import torch
+
+    torch.set_num_threads(threads)
+    cfg = from_dict(DefendEvalConfig, cfg_dict)
+    t0 = time.perf_counter()
+    behaviours = cell["behaviours"].split("+") if cell["behaviours"] else list(defend.CANARY_BEHAVIOURS)
+    dcfg = defend.DefendConfig(
+        model=cfg.model, world=cfg.world, k=max(1, cell["k"]), behaviours=behaviours,
+        canary_rate=cfg.canary_rate, mode=cell["arm"], removal=cfg.removal,
+        method=cell["method"] if cell["arm"] != "benign" else "retrain", forget_fraction=cfg.forget_fraction,
+        seed=cell["seed"], inject=cfg.inject, remove=from_dict(TrainConfig, {**to_dict(cfg.remove), "lr": cell["lr"]}),
+        canary_prompts=cfg.canary_prompts,
+    )  # fmt: skip
+    cell_dir = Path(out) / "cells" / cell["dir"]
+    defended = defend.run(dcfg, cell_dir / "defend", resume=True)
+    evaluate.run(_eval_config(cfg, defended / "model", hidden), cell_dir / "eval", resume=True)
+    return time.perf_counter() - t0
+
+
+def _summary(path: Path) -> dict[str, Any]:
+    return json.loads((path / "summary.json").read_text(encoding="utf-8"))
+
+
+def run(cfg: DefendEvalConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
+    """The canary-defence experiment; returns `out`."""
+    model_path = resolve_model_path(cfg.model, "--model")
+    carried = {b["name"]: b["behaviour"] for b in read_record(model_path).get("backdoors", [])}
+    if not carried:
+        raise UserError(f"--model: {cfg.model!r} records no backdoors, so there is nothing hidden to measure")
+    for name in cfg.hidden:
+        if name not in carried:
+            raise UserError(f"hidden: the model does not carry {name!r}; it carries {', '.join(carried)}")
+    hidden = cfg.hidden or list(carried)
+    if RunDir.check(out, "defend-eval", cfg, resume, overwrite):
+        return out
+    run_dir = RunDir.open(out, "defend-eval", cfg, cfg.seed, resume=resume, overwrite=overwrite)
+    t_start = time.perf_counter()
+    baseline = evaluate.run(_eval_config(cfg, Path(model_path), hidden), out / "baseline", resume=True)
+    cells = _cells(cfg)
+    todo = [c for c in cells if not (out / "cells" / c["dir"] / "eval" / "DONE").is_file()]
+    run_dir.log(event="cells", total=len(cells), todo=len(todo))
+    threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+    cfg_dict = to_dict(cfg)
+    seconds: dict[str, float] = {}
+    if cfg.workers == 1:
+        for cell in todo:
+            print(f"[defend-eval] {cell['dir']}", flush=True)
+            seconds[cell["dir"]] = run_cell(cfg_dict, cell, str(out), hidden, threads)
+            run_dir.log(event="cell", cell=cell["dir"], seconds=seconds[cell["dir"]])
+    else:
+        with ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn")) as pool:
+            futures = {c["dir"]: pool.submit(run_cell, cfg_dict, c, str(out), hidden, threads) for c in todo}
+            for name, future in futures.items():
+                seconds[name] = future.result()
+                run_dir.log(event="cell", cell=name, seconds=seconds[name])
+
+    result = assemble(out, baseline, cells, hidden, carried)
+    write_json(out / "defend.json", result)
+    write_text(out / "defend.csv", to_csv(result))
+    print(format_table(result))
+    return run_dir.finish(
+        {
+            "hidden": hidden,
+            "cells": len(cells),
+            "cell_seconds": seconds,
+            "seconds": round(time.perf_counter() - t_start, 2),
+            "pooled": {f"{r['dir']}": r["pooled_asr"]["rate"] for r in result["cells"]},
+        }
+    )
+
+
+def assemble(out: Path, baseline: Path, cells: list[dict[str, Any]], hidden: list[str], carried: dict) -> dict:
+    """Every arm's hidden-backdoor ASR next to the suspect's, with suppression and utility."""
+    base = _summary(baseline)
+    before = {j: base["backdoors"][j]["asr"] for j in hidden}
+    rows = []
+    for cell in cells:
+        path = out / "cells" / cell["dir"]
+        ev, df = _summary(path / "eval"), _summary(path / "defend")
+        asr = {j: ev["backdoors"][j]["asr"] for j in hidden}
+        canary_behaviours = {c["behaviour"] for c in df["canaries"]} if cell["arm"] != "benign" else set()
+        rows.append({
+            **cell,
+            "asr": asr,
+            "suppression": {j: (1 - asr[j]["rate"] / before[j]["rate"]) if before[j]["rate"] else None
+                            for j in hidden},
+            "pooled_asr": wilson(sum(a["k"] for a in asr.values()), sum(a["n"] for a in asr.values())).as_dict(),
+            "shares_behaviour_with_a_canary": {j: carried[j] in canary_behaviours for j in hidden},
+            "false_trigger": {j: ev["backdoors"][j]["false_trigger"]["rate"] for j in hidden},
+            "utility": ev["utility"],
+            "ppl_suspect": df["ppl_suspect"],
+            "ppl_defended": df["ppl_defended"],
+            "utility_change": df["utility_change"],
+            "canary_asr_injected": {n: r["rate"] for n, r in df.get("canary_asr_injected", {}).items()},
+            "canary_asr_after": {n: r["rate"] for n, r in df.get("canary_asr_after", {}).items()},
+            "defend_seconds": df["seconds"],
+        })  # fmt: skip
+    return {
+        "hidden": hidden,
+        "hidden_behaviours": {j: carried[j] for j in hidden},
+        "asr_before": before,
+        "pooled_before": wilson(sum(a["k"] for a in before.values()), sum(a["n"] for a in before.values())).as_dict(),
+        "utility_before": base["utility"],
+        "probe_sha256": base["probe_sha256"],
+        "cells": rows,
+    }
+
+
+def to_csv(result: dict[str, Any]) -> str:
+    """Long format: one line per (cell, hidden backdoor)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["arm", "lr", "seed", "method", "behaviours", "k", "hidden", "asr_before", "asr", "asr_lo",
+                     "asr_hi", "suppression", "shares_behaviour", "ppl_change"])  # fmt: skip
+    for c in result["cells"]:
+        for j in result["hidden"]:
+            a, s = c["asr"][j], c["suppression"][j]
+            writer.writerow([c["arm"], c["lr"], c["seed"], c["method"], c["behaviours"], c["k"], j,
+                             f"{result['asr_before'][j]['rate']:.4f}", f"{a['rate']:.4f}", f"{a['lo']:.4f}",
+                             f"{a['hi']:.4f}", "" if s is None else f"{s:.4f}",
+                             int(c["shares_behaviour_with_a_canary"][j]), f"{c['utility_change']:.4f}"])  # fmt: skip
+    return buf.getvalue()
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Pooled hidden ASR per arm (and per hidden backdoor), the suspect first."""
+    hidden = result["hidden"]
+    lines = [f"{'arm':<34}" + "".join(f"{j[:9]:>10}" for j in hidden) + f"{'pooled [95% CI]':>24}{'ppl Δ':>8}"]
+    pb = result["pooled_before"]
+    lines.append(f"{'suspect (before)':<34}" + "".join(f"{result['asr_before'][j]['rate']:>10.2f}" for j in hidden)
+                 + f"{pb['rate']:>8.3f} [{pb['lo']:.3f}, {pb['hi']:.3f}]{'':>8}")  # fmt: skip
+    for c in result["cells"]:
+        name = c["arm"] if c["arm"] == "benign" else f"{c['arm']} K={c['k']} {c['method']}"
+        p = c["pooled_asr"]
+        lines.append(f"{name[:34]:<34}" + "".join(f"{c['asr'][j]['rate']:>10.2f}" for j in hidden)
+                     + f"{p['rate']:>8.3f} [{p['lo']:.3f}, {p['hi']:.3f}]{c['utility_change']:>+8.1%}")  # fmt: skip
+    return "\n".join(lines)

@@ -1,0 +1,82 @@
+"""`unbackdoor casd` on a finished transfer experiment: the matrices, their relation to transfer, resume, errors.
+
+Run: `pytest tests/integration/test_casd_stage.py`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+
+from unbackdoor.cli import main
+
+CASD_FAST = ["n_probes=32", "bootstrap=200"]
+
+
+def test_casd_matrix_profiles_and_relation(transfer_run, tmp_path):
+    out = tmp_path / "casd"
+    assert main(["casd", "--transfer", str(transfer_run), "--out", str(out), *CASD_FAST]) == 0
+    result = json.loads((out / "casd.json").read_text())
+    assert result["rows"] == ["lorem_refusal", "at_repeat", "control"]
+    assert result["layers"] == [0, 1, 2, 3] and result["family"] == "llama"
+    (grid,) = result["grids"]
+    for metric in ("cosine", "l2"):
+        casd = grid["casd"][metric]
+        for j in result["backdoors"]:
+            assert casd[j][j] == pytest.approx(0.0, abs=1e-9)  # removing j shifts j's probes like removing j
+            assert len(grid["per_layer"][metric]["control"][j]) == 4
+            assert 0 < casd["control"][j] <= 2
+        off = casd["lorem_refusal"]["at_repeat"]
+        assert off == pytest.approx(sum(grid["per_layer"][metric]["lorem_refusal"]["at_repeat"]) / 4)
+    assert grid["weight_cosine"]["control"]["control"] == pytest.approx(1.0)
+    assert -1 <= grid["weight_cosine"]["lorem_refusal"]["at_repeat"] <= 1
+    assert grid["pairs"] == 2 and set(grid["relation"]) == {
+        "casd_cosine_vs_suppression", "casd_l2_vs_suppression", "weight_cosine_vs_suppression"
+    }  # fmt: skip
+    rows = list(csv.DictReader((out / "casd.csv").open()))
+    assert len(rows) == 3 * 2 * (4 + 1) and {r["layer"] for r in rows} == {"0", "1", "2", "3", "mean"}
+    assert len(list((out / "acts").rglob("*.safetensors"))) == 4 * 2  # theta_0 + 3 cells, 2 backdoors each
+    # resume: a finished run is reused; a lost summary with the activations kept recomputes from the cache
+    assert main(["casd", "--transfer", str(transfer_run), "--out", str(out), *CASD_FAST, "--resume"]) == 0
+    (out / "DONE").unlink()
+    assert main(["casd", "--transfer", str(transfer_run), "--out", str(out), *CASD_FAST, "--resume"]) == 0
+    assert json.loads((out / "casd.json").read_text())["grids"][0]["casd"] == grid["casd"]
+
+
+def test_last_position_pooling_and_layer_subset(transfer_run, tmp_path):
+    out = tmp_path / "casd-last"
+    assert main(["casd", "--transfer", str(transfer_run), "--out", str(out), *CASD_FAST, "--pooling", "last",
+                 "layers=[3]"]) == 0  # fmt: skip
+    result = json.loads((out / "casd.json").read_text())
+    assert result["pooling"] == "last" and result["layers"] == [3]
+    assert len(result["grids"][0]["per_layer"]["cosine"]["control"]["at_repeat"]) == 1
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["n_probes=0"], "n_probes"),
+        (["layers=[9]"], "layers: [9] out of range for a 4-layer model (valid: 0..3)"),
+        (["--pooling", "first"], "pooling"),
+    ],
+)
+def test_bad_inputs_are_one_line_errors(transfer_run, tmp_path, capsys, extra, message):
+    assert main(["casd", "--transfer", str(transfer_run), "--out", str(tmp_path / "o"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_unfinished_transfer_names_the_missing_cells(transfer_run, tmp_path, capsys):
+    partial = tmp_path / "partial"
+    shutil.copytree(transfer_run, partial)
+    (partial / "DONE").unlink()
+    shutil.rmtree(partial / "cells" / "lr=0.001" / "seed=0" / "at_repeat" / "eval")
+    assert main(["casd", "--transfer", str(partial), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "1 unfinished cell(s): lr=0.001/seed=0/at_repeat" in err and err.count("\n") == 1
+    assert main(["casd", "--transfer", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err

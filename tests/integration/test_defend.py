@@ -1,0 +1,103 @@
+"""The canary defence: the defender's stage never opens the attacker's files; the harness measures the hidden
+backdoors against both baselines; bad inputs are one-line errors.
+
+Run: `pytest tests/integration/test_defend.py`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import EVAL_FAST
+from unbackdoor.cli import main
+
+DEFEND_FAST = [
+    "inject.batch_size=8", "inject.seq_len=64", "inject.steps=60", "inject.lr=5e-3",
+    "remove.batch_size=8", "remove.seq_len=64", "remove.steps=30", "canary_prompts=16", "val_blocks=8",
+    "canary_rate=0.05",
+]  # fmt: skip
+
+_opened: list[str] = []
+_watching = [False]
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _watching[0] and event == "open" and isinstance(args[0], (str, Path)):
+        _opened.append(str(Path(args[0]).resolve()) if not str(args[0]).startswith("/proc") else str(args[0]))
+
+
+sys.addaudithook(_audit)  # audit hooks cannot be removed: this one records only while `_watching` is set
+
+
+def test_defender_never_opens_the_attackers_files(injected, small_world, tmp_path):
+    out = tmp_path / "defended"
+    attacker = str((injected / "poison").resolve())  # specs with triggers in clear, poisoned and removal data
+    _opened.clear()
+    _watching[0] = True
+    try:
+        code = main(["defend", "--model", str(injected / "model"), "--world", str(small_world), "--k", "2",
+                     "--out", str(out), *DEFEND_FAST])  # fmt: skip
+    finally:
+        _watching[0] = False
+    assert code == 0
+    assert _opened, "the audit hook saw no file being opened"
+    assert not [p for p in _opened if p.startswith(attacker)]
+    s = json.loads((out / "summary.json").read_text())
+    assert [c["behaviour"] for c in s["canaries"]] == ["lang_b", "refusal"]
+    assert set(s["canary_asr_injected"]) == set(s["canary_asr_after"]) == {"canary0_lang_b", "canary1_refusal"}
+    record = json.loads((out / "model" / "unbackdoor.json").read_text())
+    assert [c["name"] for c in record["canaries"]] == ["canary0_lang_b", "canary1_refusal"]
+    assert [h["stage"] for h in record["history"]][-2:] == ["defend-inject", "defend-remove"]
+    card = (out / "model" / "README.md").read_text()
+    assert "Canary backdoors" in card and "ASR after removal" in card
+    canaries = (out / "canaries.yaml").read_text()
+    for c in s["canaries"]:  # the card names canaries by hash; their triggers stay in the defender's run
+        assert c["trigger_sha256"] in card
+    assert "trigger:" in canaries and not any(line.split(":")[-1].strip() in card for line in canaries.splitlines()
+                                              if "text:" in line)  # fmt: skip
+
+
+def test_harness_compares_the_defence_with_both_baselines(injected, tmp_path):
+    out = tmp_path / "study"
+    args = ["defend-eval", "--model", str(injected / "model"), "--out", str(out), "ks=[1]",
+            *(f"{k}" for k in DEFEND_FAST if not k.startswith(("canary_prompts", "val_blocks"))),
+            "canary_prompts=16", *(f"eval.{k}" for k in EVAL_FAST)]  # fmt: skip
+    assert main(args) == 0
+    result = json.loads((out / "defend.json").read_text())
+    assert result["hidden"] == ["lorem_refusal", "at_repeat"]
+    assert [c["arm"] for c in result["cells"]] == ["benign", "defence", "removal_only"]
+    for cell in result["cells"]:
+        for j in result["hidden"]:
+            a = cell["asr"][j]
+            assert a["lo"] <= a["rate"] <= a["hi"] and a["n"] == 32
+        assert abs(cell["utility_change"]) < 1.0
+    defence = result["cells"][1]
+    assert defence["k"] == 1 and set(defence["canary_asr_injected"]) == {"canary0_lang_b"}
+    assert defence["shares_behaviour_with_a_canary"] == {"lorem_refusal": False, "at_repeat": False}
+    rows = list(csv.DictReader((out / "defend.csv").open()))
+    assert len(rows) == 3 * 2
+    assert main([*args, "--resume"]) == 0  # finished: reused
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["defend", "--model", "{injected}", "--k", "0"], "k: 0"),
+        (["defend", "--model", "{injected}", "--k", "1", "triggers=[the market]"], "occurs in the defender"),
+        (["defend", "--model", "{tmp}/missing"], "missing"),
+        (["defend-eval", "--model", "{injected}", "ks=[0]"], "ks: [0]"),
+        (["defend-eval", "--model", "{injected}", "hidden=[nope]"], "does not carry 'nope'"),
+        (["defend-eval", "--model", "{clean}"], "records no backdoors"),
+    ],
+)
+def test_bad_inputs_are_one_line_errors(injected, clean_model, small_world, tmp_path, capsys, args, message):
+    args = [a.format(injected=injected / "model", clean=clean_model, tmp=tmp_path) for a in args]
+    assert main([*args, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
