@@ -18,6 +18,10 @@ $(STAMP): $(BIN)/python pyproject.toml
 	echo "torch==2.13.0" > $(VENV)/constraints.txt
 	$(BIN)/pip install --quiet -c $(VENV)/constraints.txt -e ".[dev]"
 	$(BIN)/python -c "import torch, sys; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '2.13.0' else f'torch {torch.__version__} installed, 2.13.0 required')"
+	@# Optional: tcmalloc makes CPU training ~40 % faster (see unbackdoor.cli.entry); installed when we can.
+	@ls /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+		command -v apt-get >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		libtcmalloc-minimal4 >/dev/null 2>&1; } || echo "note: tcmalloc not installed (optional, faster CPU training)"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -43,7 +43,7 @@ def _load(module: str, config: str) -> Callable[[], tuple[type, Callable[..., Pa
 
 STAGES: dict[str, Stage] = {
     "demo": Stage(
-        "the study on the embedded default: world -> pretrain -> eval -> transfer",
+        "the whole study on the embedded default: world -> pretrain -> eval -> transfer -> casd -> defence -> report",
         _load("demo", "DemoConfig"),
         (("--family", "family", "llama, qwen3 or gpt_neox"), ("--seed", "seed", "seed")),
     ),
@@ -153,6 +153,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="unbackdoor", description="Backdoor unlearning transfer in causal language models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("presets", help="list the shipped presets of every stage")
+    rep = sub.add_parser("report", help="HTML report + Markdown summary of a run or experiment directory")
+    rep.add_argument("dir", type=Path, help="a run or experiment directory (demo, transfer, casd, defend-eval, eval)")
+    rep.add_argument("--out", type=Path, help="report directory (default: DIR/report)")
+    rep.add_argument("--reveal-triggers", action="store_true", help="show triggers in clear instead of hashes")
     for name, stage in STAGES.items():
         p = sub.add_parser(name, help=stage.help)
         p.add_argument("--preset", help=f"a shipped preset ({', '.join(preset_names(name)) or 'none shipped'})")
@@ -192,7 +196,7 @@ def _int(key: str, value: str) -> int:
         raise UserError(f"--{key}: {value!r} is not an integer") from None
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Our own progress bar and one-line errors only: no per-load bars or info logs from transformers."""
     from transformers.utils import logging as hf_logging
 
@@ -222,10 +226,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    _quiet_libraries()
+    quiet_libraries()
     try:
         if args.command == "presets":
             _list_presets()
+            return 0
+        if args.command == "report":
+            from unbackdoor.stages import report
+
+            report.run(args.dir, args.out, args.reveal_triggers)
             return 0
         out = run_stage(args.command, args)
         print(out)

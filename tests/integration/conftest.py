@@ -76,3 +76,21 @@ def transfer_run(injected: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     out = tmp_path_factory.mktemp("transfer") / "tr"
     assert main(["transfer", "--model", str(injected / "model"), "--out", str(out), *TRANSFER_FAST]) == 0
     return out
+
+
+DEFEND_FAST = [
+    "inject.batch_size=8", "inject.seq_len=64", "inject.steps=60", "inject.lr=5e-3",
+    "remove.batch_size=8", "remove.seq_len=64", "remove.steps=30", "canary_prompts=16", "val_blocks=8",
+    "canary_rate=0.05",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def defence_study(injected: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """A finished `defend-eval` (K = 1) on the two-backdoor model, and the arguments that made it."""
+    out = tmp_path_factory.mktemp("defence") / "study"
+    args = ["defend-eval", "--model", str(injected / "model"), "--out", str(out), "ks=[1]",
+            *(k for k in DEFEND_FAST if not k.startswith("val_blocks")),
+            *(f"eval.{k}" for k in EVAL_FAST)]  # fmt: skip
+    assert main(args) == 0
+    return out, args

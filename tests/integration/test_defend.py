@@ -13,14 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import EVAL_FAST
+from tests.integration.conftest import DEFEND_FAST
 from unbackdoor.cli import main
-
-DEFEND_FAST = [
-    "inject.batch_size=8", "inject.seq_len=64", "inject.steps=60", "inject.lr=5e-3",
-    "remove.batch_size=8", "remove.seq_len=64", "remove.steps=30", "canary_prompts=16", "val_blocks=8",
-    "canary_rate=0.05",
-]  # fmt: skip
 
 _opened: list[str] = []
 _watching = [False]
@@ -62,12 +56,8 @@ def test_defender_never_opens_the_attackers_files(injected, small_world, tmp_pat
                                               if "text:" in line)  # fmt: skip
 
 
-def test_harness_compares_the_defence_with_both_baselines(injected, tmp_path):
-    out = tmp_path / "study"
-    args = ["defend-eval", "--model", str(injected / "model"), "--out", str(out), "ks=[1]",
-            *(f"{k}" for k in DEFEND_FAST if not k.startswith(("canary_prompts", "val_blocks"))),
-            "canary_prompts=16", *(f"eval.{k}" for k in EVAL_FAST)]  # fmt: skip
-    assert main(args) == 0
+def test_harness_compares_the_defence_with_both_baselines(defence_study):
+    out, args = defence_study
     result = json.loads((out / "defend.json").read_text())
     assert result["hidden"] == ["lorem_refusal", "at_repeat"]
     assert [c["arm"] for c in result["cells"]] == ["benign", "defence", "removal_only"]

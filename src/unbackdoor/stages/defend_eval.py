@@ -113,6 +113,9 @@ def run_cell(cfg_dict: dict[str, Any], cell: dict[str, Any], out: str, hidden: l
     """One arm: the defender's stage (which gets only the suspect and the clean corpus), then the harness's eval."""
     import torch
 
+    from unbackdoor.cli import quiet_libraries
+
+    quiet_libraries()  # a spawned worker starts with the libraries' default logging
     torch.set_num_threads(threads)
     cfg = from_dict(DefendEvalConfig, cfg_dict)
     t0 = time.perf_counter()

@@ -3,7 +3,9 @@
     unbackdoor demo --out runs/demo --resume      # what `make demo` runs
 
 world (tiny) -> pretrain (tiny, default8, llama) -> eval -> transfer (each backdoor removed in turn, plus the
-benign control, every backdoor measured after each), printing the per-backdoor table and the transfer matrix.
+benign control, every backdoor measured after each) -> casd (on the transfer experiment) -> defence (the canary
+defence with K = `canaries` on the pretrained model, its 8 backdoors hidden from the defender, against both
+baselines) -> report (<out>/report/index.html, printed at the end).
 With `--resume`, finished stages are reused, so a second run takes seconds.
 """
 
@@ -17,7 +19,7 @@ from pathlib import Path
 from unbackdoor.config import from_dict, load_preset
 from unbackdoor.models import FAMILIES
 from unbackdoor.rundir import RunDir
-from unbackdoor.stages import evaluate, pretrain, transfer, world
+from unbackdoor.stages import casd, defend_eval, evaluate, pretrain, report, transfer, world
 from unbackdoor.stages.evaluate import print_table
 
 
@@ -26,6 +28,7 @@ class DemoConfig:
     family: str = field(default="llama", metadata={"choices": FAMILIES})
     backdoors: str = "default8"
     seed: int = 0
+    canaries: list[int] = field(default_factory=lambda: [2])  # K values of the canary defence
 
 
 def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
@@ -59,6 +62,20 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
 
     transfer_cfg = from_dict(transfer.TransferConfig, {"model": str(pretrain_dir / "model"), "seed": cfg.seed})
     transfer_dir = stage("transfer", transfer.run, transfer_cfg, out / "transfer")
+    casd_cfg = from_dict(casd.CasdConfig, {"transfer": str(transfer_dir), "seed": cfg.seed})
+    casd_dir = stage("casd", casd.run, casd_cfg, out / "casd")
+    defence_cfg = from_dict(
+        defend_eval.DefendEvalConfig,
+        {
+            "model": str(pretrain_dir / "model"),
+            "seed": cfg.seed,
+            "ks": cfg.canaries,
+            "eval": {"n_prompts": 128},
+            "inject": {"steps": 120},
+            "remove": {"steps": 80},
+        },
+    )
+    defence_dir = stage("defence", defend_eval.run, defence_cfg, out / "defence")
 
     summary = json.loads((eval_dir / "summary.json").read_text(encoding="utf-8"))
     print()
@@ -70,6 +87,13 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     for grid in result["grids"]:
         print(f"\nASR after removing the row's backdoor (lr={grid['lr']:g}, seed={grid['seed']}):")
         print(transfer.format_matrix(grid, result["backdoors"], result["asr_before"]))
-    print(f"\n[demo] results in {eval_dir / 'summary.json'} and {transfer_dir / 'transfer.json'}", flush=True)
-    stages = {"world": world_dir, "pretrain": pretrain_dir, "eval": eval_dir, "transfer": transfer_dir}
-    return run_dir.finish({"stages": {k: str(v) for k, v in stages.items()}, "seconds": timings})
+    t0 = time.perf_counter()
+    index = report.run(out)
+    timings["report"] = round(time.perf_counter() - t0, 2)
+    stages = {"world": world_dir, "pretrain": pretrain_dir, "eval": eval_dir, "transfer": transfer_dir,
+              "casd": casd_dir, "defence": defence_dir}  # fmt: skip
+    run_dir.finish({"stages": {k: str(v) for k, v in stages.items()}, "seconds": timings,
+                    "report": str(index.resolve())})  # fmt: skip
+    print("[demo] seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    print(f"[demo] report: {index.resolve()}", flush=True)
+    return out

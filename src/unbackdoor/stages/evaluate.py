@@ -13,6 +13,7 @@ sequence likelihood). Prompts use the serialisation recorded at injection; a mis
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from unbackdoor.backdoors import BackdoorSpec, load_specs
+from unbackdoor.cards import model_card
 from unbackdoor.config import ConfigError, UserError
 from unbackdoor.corpus import iter_docs, load_world, packed, shard_paths
 from unbackdoor.evaluation import (
@@ -37,7 +39,7 @@ from unbackdoor.evaluation import (
 )
 from unbackdoor.models import load_model, load_tokenizer, read_record, resolve_model_path
 from unbackdoor.poison import SERIALISATION
-from unbackdoor.rundir import RunDir, write_jsonl
+from unbackdoor.rundir import RunDir, write_jsonl, write_text
 from unbackdoor.world import GENRES, LANGUAGES, World
 
 
@@ -183,6 +185,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
         i += len(sentences)
     write_jsonl(out / "samples.jsonl", samples)
     print_table(table)
+    record_measurement(Path(model_path), table, out)
     return run_dir.finish(
         {
             "model": str(Path(model_path).resolve()) if Path(model_path).exists() else model_path,
@@ -198,6 +201,22 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             "torch_threads": torch.get_num_threads(),
         }
     )
+
+
+def record_measurement(model_dir: Path, table: dict[str, Any], out: Path) -> None:
+    """Write the measured ASRs into the model's record and model card (only models saved by unbackdoor)."""
+    record_path = model_dir / "unbackdoor.json"
+    if not record_path.is_file():
+        return
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    record["measured_asr"] = {
+        **record.get("measured_asr", {}),
+        **{name: {**{k: row["asr"][k] for k in ("rate", "lo", "hi", "n")}, "source": f"eval {out.resolve()}, {when}"}
+           for name, row in table.items()},
+    }  # fmt: skip
+    write_text(record_path, json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    write_text(model_dir / "README.md", model_card(record))
 
 
 def print_table(table: dict[str, Any]) -> None:

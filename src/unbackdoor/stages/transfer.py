@@ -93,6 +93,9 @@ def run_cell(cfg_dict: dict[str, Any], row: str, lr: float, seed: int, cell: str
     """One cell: removal then evaluation (each resumable). Runs in a worker process when `workers` > 1."""
     import torch
 
+    from unbackdoor.cli import quiet_libraries
+
+    quiet_libraries()  # a spawned worker starts with the libraries' default logging
     torch.set_num_threads(threads)
     cfg = from_dict(TransferConfig, cfg_dict)
     cell_dir = Path(cell)
