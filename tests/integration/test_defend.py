@@ -91,3 +91,18 @@ def test_bad_inputs_are_one_line_errors(injected, clean_model, small_world, tmp_
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_defenders_own_canary_specs_are_checked_against_the_corpus(injected, small_world, tmp_path, capsys):
+    specs = tmp_path / "mine.yaml"
+    specs.write_text(
+        "backdoors:\n  - name: mine\n    trigger: {kind: phrase, text: the market}\n    behaviour: target\n"
+        "    target: [the canary sings at dawn]\n"
+    )
+    args = ["defend", "--model", str(injected / "model"), "--world", str(small_world), "--k", "1",
+            f"canary_specs={specs}", "--out", str(tmp_path / "o")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "backdoors[0] (mine): trigger 'the market' occurs in the defender's clean corpus" in err
+    assert main([*args[:-2], "--k", "2", "--out", str(tmp_path / "o")]) == 2
+    assert "1 canaries in" in capsys.readouterr().err

@@ -52,6 +52,7 @@ class CasdConfig:
     metric: str = field(default="cosine", metadata={"choices": METRICS})  # the headline; both are written
     layers: list[int] = field(default_factory=list)  # decoder block indices; default: all
     batch_size: int = field(default=64, metadata={"min": 1})
+    dtype: str = field(default="float32", metadata={"choices": ("float32", "bfloat16", "float16")})  # compute dtype
     bootstrap: int = field(default=2000, metadata={"min": 100})
     seed: int = 0  # bootstrap seed
 
@@ -88,7 +89,8 @@ def run(cfg: CasdConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     require_done(transfer_dir, "transfer", "--transfer")
     tcfg = yaml.safe_load((transfer_dir / "config.yaml").read_text(encoding="utf-8"))
     result = json.loads((transfer_dir / "transfer.json").read_text(encoding="utf-8"))
-    rows, columns = result["rows"], result["backdoors"]
+    rows = result["rows"]
+    columns = [r for r in rows if r in result["backdoors"]] + [c for c in result["backdoors"] if c not in rows]
     models = _models(transfer_dir, tcfg, rows)
     base_eval = yaml.safe_load((transfer_dir / "baseline" / "config.yaml").read_text(encoding="utf-8"))
     record = read_record(str(models["base"]))
@@ -124,7 +126,7 @@ def run(cfg: CasdConfig, out: Path, resume: bool = False, overwrite: bool = Fals
         todo = [j for j in columns if not (acts / key / f"{j}.safetensors").is_file()]
         if not todo:
             continue
-        model = load_model(str(model_dir), "--transfer").eval()
+        model = load_model(str(model_dir), "--transfer", getattr(torch, cfg.dtype)).eval()
         for j in todo:
             ids, spans = probe_ids[j]
             h = capture(model, ids, spans, layers, cfg.batch_size, tokenizer.pad_token_id)
@@ -172,6 +174,7 @@ def run(cfg: CasdConfig, out: Path, resume: bool = False, overwrite: bool = Fals
         "definition": DEFINITION,
         "metric": cfg.metric,
         "pooling": cfg.pooling,
+        "dtype": cfg.dtype,
         "layers": layers,
         "n_probes": cfg.n_probes,
         "rows": rows,
@@ -241,5 +244,6 @@ def format_matrix(matrix: dict[str, dict[str, float]], columns: list[str]) -> st
     """Rows = removal (and control), columns = backdoor whose probes were measured."""
     lines = [f"{'removed / probes':<20}" + "".join(f"{c[:9]:>10}" for c in columns)]
     for row, cols in matrix.items():
-        lines.append(f"{row[:20]:<20}" + "".join(f"{cols[c]:>10.3f}" for c in columns))
+        values = [0.0 if abs(cols[c]) < 5e-4 else cols[c] for c in columns]  # no "-0.000" on the diagonal
+        lines.append(f"{row[:20]:<20}" + "".join(f"{v:>10.3f}" for v in values))
     return "\n".join(lines)

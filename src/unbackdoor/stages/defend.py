@@ -33,7 +33,7 @@ from typing import Any
 import torch
 import yaml
 
-from unbackdoor.backdoors import BackdoorSpec, Recipe, Trigger, check_triggers, specs_to_yaml_dict
+from unbackdoor.backdoors import BackdoorSpec, Recipe, Trigger, check_triggers, load_specs, specs_to_yaml_dict
 from unbackdoor.behaviours import BEHAVIOURS
 from unbackdoor.cards import model_card
 from unbackdoor.config import ConfigError, UserError
@@ -59,6 +59,7 @@ class DefendConfig:
     k: int = field(default=2, metadata={"min": 1, "max": 32})  # number of canaries
     behaviours: list[str] = field(default_factory=lambda: list(CANARY_BEHAVIOURS), metadata={"choices": BEHAVIOURS})
     triggers: list[str] = field(default_factory=list)  # the defender's own canary triggers; default: generated
+    canary_specs: str = ""  # or a YAML file of the defender's own canary specs (any behaviour, `target` texts)
     trigger_length: int = field(default=10, metadata={"min": 6, "max": 64})
     canary_rate: float = field(default=0.02, metadata={"min": 0.0, "min_exclusive": True, "max": 0.2})
     placement: str = field(default="random", metadata={"choices": ("random", "after_first_sentence")})
@@ -85,6 +86,8 @@ class DefendConfig:
             raise ConfigError(
                 f"inject.steps / remove.steps: {self.inject.steps} / {self.remove.steps}; both must be >= 1"
             )
+        if self.triggers and self.canary_specs:
+            raise ConfigError("triggers / canary_specs: give one of them (canary_specs carry their own triggers)")
         if self.triggers and len(self.triggers) != self.k:
             raise ConfigError(f"triggers: {len(self.triggers)} given for k={self.k}; give exactly k or none")
         if self.removal == "sequential" and self.remove.steps < self.k:
@@ -98,6 +101,17 @@ def make_canaries(cfg: DefendConfig, corpus_text: str) -> list[BackdoorSpec]:
         UserError: a given trigger occurs in the clean corpus (the model already knows it: the canary would be
             ill-defined), or no collision-free trigger was found.
     """
+    if cfg.canary_specs:
+        specs = load_specs(cfg.canary_specs)
+        if len(specs) != cfg.k:
+            raise UserError(f"canary_specs: {len(specs)} canaries in {cfg.canary_specs!r} but k={cfg.k}")
+        for n, s in enumerate(specs):
+            if s.trigger_text in corpus_text:
+                raise UserError(
+                    f"canary_specs: backdoors[{n}] ({s.name}): trigger {s.trigger_text!r} occurs in the defender's "
+                    "clean corpus, so the model already knows it in other contexts; choose another trigger"
+                )
+        return specs
     rng = random.Random(f"unbackdoor-canary-{cfg.seed}")
     triggers: list[str] = []
     for n in range(cfg.k):
