@@ -215,7 +215,7 @@ def fig_casd(cs: dict[str, Any], out: Path) -> list[str]:
     for n, r in enumerate(rows):
         per = [g["per_layer"][metric][r][c] for c in cols if c != r]
         mean = [sum(p[k] for p in per) / len(per) for k in range(len(layers))]
-        ax.plot(layers, mean, marker="o", label=r, color=OKABE_ITO[n % 8],
+        ax.plot(layers, mean, marker="o", label=r, color="#999999" if r == "control" else OKABE_ITO[n % 8],
                 linestyle="--" if r == "control" else "-", linewidth=2.2 if r == "control" else 1.2)  # fmt: skip
     ax.set_xticks(layers)
     ax.set_xlabel("decoder block (layer)")
@@ -363,7 +363,8 @@ def provenance(stages: dict[str, Path | None]) -> list[dict[str, Any]]:
 # ---- assembly -----------------------------------------------------------------------------------------------
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    cell = lambda c: html.escape(str(c).strip("`"))  # noqa: E731 - Markdown code quotes are for summary.md only
+    body = "".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
