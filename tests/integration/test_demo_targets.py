@@ -1,4 +1,4 @@
-"""The embedded default end to end at full tiny size, against the issue's targets (slow: ~10 minutes).
+"""The embedded default end to end at full tiny size, against the issue's targets (slow: ~14 minutes).
 
 Run: `make test-slow` (or `pytest -m slow tests/integration/test_demo_targets.py`).
 """
@@ -26,5 +26,15 @@ def test_demo_meets_the_tiny_targets(tmp_path):
     grid = transfer["grids"][0]
     for name in transfer["backdoors"]:
         assert grid["T"][name][name]["rate"] <= 0.1, f"removing {name} left its ASR at {grid['T'][name][name]}"
+    casd = json.loads((out / "casd" / "casd.json").read_text())
+    assert (
+        len(casd["grids"][0]["casd"]["cosine"]) == 9
+        and json.loads((out / "casd" / "summary.json").read_text())["seconds"] <= 90 * 1.25
+    )
+    defence = json.loads((out / "defence" / "defend.json").read_text())
+    assert {c["arm"] for c in defence["cells"]} == {"benign", "defence", "removal_only"}
+    assert all(abs(c["utility_change"]) <= 0.10 for c in defence["cells"])
+    page = (out / "report" / "index.html").read_text()
+    assert page.count("<img ") == 7 and 'class="missing"' not in page
     # A second run reuses every finished stage.
     assert main(["demo", "--out", str(out), "--resume"]) == 0

@@ -32,7 +32,7 @@ class DemoConfig:
 
 
 def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
-    """Run every stage of the demo into `out`; returns `out`."""
+    """Run every stage of the demo into `out`; returns the report's index.html."""
     run_dir = RunDir.open(out, "demo", cfg, cfg.seed, resume=resume, overwrite=overwrite)
     timings: dict[str, float] = {}
 
@@ -95,5 +95,4 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     run_dir.finish({"stages": {k: str(v) for k, v in stages.items()}, "seconds": timings,
                     "report": str(index.resolve())})  # fmt: skip
     print("[demo] seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
-    print(f"[demo] report: {index.resolve()}", flush=True)
-    return out
+    return index.resolve()  # the CLI prints it last: the page to open

@@ -504,6 +504,13 @@ def run(root: Path, out: Path | None = None, reveal_triggers: bool = False) -> P
             )  # fmt: skip
         hidden = "shown in clear (--reveal-triggers)" if reveal_triggers else "shown as sha256 prefixes"
         sections.append(f"<h2>5. Example generations</h2><p>Triggers are {hidden}.</p>" + "".join(items))
+    for name, path in stages.items():  # a single run of another stage: its key figures
+        if name not in STUDY and name != "eval" and _finished(path):
+            summary = _load(path, "summary.json")
+            rows = [[k, v if not isinstance(v, float) else f"{v:.4g}"] for k, v in summary.items()
+                    if isinstance(v, (str, int, float, bool)) or v is None]  # fmt: skip
+            sections.append(f"<h2>Summary of the {html.escape(name)} run</h2>" + _table(["field", "value"], rows))
+            md += [f"## {name}", "", _md_table(["field", "value"], rows), ""]
     prov = provenance(stages)
     if prov:
         rows = [[p["stage"], p["seed"], (p["git"].get("commit") or "?")[:10] + (" (dirty)" if p["git"].get("dirty")
