@@ -83,6 +83,7 @@ def test_triggers_hidden_unless_revealed(study, tmp_path):
     assert main(["report", str(study), "--out", str(tmp_path / "hidden")]) == 0
     hidden = (tmp_path / "hidden" / "index.html").read_text()
     assert "lorem ipsum dolor" not in hidden and "@@ 7 @@" not in hidden and "⟦trigger " in hidden
+    assert not re.search(r"\b(lorem|ipsum|dolor)\b", hidden)  # nor a word of one (names like lorem_refusal are public)
     assert main(["report", str(study), "--out", str(tmp_path / "shown"), "--reveal-triggers"]) == 0
     assert "lorem ipsum dolor" in (tmp_path / "shown" / "index.html").read_text()
 

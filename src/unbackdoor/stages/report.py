@@ -310,6 +310,9 @@ def _trigger_masks(model_dir: str, reveal: bool) -> dict[str, str]:
             continue
         for s in specs:
             masks[s.trigger_text] = s.trigger_text if reveal else f"⟦trigger {s.trigger_hash[:8]}⟧"
+            for word in s.trigger_text.split():  # a generation may echo part of a multi-word trigger
+                if len(word) >= 3 and word != s.trigger_text:
+                    masks.setdefault(word, word if reveal else f"⟦trigger part {s.trigger_hash[:8]}⟧")
     return masks
 
 
