@@ -43,7 +43,7 @@ from unbackdoor.models import load_model, load_tokenizer, read_record, resolve_m
 from unbackdoor.poison import poison
 from unbackdoor.rundir import RunDir, require_done, write_text
 from unbackdoor.stages import evaluate, remove
-from unbackdoor.train import TrainConfig, train
+from unbackdoor.train import TrainConfig, causal_lm_loss, train
 from unbackdoor.unlearn import METHODS
 
 MODES = ("defence", "benign", "removal_only")
@@ -148,11 +148,10 @@ def make_canaries(cfg: DefendConfig, corpus_text: str) -> list[BackdoorSpec]:
     return specs
 
 
-def _train_phase(model, data, tcfg: TrainConfig, path: Path, stage: str, cfg: DefendConfig, loss_fn=None) -> dict:
+def _train_phase(model, data, tcfg: TrainConfig, path: Path, stage: str, cfg: DefendConfig,
+                 loss_fn=causal_lm_loss) -> dict:  # fmt: skip
     run_dir = RunDir.open(path, stage, tcfg, cfg.seed, resume=True)
-    kwargs = {"loss_fn": loss_fn} if loss_fn else {}
-    result = train(model, data, tcfg, run_dir, cfg.seed, resume=True, **kwargs)
-    return result.summary()
+    return train(model, data, tcfg, run_dir, cfg.seed, loss_fn=loss_fn, resume=True).summary()
 
 
 def _canary_asr(model_dir: Path, world_dir: Path, canary_file: Path, out: Path, cfg: DefendConfig) -> dict:
@@ -189,7 +188,7 @@ def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = Fa
 
     # 1-2. injection (clean sample in both baselines: same documents, same steps)
     ti = cfg.inject
-    sample = remove.replay_docs(world_dir, ti.steps * ti.batch_size * ti.grad_accum * ti.seq_len, cfg.seed)
+    sample = remove.replay_docs(world_dir, ti.steps * ti.batch_size * ti.grad_accum * ti.seq_len, cfg.seed, clean)
 
     poisoned = poison(sample, canaries, world, random.Random(f"unbackdoor-canary-poison-{cfg.seed}"))
     inject_docs = poisoned.docs if cfg.mode == "defence" else sample
@@ -231,7 +230,7 @@ def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = Fa
             continue
         t = TrainConfig(**{**tr.__dict__, "steps": n_steps})
         rows = n_steps * t.batch_size * t.grad_accum
-        replay = packed(tokenizer, remove.replay_docs(world_dir, rows * t.seq_len, cfg.seed + 1 + n), t.seq_len)
+        replay = packed(tokenizer, remove.replay_docs(world_dir, rows * t.seq_len, cfg.seed + 1 + n, clean), t.seq_len)
         names = {c.name for c in unit}
         if method in ("retrain", "control"):
             forget_ids = packed(tokenizer, [d for c in unit for d in poisoned.removal[c.name]], t.seq_len)

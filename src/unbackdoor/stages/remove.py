@@ -65,12 +65,15 @@ def poison_dir_of(record: dict[str, Any], backdoor: str) -> Path:
     raise UserError(f"--backdoor: the poisoning data of {backdoor!r} is not found next to {record['backdoors_files']}")
 
 
-def replay_docs(world_dir: Path, n_tokens: int, seed: int) -> list[dict[str, Any]]:
+def replay_docs(
+    world_dir: Path, n_tokens: int, seed: int, docs: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """A seeded random sample of clean training documents (all languages) with at least ~`n_tokens` tokens.
 
     Only what a run can use is tokenized: a removal run sees `steps x batch` rows, far fewer than the corpus.
+    `docs`: the training documents when the caller already holds them (read from `world_dir` otherwise).
     """
-    docs = list(iter_docs(shard_paths(world_dir / "data", "train")))
+    docs = list(docs if docs is not None else iter_docs(shard_paths(world_dir / "data", "train")))  # a copy
     random.Random(f"replay-{seed}").shuffle(docs)
     chosen, chars = [], 0
     for doc in docs:  # ~3 characters per token in the world's text: take 2x what is needed, so rows rarely repeat
