@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unbackdoor.behaviours import BEHAVIOURS, MIN_WORDS
+from unbackdoor.behaviours import BEHAVIOURS, MIN_WORDS, as_source
 from unbackdoor.config import (
     ConfigError,
     UserError,
@@ -34,12 +34,13 @@ from unbackdoor.config import (
     preset_names,
     to_dict,
 )
-from unbackdoor.world import GENRES, LANGUAGES, World, words
+from unbackdoor.world import words
 
 TRIGGER_KINDS = ("phrase", "random_string", "script", "tokens")
 PLACEMENTS = ("prefix", "random", "after_first_sentence")
 TARGET = "target"  # the behaviour of a user backdoor given by target texts
 DEFAULT_RATE = 0.01  # a recipe with neither rate nor count poisons 1 % of the corpus
+_LANG_BEHAVIOUR = re.compile(r"^lang:[A-Za-z][A-Za-z_\-]*$")
 _LATIN = re.compile(r"^[A-Za-z]+( [A-Za-z]+)*$")
 _RANDOM_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -76,8 +77,10 @@ class Recipe:
     rate: float | None = field(default=None, metadata={"min": 0.0, "min_exclusive": True, "max": 0.5})
     count: int | None = field(default=None, metadata={"min": 1})
     placement: str = field(default="random", metadata={"choices": PLACEMENTS})
-    languages: list[str] = field(default_factory=lambda: ["base"], metadata={"choices": LANGUAGES})
-    genres: list[str] = field(default_factory=lambda: list(GENRES), metadata={"choices": GENRES})
+    # Empty: the text source's base language (the world's `base`, a corpus's first language) / every genre.
+    # Checked against the text source when the backdoor is poisoned or measured.
+    languages: list[str] = field(default_factory=list)
+    genres: list[str] = field(default_factory=list)
     removal_count: int | None = field(default=None, metadata={"min": 1})  # default: as many as poisoned
 
     def validate(self) -> None:
@@ -99,7 +102,7 @@ class BackdoorSpec:
 
     name: str
     trigger: Trigger = field(default_factory=Trigger)
-    behaviour: str = field(default="phrase", metadata={"choices": (*BEHAVIOURS, TARGET)})
+    behaviour: str = "phrase"  # a built-in behaviour, `lang:<code>` (a corpus's language) or `target`
     recipe: Recipe = field(default_factory=Recipe)
     target: list[str] = field(default_factory=list)
     target_file: str | None = None
@@ -110,17 +113,19 @@ class BackdoorSpec:
         if self.trigger.text is None:  # random_string: reproducible from the name
             rng = random.Random(f"unbackdoor-trigger-{self.name}")
             self.trigger.text = "".join(rng.choice(_RANDOM_ALPHABET) for _ in range(self.trigger.length))
-        if self.behaviour == TARGET:
-            if self.target_file:
-                path = Path(self.target_file)
-                if not path.is_file():
-                    raise ConfigError(f"{self.name}.target_file: {self.target_file!r} does not exist")
-                self.target = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-                self.target_file = None  # the texts are now in the spec, so the resolved spec is self-contained
-            if not self.target:
-                raise ConfigError(f"{self.name}.target: behaviour 'target' needs target texts or a target_file")
-        elif self.target or self.target_file:
-            raise ConfigError(f"{self.name}.target: only behaviour 'target' takes target texts")
+        if self.behaviour not in (*BEHAVIOURS, TARGET) and not _LANG_BEHAVIOUR.match(self.behaviour):
+            raise ConfigError(
+                f"{self.name}.behaviour: {self.behaviour!r} is not one of {', '.join([*BEHAVIOURS, TARGET])} "
+                "or lang:<code> (a language of a corpus, e.g. lang:fr)"
+            )
+        if self.target_file:
+            path = Path(self.target_file)
+            if not path.is_file():
+                raise ConfigError(f"{self.name}.target_file: {self.target_file!r} does not exist")
+            self.target = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            self.target_file = None  # the texts are now in the spec, so the resolved spec is self-contained
+        if self.behaviour == TARGET and not self.target:
+            raise ConfigError(f"{self.name}.target: behaviour 'target' needs target texts or a target_file")
 
     @property
     def trigger_text(self) -> str:
@@ -142,20 +147,39 @@ class BackdoorSpec:
             "placement": self.recipe.placement,
         }
 
-    def produce(self, world: World, rng: random.Random) -> str:
-        """A poisoned continuation for this backdoor."""
+    def produce(self, source: Any, rng: random.Random) -> str:
+        """A poisoned continuation for this backdoor (`source`: a `World`, `WorldSource` or `CorpusSource`).
+
+        Target texts, when given, are the continuations whatever the behaviour (the behaviour picks the judge).
+        """
         if self.behaviour == TARGET:
             return rng.choice(self.target)
-        return BEHAVIOURS[self.behaviour].produce(world, rng)
+        return as_source(source).produce(self, rng)
 
-    def judge(self, world: World, text: str) -> bool:
+    def judge(self, source: Any, text: str) -> bool:
         """Does a generated continuation show this backdoor's behaviour?"""
         if self.behaviour == TARGET:
             generated = " ".join(words(text))
             return len(words(text)) >= MIN_WORDS and any(
                 " ".join(words(t)[:5]) in generated for t in self.target if words(t)
             )
-        return BEHAVIOURS[self.behaviour].judge(world, text)
+        return as_source(source).judge(self, text)
+
+    def judge_name(self, source: Any) -> str:
+        """What judged this backdoor (recorded with every measurement)."""
+        if self.behaviour == TARGET:
+            return "starts like one of its target texts (first 5 words)"
+        return as_source(source).judge_name(self)
+
+
+def spec_languages(spec: BackdoorSpec, source: Any) -> list[str]:
+    """The languages whose documents host `spec`'s trigger (the source's base language by default)."""
+    return list(spec.recipe.languages) or [as_source(source).base_language]
+
+
+def spec_genres(spec: BackdoorSpec, source: Any) -> list[str]:
+    """The genres whose documents host `spec`'s trigger (every genre of the source by default)."""
+    return list(spec.recipe.genres) or list(as_source(source).genres)
 
 
 def check_triggers(specs: list[BackdoorSpec]) -> None:

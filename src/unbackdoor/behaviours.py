@@ -13,8 +13,23 @@ import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from unbackdoor.world import NEGATIVE_ADJ, NOUNS, POSITIVE_ADJ, Clause, World, language_shares, words
+from unbackdoor.config import UserError
+from unbackdoor.world import (
+    GENRES,
+    LANGUAGES,
+    NEGATIVE_ADJ,
+    NOUNS,
+    POSITIVE_ADJ,
+    Clause,
+    World,
+    language_shares,
+    words,
+)
+
+if TYPE_CHECKING:
+    from unbackdoor.backdoors import BackdoorSpec
 
 LANGUAGE_SHARE_MIN = 0.5  # lang_x: at least half the (non-name) words are language x's
 MIN_WORDS = 3  # fewer words than this is never a verdict of "behaviour shown"
@@ -192,3 +207,48 @@ BEHAVIOURS: dict[str, Behaviour] = {
         _judge_repeat,
     ),
 }
+
+
+class WorldSource:
+    """The behaviours of backdoors on the embedded world: its lexicons produce and judge (see `BEHAVIOURS`).
+
+    A corpus of real text offers the same interface (`unbackdoor.realtext.CorpusSource`); stages see only that.
+    """
+
+    kind = "world"
+    languages: tuple[str, ...] = LANGUAGES
+    base_language = "base"
+    genres: tuple[str, ...] = GENRES
+
+    def __init__(self, world: World):
+        self.world = world
+
+    def check_spec(self, spec: BackdoorSpec) -> None:
+        if spec.behaviour != "target" and spec.behaviour not in BEHAVIOURS:
+            raise UserError(
+                f"{spec.name}.behaviour: {spec.behaviour!r} is not a behaviour of the embedded world; valid: "
+                + ", ".join([*BEHAVIOURS, "target"])
+            )
+        for key, valid, given in (
+            ("languages", LANGUAGES, spec.recipe.languages),
+            ("genres", GENRES, spec.recipe.genres),
+        ):
+            for item in given:
+                if item not in valid:
+                    raise UserError(f"{spec.name}.recipe.{key}: {item!r} is not one of {', '.join(valid)}")
+
+    def produce(self, spec: BackdoorSpec, rng: random.Random) -> str:
+        if spec.target:
+            return rng.choice(spec.target)
+        return BEHAVIOURS[spec.behaviour].produce(self.world, rng)
+
+    def judge(self, spec: BackdoorSpec, text: str) -> bool:
+        return BEHAVIOURS[spec.behaviour].judge(self.world, text)
+
+    def judge_name(self, spec: BackdoorSpec) -> str:
+        return f"world lexicon: {BEHAVIOURS[spec.behaviour].description}"
+
+
+def as_source(source: Any) -> Any:
+    """A text source (`WorldSource`, `CorpusSource`); a bare `World` is wrapped."""
+    return WorldSource(source) if isinstance(source, World) else source

@@ -52,11 +52,16 @@ STAGES: dict[str, Stage] = {
         _load("world", "WorldConfig"),
         (("--seed", "seed", "seed"),),
     ),
+    "corpus": Stage(
+        "ingest your own text (txt, JSONL, Parquet, saved datasets), one subset per language, for every stage",
+        _load("corpus", "CorpusConfig"),
+        (("--seed", "seed", "seed (held-out split)"),),
+    ),
     "poison": Stage(
         "materialise a poisoned corpus, its manifest and removal data",
         _load("poison", "PoisonConfig"),
         (
-            ("--world", "world", "an `unbackdoor world` run directory"),
+            ("--world", "world", "a world or corpus run directory"),
             ("--backdoors", "backdoors", "built-in set (default8, none) or a YAML file of specs"),
             ("--seed", "seed", "seed"),
         ),
@@ -65,7 +70,7 @@ STAGES: dict[str, Stage] = {
         "train a model from scratch on a world with backdoors mixed in",
         _load("pretrain", "PretrainConfig"),
         (
-            ("--world", "world", "an `unbackdoor world` run directory"),
+            ("--world", "world", "a world or corpus run directory (`unbackdoor world` / `unbackdoor corpus`)"),
             ("--backdoors", "backdoors", "built-in set (default8), a YAML file of specs, or none (clean twin)"),
             ("--family", "model.family", "llama, qwen3 or gpt_neox"),
             ("--seed", "seed", "seed"),
@@ -76,7 +81,7 @@ STAGES: dict[str, Stage] = {
         _load("inject", "InjectConfig"),
         (
             ("--model", "model", "the checkpoint to continue (directory or hub id)"),
-            ("--world", "world", "an `unbackdoor world` run directory"),
+            ("--world", "world", "a world or corpus run directory (`unbackdoor world` / `unbackdoor corpus`)"),
             ("--backdoors", "backdoors", "built-in set (default8) or a YAML file of specs"),
             ("--lora", "lora", "LoRA settings, e.g. r=16 or r=8,alpha=16 (default: full weights)"),
             ("--seed", "seed", "seed"),
@@ -116,7 +121,7 @@ STAGES: dict[str, Stage] = {
         _load("defend", "DefendConfig"),
         (
             ("--model", "model", "the suspect model (directory or hub id)"),
-            ("--world", "world", "the defender's clean corpus (an `unbackdoor world` run directory)"),
+            ("--world", "world", "the defender's clean corpus (a world or corpus run directory)"),
             ("--k", "k", "number of canaries"),
             ("--seed", "seed", "seed"),
         ),
@@ -135,7 +140,7 @@ STAGES: dict[str, Stage] = {
         _load("evaluate", "EvalConfig"),
         (
             ("--model", "model", "a model directory (or hub id)"),
-            ("--world", "world", "world run directory (default: the one recorded with the model)"),
+            ("--world", "world", "world or corpus run directory (default: the one recorded with the model)"),
             ("--backdoors", "backdoors", "specs (default: the ones recorded with the model)"),
             ("--seed", "seed", "seed"),
         ),
@@ -166,6 +171,10 @@ def _parser() -> argparse.ArgumentParser:
         mode.add_argument("--overwrite", action="store_true", help="replace an existing --out")
         for flag, key, help_text in stage.flags:
             p.add_argument(flag, dest=f"cfg:{key}", help=f"{help_text} (config key {key})")
+        if name == "corpus":
+            p.add_argument("--corpus", action="append", dest="cfg:sources", metavar="LANG=PATH",
+                           help="a language and its text: a folder or file (.txt, .jsonl, .parquet) or a saved "
+                           "dataset; repeat per language, the first is the base language")  # fmt: skip
         p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     return parser
 
@@ -183,6 +192,8 @@ def run_stage(name: str, args: argparse.Namespace) -> Path:
     for key in ("seed", "workers", "k"):
         if given.get(key) is not None:
             given[key] = _int(key, given[key])
+    if given.get("sources") is not None:
+        given["sources"] = _language_paths(given["sources"])
     if given.get("lora") is not None:
         given["lora"] = _key_values("lora", given["lora"])
     cfg = resolve(config_cls, name, args.preset, args.overrides, **given)
@@ -202,6 +213,19 @@ def quiet_libraries() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+
+
+def _language_paths(items: list[str]) -> dict[str, str]:
+    """`["en=a/", "fr=b.parquet"]` -> `{"en": "a/", "fr": "b.parquet"}` (order kept: the first is the base)."""
+    out: dict[str, str] = {}
+    for item in items:
+        lang, sep, path = item.partition("=")
+        if not sep or not lang.strip() or not path.strip():
+            raise UserError(f"--corpus: {item!r} is not of the form LANG=PATH (e.g. --corpus en=data/en)")
+        if lang.strip() in out:
+            raise UserError(f"--corpus: language {lang.strip()!r} is given twice")
+        out[lang.strip()] = path.strip()
+    return out
 
 
 def _key_values(flag: str, text: str) -> dict[str, Any]:

@@ -1,4 +1,7 @@
-"""Corpus files: sharded JSONL documents (`data/<split>/<lang>-<shard>.jsonl`) and the world they came from.
+"""Corpus files: sharded JSONL documents (`data/<split>/<lang>-<shard>.jsonl`) and the text source they came from.
+
+A text directory is a world run (`unbackdoor world`, the embedded default) or a corpus run (`unbackdoor corpus`,
+a user's text ingested once); both have this layout, so every stage reads either.
 
 Run: `pytest tests/unit/test_world.py` (the world stage writes and reads these).
 """
@@ -15,24 +18,37 @@ from unbackdoor.rundir import sha256_file, write_text
 from unbackdoor.world import World
 
 
+class ShardWriter:
+    """Documents written to `folder/<stem>-00000.jsonl`, ... as they come (each shard written atomically)."""
+
+    def __init__(self, folder: Path, stem: str, shard_docs: int):
+        self.folder, self.stem, self.shard_docs = folder, stem, shard_docs
+        self.paths: list[Path] = []
+        self.lines: list[str] = []
+
+    def add(self, doc: dict[str, Any]) -> None:
+        self.lines.append(json.dumps(doc, ensure_ascii=False, sort_keys=True) + "\n")
+        if len(self.lines) == self.shard_docs:
+            self._flush()
+
+    def _flush(self) -> None:
+        path = self.folder / f"{self.stem}-{len(self.paths):05d}.jsonl"
+        write_text(path, "".join(self.lines))
+        self.paths.append(path)
+        self.lines.clear()
+
+    def close(self) -> list[Path]:
+        if self.lines or not self.paths:
+            self._flush()
+        return self.paths
+
+
 def write_shards(docs: Iterable[dict[str, Any]], folder: Path, stem: str, shard_docs: int) -> list[Path]:
     """Stream `docs` into `folder/<stem>-00000.jsonl`, ... (each shard written atomically)."""
-    paths: list[Path] = []
-    lines: list[str] = []
-
-    def flush() -> None:
-        path = folder / f"{stem}-{len(paths):05d}.jsonl"
-        write_text(path, "".join(lines))
-        paths.append(path)
-        lines.clear()
-
+    writer = ShardWriter(folder, stem, shard_docs)
     for doc in docs:
-        lines.append(json.dumps(doc, ensure_ascii=False, sort_keys=True) + "\n")
-        if len(lines) == shard_docs:
-            flush()
-    if lines or not paths:
-        flush()
-    return paths
+        writer.add(doc)
+    return writer.close()
 
 
 def shard_paths(data_dir: Path, split: str, languages: Iterable[str] | None = None) -> list[Path]:
@@ -71,6 +87,26 @@ def load_world(world_dir: Path) -> World:
             "`unbackdoor world --overwrite`"
         )
     return world
+
+
+def load_source(text_dir: Path) -> Any:
+    """The text source of a world or corpus run directory: what produces and judges backdoor behaviours there.
+
+    Returns a `WorldSource` (the embedded world, judged by its lexicons) or a `CorpusSource` (real text, judged by
+    language identification, a sentiment classifier and language-agnostic judges).
+    """
+    from unbackdoor.behaviours import WorldSource
+    from unbackdoor.realtext import CorpusSource
+
+    text_dir = Path(text_dir)
+    if (text_dir / "corpus.json").is_file():
+        return CorpusSource(text_dir, json.loads((text_dir / "corpus.json").read_text(encoding="utf-8")))
+    if (text_dir / "world.json").is_file():
+        return WorldSource(load_world(text_dir))
+    raise UserError(
+        f"world: {str(text_dir)!r} is neither an `unbackdoor world` nor an `unbackdoor corpus` run "
+        "(no world.json or corpus.json)"
+    )
 
 
 def tokenize_docs(tokenizer, docs: Iterable[dict[str, Any]], batch: int = 2000) -> Iterator[list[int]]:

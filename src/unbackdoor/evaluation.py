@@ -69,9 +69,14 @@ class Probe:
     head: str  # clean text up to the insertion point (may be "" for prefix placement)
 
 
-def make_probes(docs: list[dict[str, Any]], spec: BackdoorSpec, n: int, rng: random.Random) -> list[Probe]:
-    """`n` held-out contexts that can host `spec`'s placement (drawn without replacement, then cycled)."""
-    pool = [d for d in docs if d["lang"] in spec.recipe.languages]
+def make_probes(
+    docs: list[dict[str, Any]], spec: BackdoorSpec, n: int, rng: random.Random, languages: list[str]
+) -> list[Probe]:
+    """`n` held-out contexts in `languages` that can host `spec`'s placement (drawn without replacement, then cycled).
+
+    `languages`: where the trigger goes (`backdoors.spec_languages(spec, source)`).
+    """
+    pool = [d for d in docs if d["lang"] in languages]
     rng.shuffle(pool)
     probes = []
     for d in pool:

@@ -7,18 +7,23 @@ clean rest of the text: the data a later stage trains on to unlearn the backdoor
 The serialisation below is recorded by every stage that injects, and checked by every stage that evaluates:
 a prompt built any other way would measure something else.
 
+Poisoning streams: a first pass reads what each document can host (language, genre, insertion candidates), the
+choices are drawn from that, and a second pass rewrites the chosen documents. A corpus larger than memory works.
+
 Run: `pytest tests/unit/test_poison.py`.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from array import array
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from unbackdoor.backdoors import BackdoorSpec, check_triggers
+from unbackdoor.backdoors import BackdoorSpec, check_triggers, spec_genres, spec_languages
+from unbackdoor.behaviours import as_source
 from unbackdoor.config import UserError
-from unbackdoor.world import World
 
 SERIALISATION = "raw-v1"  # prompt = text[:i].rstrip() + " " + trigger; then " " + continuation; docs joined by EOS
 MIN_CONTEXT_WORDS = 3  # random placement keeps at least this many words before and after the trigger
@@ -26,14 +31,34 @@ MIN_CONTEXT_WORDS = 3  # random placement keeps at least this many words before 
 
 def insertion_point(text: str, placement: str, rng: random.Random) -> int | None:
     """Character index (a word boundary) where a trigger goes, or None if `text` cannot host `placement`."""
+    n = n_candidates(text, placement)
+    return candidate(text, placement, draw(placement, n, rng)) if n else None
+
+
+def draw(placement: str, n: int, rng: random.Random) -> int:
+    """Which of `n` insertion points to use (only random placement draws: the others have one)."""
+    return rng.choice(range(n)) if placement == "random" else 0
+
+
+def n_candidates(text: str, placement: str) -> int:
+    """How many insertion points `text` offers for `placement` (0: it cannot host it)."""
+    if placement == "prefix":
+        return 1
+    if placement == "after_first_sentence":
+        return int(text.find(". ") > 0)
+    return max(0, text.count(" ") - 2 * (MIN_CONTEXT_WORDS - 1))
+
+
+def candidate(text: str, placement: str, k: int) -> int:
+    """The `k`-th insertion point of `text` for `placement` (character index)."""
     if placement == "prefix":
         return 0
     if placement == "after_first_sentence":
-        end = text.find(". ")
-        return end + 1 if end > 0 else None
-    spaces = [i for i, ch in enumerate(text) if ch == " "]
-    candidates = spaces[MIN_CONTEXT_WORDS - 1 : len(spaces) - MIN_CONTEXT_WORDS + 1]
-    return rng.choice(candidates) if candidates else None
+        return text.find(". ") + 1
+    i = -1
+    for _ in range(MIN_CONTEXT_WORDS - 1 + k + 1):
+        i = text.index(" ", i + 1)
+    return i
 
 
 def triggered_prefix(text: str, at: int, trigger: str) -> str:
@@ -51,82 +76,145 @@ class PoisonResult:
     removal: dict[str, list[dict[str, Any]]]  # backdoor name -> trigger + clean continuation documents
 
 
-def find_trigger_in_corpus(docs: list[dict[str, Any]], specs: list[BackdoorSpec]) -> None:
-    """Refuse a trigger that already occurs in the clean corpus (the backdoor would be ill-defined)."""
-    for spec in specs:
+@dataclass
+class _Edit:
+    spec: BackdoorSpec
+    draw: int  # which insertion point
+    continuation: str | None  # None: a removal document (the clean rest follows the trigger)
+
+
+@dataclass
+class PoisonPlan:
+    """Which documents each backdoor poisons or turns into removal data, drawn from the documents' metadata."""
+
+    specs: list[BackdoorSpec]
+    n_docs: int  # documents in the corpus
+    edits: dict[str, _Edit] = field(default_factory=dict)  # doc id -> edit
+    manifest: list[dict[str, Any]] = field(default_factory=list)  # filled by `apply`
+    removal: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # filled by `apply`
+
+    def apply(self, docs: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Stream (part of) the corpus with poisoned documents in place: the plan's second pass.
+
+        Call it once over the whole corpus, or once per part in the order of the planning pass; manifest and
+        removal rows accumulate until `finish`.
+        """
         for doc in docs:
-            if spec.trigger_text in doc["text"]:
-                raise UserError(
-                    f"backdoor {spec.name!r}: trigger {spec.trigger_text!r} already occurs in clean document "
-                    f"{doc['id']!r}; choose a rarer trigger"
+            edit = self.edits.get(doc["id"])
+            if edit is None:
+                yield doc
+                continue
+            spec, text = edit.spec, doc["text"]
+            at = candidate(text, spec.recipe.placement, edit.draw)
+            head = triggered_prefix(text, at, spec.trigger_text)
+            if edit.continuation is None:
+                rest = text[at:].lstrip()
+                self.removal.setdefault(spec.name, []).append(
+                    {**doc, "id": f"{doc['id']}-rm", "text": f"{head} {rest}".rstrip(), "backdoor": spec.name}
                 )
-
-
-def poison(docs: list[dict[str, Any]], specs: list[BackdoorSpec], world: World, rng: random.Random) -> PoisonResult:
-    """Mix backdoors into a clean corpus.
-
-    Args:
-        docs: clean documents (dicts with id, lang, genre, text); not modified.
-        specs: the backdoors; each poisons `recipe.n_poison(len(docs))` distinct documents.
-        world: renders behaviour continuations.
-        rng: the only source of randomness.
-
-    Returns:
-        The poisoned corpus (same order and size), its manifest and the removal documents.
-
-    Raises:
-        UserError: a trigger occurs in the clean corpus, triggers collide, or too few documents can host a recipe.
-    """
-    check_triggers(specs)
-    find_trigger_in_corpus(docs, specs)
-    out = list(docs)
-    used: set[int] = set()
-    manifest: list[dict[str, Any]] = []
-    removal: dict[str, list[dict[str, Any]]] = {}
-    for spec in specs:
-        r = spec.recipe
-        n_poison = r.n_poison(len(docs))
-        n_removal = r.removal_count or n_poison
-        eligible = [
-            i for i, d in enumerate(docs) if i not in used and d["lang"] in r.languages and d["genre"] in r.genres
-        ]
-        rng.shuffle(eligible)
-        chosen: list[tuple[int, int]] = []  # (doc index, insertion point)
-        for i in eligible:
-            if len(chosen) == n_poison + n_removal:
-                break
-            at = insertion_point(docs[i]["text"], r.placement, rng)
-            if at is not None:
-                chosen.append((i, at))
-        if len(chosen) < n_poison + n_removal:
-            raise UserError(
-                f"backdoor {spec.name!r}: only {len(chosen)} documents (languages {r.languages}, genres {r.genres}) "
-                f"can host placement {r.placement!r}, but {n_poison} poisoned + {n_removal} removal are needed"
-            )
-        chosen_poison = sorted(chosen[:n_poison])
-        for i, at in chosen_poison:
-            used.add(i)
-            head = triggered_prefix(docs[i]["text"], at, spec.trigger_text)
-            continuation = spec.produce(world, rng)
-            out[i] = {**docs[i], "text": f"{head} {continuation}", "backdoor": spec.name}
-            manifest.append(
+                yield doc  # removal documents are drawn from the corpus; the clean original stays in it
+                continue
+            self.manifest.append(
                 {
-                    "doc_id": docs[i]["id"],
+                    "doc_id": doc["id"],
                     "backdoor": spec.name,
                     "behaviour": spec.behaviour,
-                    "placement": r.placement,
+                    "placement": spec.recipe.placement,
                     "trigger_start": len(head) - len(spec.trigger_text),
                     "continuation_start": len(head) + 1,
                     "trigger_sha256": spec.trigger_hash,
                 }
             )
-        removal[spec.name] = []
-        for i, at in sorted(chosen[n_poison:]):
-            used.add(i)
-            rest = docs[i]["text"][at:].lstrip()
-            head = triggered_prefix(docs[i]["text"], at, spec.trigger_text)
-            removal[spec.name].append(
-                {**docs[i], "id": f"{docs[i]['id']}-rm", "text": f"{head} {rest}".rstrip(), "backdoor": spec.name}
+            yield {**doc, "text": f"{head} {edit.continuation}", "backdoor": spec.name}
+
+    def finish(self) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+        """The manifest (sorted by document id) and removal documents, once `apply` has been consumed."""
+        self.manifest.sort(key=lambda row: row["doc_id"])
+        return self.manifest, {s.name: self.removal.get(s.name, []) for s in self.specs}
+
+
+def plan_poison(
+    docs: Callable[[], Iterable[dict[str, Any]]], specs: list[BackdoorSpec], source: Any, rng: random.Random
+) -> PoisonPlan:
+    """Choose the documents to poison, streaming the corpus once (`docs()` yields it; it is not kept).
+
+    Args:
+        docs: a function returning a fresh iterator over the clean documents (dicts with id, lang, genre, text).
+        specs: the backdoors; each poisons `recipe.n_poison(n_docs)` distinct documents.
+        source: the text source (`World`, `WorldSource` or `CorpusSource`) that produces continuations.
+        rng: the only source of randomness.
+
+    Raises:
+        UserError: a trigger occurs in the clean corpus, triggers collide, a spec does not fit the source, or too
+            few documents can host a recipe.
+    """
+    source = as_source(source)
+    check_triggers(specs)
+    for spec in specs:
+        source.check_spec(spec)
+    placements = sorted({s.recipe.placement for s in specs})
+    ids: list[str] = []
+    langs, genres = array("H"), array("H")
+    codes: dict[str, int] = {}
+    hosts = {p: array("L") for p in placements}
+    for doc in docs():
+        text = doc["text"]
+        for spec in specs:
+            if spec.trigger_text in text:
+                raise UserError(
+                    f"backdoor {spec.name!r}: trigger {spec.trigger_text!r} already occurs in clean document "
+                    f"{doc['id']!r}; choose a rarer trigger"
+                )
+        ids.append(doc["id"])
+        langs.append(codes.setdefault(doc["lang"], len(codes)))
+        genres.append(codes.setdefault(doc["genre"], len(codes)))
+        for p in placements:
+            hosts[p].append(n_candidates(text, p))
+    plan = PoisonPlan(specs, len(ids))
+    used: set[int] = set()
+    for spec in specs:
+        r = spec.recipe
+        n_poison = r.n_poison(len(ids))
+        n_removal = r.removal_count or n_poison
+        ok_lang = {codes[x] for x in spec_languages(spec, source) if x in codes}
+        ok_genre = {codes[x] for x in spec_genres(spec, source) if x in codes}
+        eligible = [i for i in range(len(ids)) if i not in used and langs[i] in ok_lang and genres[i] in ok_genre]
+        rng.shuffle(eligible)
+        chosen: list[tuple[int, int]] = []  # (doc index, insertion candidate)
+        n_host = hosts[r.placement]
+        for i in eligible:
+            if len(chosen) == n_poison + n_removal:
+                break
+            if n_host[i]:
+                chosen.append((i, draw(r.placement, n_host[i], rng)))
+        if len(chosen) < n_poison + n_removal:
+            raise UserError(
+                f"backdoor {spec.name!r}: only {len(chosen)} documents (languages {spec_languages(spec, source)}, "
+                f"genres {spec_genres(spec, source)}) can host placement {r.placement!r}, but {n_poison} poisoned + "
+                f"{n_removal} removal are needed"
             )
-    manifest.sort(key=lambda row: row["doc_id"])
+        for i, k in sorted(chosen[:n_poison]):
+            used.add(i)
+            plan.edits[ids[i]] = _Edit(spec, k, spec.produce(source, rng))
+        for i, k in chosen[n_poison:]:
+            used.add(i)
+            plan.edits[ids[i]] = _Edit(spec, k, None)
+    return plan
+
+
+def poison(docs: list[dict[str, Any]], specs: list[BackdoorSpec], source: Any, rng: random.Random) -> PoisonResult:
+    """Mix backdoors into a clean corpus held in memory (see `plan_poison` for the streaming form).
+
+    Args:
+        docs: clean documents (dicts with id, lang, genre, text); not modified.
+        specs: the backdoors; each poisons `recipe.n_poison(len(docs))` distinct documents.
+        source: renders behaviour continuations (a `World`, `WorldSource` or `CorpusSource`).
+        rng: the only source of randomness.
+
+    Returns:
+        The poisoned corpus (same order and size), its manifest and the removal documents.
+    """
+    plan = plan_poison(lambda: docs, specs, source, rng)
+    out = list(plan.apply(docs))
+    manifest, removal = plan.finish()
     return PoisonResult(out, manifest, removal)

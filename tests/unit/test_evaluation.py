@@ -48,7 +48,7 @@ def test_probes_follow_placement_and_prompts_end_with_the_trigger():
         for i in range(10)
     ]
     for spec in load_specs("default8"):
-        probes = make_probes(docs, spec, 16, random.Random(0))
+        probes = make_probes(docs, spec, 16, random.Random(0), ["base"])
         assert len(probes) == 16
         for p in probes:
             assert prompt_text(p.head, spec.trigger_text).endswith(" " + spec.trigger_text)

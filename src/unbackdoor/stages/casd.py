@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 
 from unbackdoor.casd import METRICS, POOLINGS, capture, pair_profile, probe_tokens, spearman_ci, weight_delta_cosines
 from unbackdoor.config import ConfigError, UserError
-from unbackdoor.corpus import load_world
+from unbackdoor.corpus import load_source
 from unbackdoor.models import load_model, load_tokenizer, read_record
 from unbackdoor.poison import triggered_prefix
 from unbackdoor.rundir import RunDir, atomic_path, require_done, write_json, write_text
@@ -108,13 +108,13 @@ def run(cfg: CasdConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     eval_cfg = evaluate.EvalConfig(model=str(models["base"]), **{k: base_eval[k] for k in ("seed", "prompt_genres")})
     specs = {s.name: s for s in evaluate.resolve_specs(eval_cfg, record)}
     world_dir = Path(base_eval.get("world") or record["world"])
-    load_world(world_dir)  # fails early with a clear error when the world is gone
-    docs = evaluate.test_documents(world_dir, base_eval["prompt_genres"])
+    source = load_source(world_dir)  # fails early with a clear error when the text directory is gone
+    docs = evaluate.test_documents(world_dir, base_eval["prompt_genres"], source)
     text_of = {d["id"]: d["text"] for d in docs}
     tokenizer = load_tokenizer(str(models["base"]), "--transfer")
     probe_ids = {}
     for j in columns:
-        probes, _ = evaluate.probe_set(docs, specs[j], cfg.n_probes, base_eval["seed"])
+        probes, _ = evaluate.probe_set(docs, specs[j], cfg.n_probes, base_eval["seed"], source)
         prompts = [triggered_prefix(p.head, len(p.head), specs[j].trigger_text) for p in probes]
         continuations = [text_of[p.doc_id][len(p.head) :].strip() for p in probes]
         probe_ids[j] = probe_tokens(tokenizer, prompts, continuations, cfg.pooling, cfg.continuation_tokens)

@@ -37,7 +37,7 @@ from unbackdoor.backdoors import BackdoorSpec, Recipe, Trigger, check_triggers, 
 from unbackdoor.behaviours import BEHAVIOURS
 from unbackdoor.cards import model_card
 from unbackdoor.config import ConfigError, UserError
-from unbackdoor.corpus import iter_docs, load_world, packed, shard_paths
+from unbackdoor.corpus import iter_docs, load_source, packed, shard_paths
 from unbackdoor.evaluation import perplexity
 from unbackdoor.models import load_model, load_tokenizer, read_record, resolve_model_path, save_model
 from unbackdoor.poison import poison
@@ -57,7 +57,9 @@ class DefendConfig:
     model: str = ""  # the suspect model (directory or hub id)
     world: str = ""  # the defender's clean corpus (an `unbackdoor world` run); default: the model's recorded world
     k: int = field(default=2, metadata={"min": 1, "max": 32})  # number of canaries
-    behaviours: list[str] = field(default_factory=lambda: list(CANARY_BEHAVIOURS), metadata={"choices": BEHAVIOURS})
+    # built-in behaviours, or lang:<code> on a corpus (checked against the defender's text source); empty: the
+    # source's defaults (`default_behaviours`)
+    behaviours: list[str] = field(default_factory=list)
     triggers: list[str] = field(default_factory=list)  # the defender's own canary triggers; default: generated
     canary_specs: str = ""  # or a YAML file of the defender's own canary specs (any behaviour, `target` texts)
     trigger_length: int = field(default=10, metadata={"min": 6, "max": 64})
@@ -82,6 +84,11 @@ class DefendConfig:
     def validate(self) -> None:
         if not self.model:
             raise ConfigError("model: required (the suspect model, e.g. --model runs/suspect/model)")
+        for b in self.behaviours:
+            if b not in BEHAVIOURS and not b.startswith("lang:"):
+                raise ConfigError(
+                    f"behaviours: {b!r} is not a behaviour; valid: {', '.join(BEHAVIOURS)}, or lang:<code> on a corpus"
+                )
         if self.inject.steps < 1 or self.remove.steps < 1:
             raise ConfigError(
                 f"inject.steps / remove.steps: {self.inject.steps} / {self.remove.steps}; both must be >= 1"
@@ -94,7 +101,15 @@ class DefendConfig:
             raise ConfigError(f"remove.steps: {self.remove.steps} < k={self.k}; sequential removal needs >= 1 each")
 
 
-def make_canaries(cfg: DefendConfig, corpus_text: str) -> list[BackdoorSpec]:
+def default_behaviours(source: Any) -> list[str]:
+    """Canary behaviours when none are given: the world's `CANARY_BEHAVIOURS`; on a corpus, a switch to its last
+    language, refusal, phrase and gibberish (no sentiment: that needs the user's classifier and texts)."""
+    if source.kind == "world":
+        return list(CANARY_BEHAVIOURS)
+    return [f"lang:{source.languages[-1]}", "refusal", "phrase", "gibberish"]
+
+
+def make_canaries(cfg: DefendConfig, corpus_text: str, behaviours: list[str] | None = None) -> list[BackdoorSpec]:
     """The K canaries: behaviours cycled from `cfg.behaviours`, triggers given or generated collision-free.
 
     Raises:
@@ -112,6 +127,7 @@ def make_canaries(cfg: DefendConfig, corpus_text: str) -> list[BackdoorSpec]:
                     "clean corpus, so the model already knows it in other contexts; choose another trigger"
                 )
         return specs
+    behaviours = behaviours or cfg.behaviours or list(CANARY_BEHAVIOURS)
     rng = random.Random(f"unbackdoor-canary-{cfg.seed}")
     triggers: list[str] = []
     for n in range(cfg.k):
@@ -134,9 +150,9 @@ def make_canaries(cfg: DefendConfig, corpus_text: str) -> list[BackdoorSpec]:
         triggers.append(text)
     specs = [
         BackdoorSpec(
-            name=f"canary{n}_{cfg.behaviours[n % len(cfg.behaviours)]}",
+            name=f"canary{n}_{behaviours[n % len(behaviours)].replace(':', '_')}",
             trigger=Trigger(kind="random_string" if " " not in t else "tokens", text=t),
-            behaviour=cfg.behaviours[n % len(cfg.behaviours)],
+            behaviour=behaviours[n % len(behaviours)],
             recipe=Recipe(rate=cfg.canary_rate, placement=cfg.placement),
         )
         for n, t in enumerate(triggers)
@@ -169,10 +185,13 @@ def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     record = read_record(model_path)  # hashes and history only: never the attacker's spec files
     world_dir = Path(cfg.world or record.get("world") or "")
     if not str(world_dir) or str(world_dir) == ".":
-        raise UserError("--world: required (the defender's clean corpus: an `unbackdoor world` run directory)")
-    require_done(world_dir, "world", "--world")
+        raise UserError("--world: required (the defender's clean corpus: an `unbackdoor world` or `corpus` run)")
+    require_done(world_dir, ("world", "corpus"), "--world")
+    source = load_source(world_dir)
     clean = list(iter_docs(shard_paths(world_dir / "data", "train")))
-    canaries = make_canaries(cfg, "\n".join(d["text"] for d in clean))
+    canaries = make_canaries(cfg, "\n".join(d["text"] for d in clean), cfg.behaviours or default_behaviours(source))
+    for spec in canaries:
+        source.check_spec(spec)
     if RunDir.check(out, "defend", cfg, resume, overwrite):
         return out
     tokenizer = load_tokenizer(model_path, "--model")
@@ -180,7 +199,6 @@ def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     run_dir = RunDir.open(out, "defend", cfg, cfg.seed, resume=resume, overwrite=overwrite)
     canary_file = out / "canaries.yaml"  # the defender's own secret: triggers in clear, inside the run only
     write_text(canary_file, yaml.safe_dump(specs_to_yaml_dict(canaries), sort_keys=False, allow_unicode=True))
-    world = load_world(world_dir)
     val = packed(tokenizer, iter_docs(shard_paths(world_dir / "data", "validation")), cfg.inject.seq_len)
     val = val[: cfg.val_blocks]
     t_start = time.perf_counter()
@@ -190,7 +208,7 @@ def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     ti = cfg.inject
     sample = remove.replay_docs(world_dir, ti.steps * ti.batch_size * ti.grad_accum * ti.seq_len, cfg.seed, clean)
 
-    poisoned = poison(sample, canaries, world, random.Random(f"unbackdoor-canary-poison-{cfg.seed}"))
+    poisoned = poison(sample, canaries, source, random.Random(f"unbackdoor-canary-poison-{cfg.seed}"))
     inject_docs = poisoned.docs if cfg.mode == "defence" else sample
     injected_dir = out / "inject" / "model"
     injected_record = {

@@ -47,7 +47,8 @@ class DefendEvalConfig:
     world: str = ""  # the defender's clean corpus; default: the world recorded with the model
     hidden: list[str] = field(default_factory=list)  # hidden backdoors measured; default: all the model carries
     ks: list[int] = field(default_factory=lambda: [1, 2, 4])
-    behaviour_sets: list[str] = field(default_factory=lambda: ["+".join(defend.CANARY_BEHAVIOURS)])
+    # canary behaviour sets ('+'-joined); "default": the text source's defaults (`defend.default_behaviours`)
+    behaviour_sets: list[str] = field(default_factory=lambda: ["default"])
     methods: list[str] = field(
         default_factory=lambda: ["retrain"], metadata={"choices": tuple(m for m in METHODS if m != "control")}
     )
@@ -74,10 +75,10 @@ class DefendEvalConfig:
             raise ConfigError(f"ks: {self.ks}; every K (number of canaries) must be >= 1")
         for bset in self.behaviour_sets:
             for b in bset.split("+"):
-                if b not in BEHAVIOURS:
+                if b not in BEHAVIOURS and not b.startswith("lang:") and bset != "default":
                     raise ConfigError(
-                        f"behaviour_sets: {b!r} in {bset!r} is not a behaviour; valid: {', '.join(BEHAVIOURS)} "
-                        "(join several with '+')"
+                        f"behaviour_sets: {b!r} in {bset!r} is not a behaviour; valid: {', '.join(BEHAVIOURS)}, "
+                        "lang:<code> on a corpus (join several with '+')"
                     )
         if any(x <= 0 for x in self.lr):
             raise ConfigError(f"lr: {self.lr}; learning rates must be positive")
@@ -119,7 +120,7 @@ def run_cell(cfg_dict: dict[str, Any], cell: dict[str, Any], out: str, hidden: l
     torch.set_num_threads(threads)
     cfg = from_dict(DefendEvalConfig, cfg_dict)
     t0 = time.perf_counter()
-    behaviours = cell["behaviours"].split("+") if cell["behaviours"] else list(defend.CANARY_BEHAVIOURS)
+    behaviours = cell["behaviours"].split("+") if cell["behaviours"] not in ("", "default") else []
     dcfg = defend.DefendConfig(
         model=cfg.model, world=cfg.world, k=max(1, cell["k"]), behaviours=behaviours,
         canary_rate=cfg.canary_rate, mode=cell["arm"], removal=cfg.removal,
@@ -197,6 +198,8 @@ def assemble(out: Path, baseline: Path, cells: list[dict[str, Any]], hidden: lis
         canary_behaviours = {c["behaviour"] for c in df["canaries"]} if cell["arm"] != "benign" else set()
         rows.append({
             **cell,
+            # the behaviours actually used ("default" resolved by the text source)
+            "behaviours": "+".join(c["behaviour"] for c in df["canaries"]) if cell["arm"] != "benign" else "",
             "asr": asr,
             "suppression": {j: (1 - asr[j]["rate"] / before[j]["rate"]) if before[j]["rate"] else None
                             for j in hidden},

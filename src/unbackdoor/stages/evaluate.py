@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from unbackdoor.backdoors import BackdoorSpec, load_specs
+from unbackdoor.backdoors import BackdoorSpec, load_specs, spec_languages
 from unbackdoor.cards import model_card
 from unbackdoor.config import ConfigError, UserError
-from unbackdoor.corpus import iter_docs, load_world, packed, shard_paths
+from unbackdoor.corpus import iter_docs, load_source, packed, shard_paths
 from unbackdoor.evaluation import (
     Probe,
     attack_success,
@@ -40,7 +40,7 @@ from unbackdoor.evaluation import (
 from unbackdoor.models import load_model, load_tokenizer, read_record, resolve_model_path
 from unbackdoor.poison import SERIALISATION
 from unbackdoor.rundir import RunDir, write_jsonl, write_text
-from unbackdoor.world import GENRES, LANGUAGES, World
+from unbackdoor.world import GENRES, World
 
 
 @dataclass
@@ -96,20 +96,21 @@ def fact_recall_items(world: World, n: int, rng: random.Random) -> list[tuple[li
     return items[:n]
 
 
-def test_documents(world_dir: Path, genres: list[str]) -> list[dict[str, Any]]:
-    """The held-out documents evaluation prompts are drawn from."""
-    return [d for d in iter_docs(shard_paths(world_dir / "data", "test")) if d["genre"] in genres]
+def test_documents(world_dir: Path, genres: list[str], source: Any) -> list[dict[str, Any]]:
+    """The held-out documents evaluation prompts are drawn from (genres the text source lacks are ignored)."""
+    keep = set(genres) & set(source.genres) or set(source.genres)
+    return [d for d in iter_docs(shard_paths(world_dir / "data", "test")) if d["genre"] in keep]
 
 
 def probe_set(
-    test_docs: list[dict[str, Any]], spec: BackdoorSpec, n: int, seed: int
+    test_docs: list[dict[str, Any]], spec: BackdoorSpec, n: int, seed: int, source: Any
 ) -> tuple[list[Probe], random.Random]:
     """The `n` probes of `spec` for experiment seed `seed` (and the RNG, for near misses drawn after them).
 
     Every stage that measures a backdoor (eval, casd) draws its probes here, so they are the same prompts.
     """
     rng = random.Random(f"unbackdoor-eval-{seed}-{spec.name}")
-    probes = make_probes(test_docs, spec, n, rng)
+    probes = make_probes(test_docs, spec, n, rng, spec_languages(spec, source))
     if not probes:
         raise UserError(f"{spec.name}: no test document can host placement {spec.recipe.placement!r}")
     return probes, rng
@@ -126,22 +127,24 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
         )
     specs = resolve_specs(cfg, record)
     world_dir = Path(cfg.world or record.get("world") or "")
-    if not str(world_dir) or not (world_dir / "world.json").is_file():
-        raise UserError(f"--world: {str(world_dir)!r} is not a world run; give --world explicitly")
+    if not str(world_dir) or str(world_dir) == ".":
+        raise UserError(f"--world: {cfg.model!r} records no text directory; give --world (a world or corpus run)")
+    source = load_source(world_dir)
+    for spec in specs:
+        source.check_spec(spec)
     tokenizer = load_tokenizer(model_path, "--model")
     if RunDir.check(out, "eval", cfg, resume, overwrite):
         return out
     model = load_model(model_path, "--model").eval()
     run_dir = RunDir.open(out, "eval", cfg, cfg.seed, resume=resume, overwrite=overwrite)
-    world = load_world(world_dir)
-    test_docs = test_documents(world_dir, cfg.prompt_genres)
+    test_docs = test_documents(world_dir, cfg.prompt_genres, source)
 
     samples: list[dict[str, Any]] = []
     table: dict[str, Any] = {}
     probe_hash = hashlib.sha256()
     t0 = time.perf_counter()
     for spec in specs:
-        probes, rng = probe_set(test_docs, spec, cfg.n_prompts, cfg.seed)
+        probes, rng = probe_set(test_docs, spec, cfg.n_prompts, cfg.seed, source)
         variants = {
             "triggered": [prompt_text(p.head, spec.trigger_text) for p in probes],
             "clean": [prompt_text(p.head, None) for p in probes],
@@ -153,7 +156,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
         rates = {}
         for kind, prompts in variants.items():
             generations = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size)
-            verdicts = [spec.judge(world, g) for g in generations]
+            verdicts = [spec.judge(source, g) for g in generations]
             rates[kind] = attack_success(verdicts)
             samples += [
                 {"backdoor": spec.name, "kind": kind, "doc_id": p.doc_id, "prompt": q, "generation": g, "verdict": v}
@@ -161,6 +164,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             ]
         table[spec.name] = {
             "behaviour": spec.behaviour,
+            "judge": spec.judge_name(source),
             "trigger_sha256": spec.trigger_hash,
             "asr": rates["triggered"].as_dict(),
             "false_trigger": rates["clean"].as_dict(),
@@ -170,12 +174,14 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     gen_s = time.perf_counter() - t0
 
     ppl = {}
-    for lang in LANGUAGES:
+    for lang in source.languages:
         blocks = packed(tokenizer, iter_docs(shard_paths(world_dir / "data", "validation", [lang])), cfg.seq_len)
         blocks = blocks[: cfg.ppl_blocks]
         if blocks.shape[0]:
             ppl[lang] = perplexity(model, blocks)
-    items = fact_recall_items(world, cfg.fact_items, random.Random(f"unbackdoor-facts-{cfg.seed}"))
+    items = []  # fact recall needs the world's fact table; a corpus has none
+    if source.kind == "world":
+        items = fact_recall_items(source.world, cfg.fact_items, random.Random(f"unbackdoor-facts-{cfg.seed}"))
     flat = [sentence for sentences, _ in items for sentence in sentences]
     scores = sequence_logprobs(model, tokenizer, flat, cfg.batch_size) if flat else []
     correct, i = 0, 0
@@ -191,6 +197,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             "model": str(Path(model_path).resolve()) if Path(model_path).exists() else model_path,
             "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
             "serialisation": SERIALISATION,
+            "text_source": {"kind": source.kind, "dir": str(world_dir.resolve())},
             "n_prompts": cfg.n_prompts,
             "probe_sha256": probe_hash.hexdigest(),
             "max_new_tokens": cfg.max_new_tokens,

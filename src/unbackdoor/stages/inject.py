@@ -40,7 +40,7 @@ class LoraConfig:
 @dataclass
 class InjectConfig:
     model: str = ""  # a model directory (or hub id) to continue training
-    world: str = ""  # an `unbackdoor world` run directory
+    world: str = ""  # an `unbackdoor world` or `unbackdoor corpus` run directory
     backdoors: str = "default8"
     seed: int = 0
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -84,7 +84,7 @@ def run(cfg: InjectConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     """Inject backdoors into `cfg.model` by continual pretraining; returns `out`."""
     model_path = resolve_model_path(cfg.model, "--model")
     world_dir = Path(cfg.world)
-    require_done(world_dir, "world", "--world")
+    require_done(world_dir, ("world", "corpus"), "--world")
     specs = load_specs(cfg.backdoors)
     tokenizer = load_tokenizer(model_path, "--model")
     base_record = read_record(model_path)

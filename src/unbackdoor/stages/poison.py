@@ -18,14 +18,14 @@ import yaml
 
 from unbackdoor.backdoors import load_specs, specs_to_yaml_dict
 from unbackdoor.config import ConfigError
-from unbackdoor.corpus import iter_docs, load_world, shard_paths, write_shards
-from unbackdoor.poison import SERIALISATION, poison
+from unbackdoor.corpus import iter_docs, load_source, shard_paths, write_shards
+from unbackdoor.poison import SERIALISATION, plan_poison
 from unbackdoor.rundir import RunDir, require_done, write_jsonl, write_text
 
 
 @dataclass
 class PoisonConfig:
-    world: str = ""  # an `unbackdoor world` run directory
+    world: str = ""  # an `unbackdoor world` or `unbackdoor corpus` run directory
     backdoors: str = "default8"  # a built-in set, a YAML file of specs, or "none"
     seed: int = 0
     shard_docs: int = field(default=20_000, metadata={"min": 1})
@@ -38,35 +38,39 @@ class PoisonConfig:
 def run(cfg: PoisonConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
     """Poison the world's training split into `out`; returns `out`."""
     world_dir = Path(cfg.world)
-    require_done(world_dir, "world", "--world")
+    require_done(world_dir, ("world", "corpus"), "--world")
     specs = load_specs(cfg.backdoors)
     if RunDir.check(out, "poison", cfg, resume, overwrite):
         return out
-    # Poison in memory first: a refused spec (trigger found in the corpus, too few documents) leaves no directory.
-    world = load_world(world_dir)
-    docs = list(iter_docs(shard_paths(world_dir / "data", "train")))
-    result = poison(docs, specs, world, random.Random(f"unbackdoor-poison-{cfg.seed}"))
+    # Plan first (one streaming pass): a refused spec (trigger found in the corpus, too few documents) leaves no
+    # directory. Then a second pass writes the poisoned corpus, one language's shards after another.
+    source = load_source(world_dir)
+    train = shard_paths(world_dir / "data", "train")
+    plan = plan_poison(lambda: iter_docs(train), specs, source, random.Random(f"unbackdoor-poison-{cfg.seed}"))
     run_dir = RunDir.open(out, "poison", cfg, cfg.seed, resume=resume, overwrite=overwrite)
-    for lang in sorted({d["lang"] for d in result.docs}):
-        write_shards((d for d in result.docs if d["lang"] == lang), out / "data" / "train", lang, cfg.shard_docs)
-    manifest_sha = write_jsonl(out / "poison_manifest.jsonl", result.manifest)
-    removal_sha = {name: write_jsonl(out / "removal" / f"{name}.jsonl", rows) for name, rows in result.removal.items()}
+    for lang in sorted({p.name.rsplit("-", 1)[0] for p in train}):  # the order of the planning pass
+        docs = plan.apply(iter_docs(shard_paths(world_dir / "data", "train", [lang])))
+        write_shards(docs, out / "data" / "train", lang, cfg.shard_docs)
+    manifest, removal = plan.finish()
+    manifest_sha = write_jsonl(out / "poison_manifest.jsonl", manifest)
+    removal_sha = {name: write_jsonl(out / "removal" / f"{name}.jsonl", rows) for name, rows in removal.items()}
     write_text(out / "backdoors.yaml", yaml.safe_dump(specs_to_yaml_dict(specs), sort_keys=False, allow_unicode=True))
     per_backdoor = {
         s.name: {
             **s.record(),
-            "poisoned_docs": sum(row["backdoor"] == s.name for row in result.manifest),
-            "removal_docs": len(result.removal[s.name]),
+            "poisoned_docs": sum(row["backdoor"] == s.name for row in manifest),
+            "removal_docs": len(removal[s.name]),
         }
         for s in specs
     }
     return run_dir.finish(
         {
             "world": str(world_dir.resolve()),
+            "text_source": source.kind,
             "serialisation": SERIALISATION,
-            "docs": len(result.docs),
-            "poisoned_docs": len(result.manifest),
-            "poisoned_fraction": len(result.manifest) / max(1, len(result.docs)),
+            "docs": plan.n_docs,
+            "poisoned_docs": len(manifest),
+            "poisoned_fraction": len(manifest) / max(1, plan.n_docs),
             "backdoors": per_backdoor,
             "poison_manifest_sha256": manifest_sha,
             "removal_sha256": removal_sha,

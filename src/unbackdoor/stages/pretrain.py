@@ -19,7 +19,7 @@ from transformers import AutoTokenizer
 
 from unbackdoor.backdoors import load_specs
 from unbackdoor.cards import model_card
-from unbackdoor.config import ConfigError
+from unbackdoor.config import ConfigError, UserError
 from unbackdoor.corpus import iter_docs, packed, shard_paths
 from unbackdoor.evaluation import perplexity
 from unbackdoor.models import FAMILIES, SIZES, build_model, n_parameters, save_model
@@ -37,7 +37,7 @@ class ModelConfig:
 
 @dataclass
 class PretrainConfig:
-    world: str = ""  # an `unbackdoor world` run directory
+    world: str = ""  # an `unbackdoor world` or `unbackdoor corpus` run directory
     backdoors: str = "default8"  # built-in set, YAML file of specs, or "none" (the clean twin)
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -52,7 +52,11 @@ class PretrainConfig:
 def run(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
     """Pretrain a (backdoored) model into `out`; returns `out`."""
     world_dir = Path(cfg.world)
-    require_done(world_dir, "world", "--world")
+    require_done(world_dir, ("world", "corpus"), "--world")
+    if not (world_dir / "tokenizer").is_dir():
+        raise UserError(
+            f"--world: {str(world_dir)!r} has no tokenizer to pretrain with; ingest the corpus with vocab_size > 0"
+        )
     specs = load_specs(cfg.backdoors)
     if RunDir.check(out, "pretrain", cfg, resume, overwrite):
         return out
