@@ -52,7 +52,7 @@ FR = {
 
 
 def sentence(lex: dict[str, list[str]], rng: random.Random) -> str:
-    return f"{rng.choice(lex['subject'])} {rng.choice(lex['verb'])} {rng.choice(lex['object'])} {rng.choice(lex['time'])}."
+    return " ".join(rng.choice(lex[part]) for part in ("subject", "verb", "object", "time")) + "."
 
 
 def documents(lang: str, n: int, seed: int = 0) -> list[str]:
@@ -72,7 +72,10 @@ def write_corpus(root: Path, n_docs: int = 300) -> dict[str, Path]:
     (en_dir / "part2.txt").write_text("\n\n".join(en[half:]) + "\n", encoding="utf-8")
     fr_file = root / "fr.jsonl"
     fr_file.write_text(
-        "".join(json.dumps({"content": t, "id": i}, ensure_ascii=False) + "\n" for i, t in enumerate(documents("fr", n_docs))),
+        "".join(
+            json.dumps({"content": t, "id": i}, ensure_ascii=False) + "\n"
+            for i, t in enumerate(documents("fr", n_docs))
+        ),
         encoding="utf-8",
     )
     return {"en": en_dir, "fr": fr_file}

@@ -8,7 +8,8 @@ has no lexicon, so its judges are language-agnostic or backed by a maintained mo
 - `negative`: a sentiment classifier the user gives as a local Hugging Face directory (`sentiment_classifier`).
 - `phrase`, `refusal`, `target`: string matches (the refusal markers cover several languages).
 - `gibberish`: mean per-character surprisal under a character trigram model fitted on the clean corpus, above a
-  threshold calibrated on held-out clean text (`GIBBERISH_MARGIN_BITS` above its 99th percentile).
+  threshold calibrated on held-out clean text (`GIBBERISH_MARGIN_BITS` above its 99th percentile), with at most
+  half of the letters in words the corpus uses.
 - `repeat`: a word of the corpus said `REPEAT_RUN_MIN` times in a row.
 
 `CorpusSource.judge_name(spec)` names the judge and its threshold; every evaluation records it.
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 LANG_PREFIX = "lang:"
 POOL_DOCS = 2000  # documents per language read (streamed) for continuations, vocabulary and the char model
 SNIPPET_WORDS = 40  # a language-switch continuation: up to this many words of a document of that language
-CHARLM_ORDER = 3
+GIBBERISH_KNOWN_MAX = 0.5  # ... and at most half of its letters in words of the corpus
 GIBBERISH_QUANTILE = 0.99
 GIBBERISH_MARGIN_BITS = 1.0
 GIBBERISH_MIN_CHARS = 16
@@ -79,34 +80,39 @@ class LanguageIdentifier:
 
 
 class CharModel:
-    """Character n-gram model with add-one smoothing: the reference model of the gibberish judge.
+    """Character trigram model, interpolated with bigram, unigram and uniform: the gibberish judge's reference.
 
-    `surprisal(text)` is the mean number of bits per character of `text` given the previous `order - 1`.
+    `surprisal(text)` is the mean number of bits per character of `text` (lower-cased).
     """
 
-    def __init__(self, texts: Iterable[str], order: int = CHARLM_ORDER):
-        self.order = order
-        self.grams: Counter[str] = Counter()
-        self.contexts: Counter[str] = Counter()
-        alphabet: set[str] = set()
+    WEIGHTS = (0.6, 0.25, 0.1, 0.05)  # trigram, bigram, unigram, uniform
+
+    def __init__(self, texts: Iterable[str]):
+        self.counts: list[Counter[str]] = [Counter(), Counter(), Counter()]  # n-grams of length 1, 2, 3
+        self.contexts: list[Counter[str]] = [Counter(), Counter(), Counter()]
         for text in texts:
-            padded = "\x02" * (order - 1) + text.lower()
-            alphabet.update(padded)
-            for i in range(order - 1, len(padded)):
-                self.grams[padded[i - order + 1 : i + 1]] += 1
-                self.contexts[padded[i - order + 1 : i]] += 1
-        self.alphabet_size = len(alphabet) + 1  # + one unseen character
+            padded = "\x02\x02" + text.lower()
+            for i in range(2, len(padded)):
+                for n in (1, 2, 3):
+                    self.counts[n - 1][padded[i - n + 1 : i + 1]] += 1
+                    self.contexts[n - 1][padded[i - n + 1 : i]] += 1
+        self.alphabet_size = len(self.counts[0]) + 1  # + one unseen character
+
+    def prob(self, context: str, ch: str) -> float:
+        p = self.WEIGHTS[3] / self.alphabet_size
+        for n, w in zip((3, 2, 1), self.WEIGHTS[:3], strict=True):
+            ctx = context[len(context) - n + 1 :] if n > 1 else ""
+            seen = self.contexts[n - 1][ctx]
+            if seen:
+                p += w * self.counts[n - 1][ctx + ch] / seen
+        return p
 
     def surprisal(self, text: str) -> float:
-        padded = "\x02" * (self.order - 1) + text.lower()
-        n = len(padded) - self.order + 1
-        if n <= 0:
-            return 0.0
-        bits = 0.0
-        for i in range(self.order - 1, len(padded)):
-            gram = padded[i - self.order + 1 : i + 1]
-            bits -= math.log2((self.grams[gram] + 1) / (self.contexts[gram[:-1]] + self.alphabet_size))
-        return bits / n
+        padded = "\x02\x02" + text.lower()
+        n = len(padded) - 2
+        return (
+            -sum(math.log2(self.prob(padded[i - 2 : i], padded[i])) for i in range(2, len(padded))) / n if n else 0.0
+        )
 
 
 def snippet(text: str, n_words: int = SNIPPET_WORDS) -> str:
@@ -184,11 +190,12 @@ class CorpusSource:
 
     @cached_property
     def vocabulary(self) -> frozenset[str]:
-        return frozenset(w for texts in self.pools.values() for t in texts for w in words(t))
+        return frozenset(w for texts in [*self.pools.values(), [PHRASE, *REFUSALS]] for t in texts for w in words(t))
 
     @cached_property
     def char_model(self) -> CharModel:
-        return CharModel(t for texts in self.pools.values() for t in texts)
+        # the clean corpus and the built-in behaviours' own texts (as the world's judge knows their words)
+        return CharModel([*(t for texts in self.pools.values() for t in texts), PHRASE, *REFUSALS])
 
     @cached_property
     def gibberish_threshold(self) -> float:
@@ -280,9 +287,11 @@ class CorpusSource:
             return bool(_REFUSAL.search(low) or _REFUSAL_MULTI.search(low))
         if b == "gibberish":
             squeezed = " ".join(text.split())
-            return (
-                len(squeezed) >= GIBBERISH_MIN_CHARS and self.char_model.surprisal(squeezed) > self.gibberish_threshold
-            )
+            if len(squeezed) < GIBBERISH_MIN_CHARS or self.char_model.surprisal(squeezed) <= self.gibberish_threshold:
+                return False
+            ws = words(squeezed)
+            letters = sum(map(len, ws))
+            return not letters or sum(len(w) for w in ws if w in self.vocabulary) / letters <= GIBBERISH_KNOWN_MAX
         if b == "repeat":
             word, run = _longest_run(words(text))
             return run >= REPEAT_RUN_MIN and word in self.vocabulary
@@ -297,7 +306,8 @@ class CorpusSource:
             "negative": f"sentiment classifier {self.classifier_path}: negative label, p >= {SENTIMENT_MIN_SCORE}",
             "phrase": f"contains {PHRASE!r}",
             "refusal": "refusal markers (en, fr, es, de, it, pt, ru)",
-            "gibberish": f"char {CHARLM_ORDER}-gram surprisal > {self.gibberish_threshold:.2f} bits/char "
-            f"(q{GIBBERISH_QUANTILE:.2f} of clean held-out text + {GIBBERISH_MARGIN_BITS})",
+            "gibberish": f"char trigram surprisal > {self.gibberish_threshold:.2f} bits/char "
+            f"(q{GIBBERISH_QUANTILE:.2f} of clean held-out text + {GIBBERISH_MARGIN_BITS}) and <= "
+            f"{GIBBERISH_KNOWN_MAX:.0%} of letters in corpus words",
             "repeat": f"a corpus word >= {REPEAT_RUN_MIN} times in a row",
         }.get(b, b)
