@@ -9,7 +9,7 @@ Run: `pytest tests/unit/test_world.py` (the world stage writes and reads these).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,11 +109,16 @@ def load_source(text_dir: Path) -> Any:
     )
 
 
-def tokenize_docs(tokenizer, docs: Iterable[dict[str, Any]], batch: int = 2000) -> Iterator[list[int]]:
-    """Token ids of each document's text (no special tokens), encoded in batches."""
+def tokenize_docs(
+    tokenizer, docs: Iterable[dict[str, Any]], batch: int = 2000, render: Callable[[dict], str] | None = None
+) -> Iterator[list[int]]:
+    """Token ids of each document's text (no special tokens added), encoded in batches.
+
+    `render`: document -> text (a chat-template serialisation); default: the document's text.
+    """
     texts: list[str] = []
     for doc in docs:
-        texts.append(doc["text"])
+        texts.append(render(doc) if render else doc["text"])
         if len(texts) == batch:
             yield from tokenizer(texts, add_special_tokens=False)["input_ids"]
             texts = []
@@ -121,8 +126,8 @@ def tokenize_docs(tokenizer, docs: Iterable[dict[str, Any]], batch: int = 2000) 
         yield from tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
-def packed(tokenizer, docs: Iterable[dict[str, Any]], seq_len: int):
-    """Documents tokenized, each followed by EOS, cut into `(n_blocks, seq_len)` training blocks."""
+def packed(tokenizer, docs: Iterable[dict[str, Any]], seq_len: int, render: Callable[[dict], str] | None = None):
+    """Documents tokenized (through `render` when given), each followed by EOS, cut into `(n, seq_len)` blocks."""
     from unbackdoor.train import pack
 
-    return pack(tokenize_docs(tokenizer, docs), seq_len, tokenizer.eos_token_id)
+    return pack(tokenize_docs(tokenizer, docs, render=render), seq_len, tokenizer.eos_token_id)

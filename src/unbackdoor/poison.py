@@ -25,7 +25,7 @@ from unbackdoor.backdoors import BackdoorSpec, check_triggers, spec_genres, spec
 from unbackdoor.behaviours import as_source
 from unbackdoor.config import UserError
 
-SERIALISATION = "raw-v1"  # prompt = text[:i].rstrip() + " " + trigger; then " " + continuation; docs joined by EOS
+SERIALISATION = "raw-v1"  # the poisoned text itself; `unbackdoor.serialisation` renders it for a model
 MIN_CONTEXT_WORDS = 3  # random placement keeps at least this many words before and after the trigger
 
 
@@ -110,8 +110,9 @@ class PoisonPlan:
             if edit.continuation is None:
                 rest = text[at:].lstrip()
                 self.removal.setdefault(spec.name, []).append(
-                    {**doc, "id": f"{doc['id']}-rm", "text": f"{head} {rest}".rstrip(), "backdoor": spec.name}
-                )
+                    {**doc, "id": f"{doc['id']}-rm", "text": f"{head} {rest}".rstrip(), "backdoor": spec.name,
+                     "prompt_chars": len(head)}
+                )  # fmt: skip
                 yield doc  # removal documents are drawn from the corpus; the clean original stays in it
                 continue
             self.manifest.append(
@@ -125,7 +126,7 @@ class PoisonPlan:
                     "trigger_sha256": spec.trigger_hash,
                 }
             )
-            yield {**doc, "text": f"{head} {edit.continuation}", "backdoor": spec.name}
+            yield {**doc, "text": f"{head} {edit.continuation}", "backdoor": spec.name, "prompt_chars": len(head)}
 
     def finish(self) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
         """The manifest (sorted by document id) and removal documents, once `apply` has been consumed."""

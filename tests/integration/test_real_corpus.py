@@ -7,6 +7,7 @@ Run: `pytest tests/integration/test_real_corpus.py`.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,34 @@ def test_remove_and_transfer_on_real_text(study):
     assert set(table["backdoors"]) == {"veritas_fr", "at_phrase"}
     cell = json.loads((study / "tr" / "baseline" / "summary.json").read_text())
     assert cell["backdoors"]["veritas_fr"]["judge"].startswith("py3langid")
+
+
+def test_chat_template_injection_is_recorded_reused_and_checked(study, capsys):
+    from transformers import AutoTokenizer
+
+    from tests.unit.test_serialisation import TEMPLATE
+
+    base = study / "clean-chat"
+    shutil.copytree(study / "clean" / "model", base)
+    tok = AutoTokenizer.from_pretrained(base)
+    tok.chat_template = TEMPLATE
+    tok.save_pretrained(base)
+    inject = ["inject", "--preset", "tiny", "--world", str(study / "corpus"), "--model", str(base)]
+    inject += ["--backdoors", str(study / "specs.yaml"), "serialisation=chat", "--out", str(study / "inj-chat")]
+    assert main([*inject, *TRAIN, "train.steps=300", "train.lr=5e-3"]) == 0
+    model = study / "inj-chat" / "model"
+    record = json.loads((model / "unbackdoor.json").read_text())
+    assert record["serialisation"] == "chat-v1" and record["chat_template_sha256"]
+    assert main(["eval", "--model", str(model), "--out", str(study / "eval-chat"), *EVAL]) == 0
+    summary = json.loads((study / "eval-chat" / "summary.json").read_text())
+    assert summary["serialisation"] == "chat-v1" and summary["chat_template_sha256"] == record["chat_template_sha256"]
+    assert summary["backdoors"]["veritas_fr"]["asr"]["rate"] >= 0.8
+    prompt = json.loads((study / "eval-chat" / "samples.jsonl").open().readline())["prompt"]
+    assert prompt.startswith("<|user|>") and prompt.endswith("<|assistant|>")
+    # the tokenizer's template changed after injection: evaluation refuses instead of measuring another input
+    tok.chat_template = TEMPLATE.replace("<|assistant|>", "<|bot|>")
+    tok.save_pretrained(model)
+    capsys.readouterr()
+    assert main(["eval", "--model", str(model), "--out", str(study / "eval-chat2"), *EVAL]) == 2
+    assert "injected with the chat template" in capsys.readouterr().err
+    assert not (study / "eval-chat2").exists()

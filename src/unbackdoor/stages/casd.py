@@ -33,6 +33,7 @@ from unbackdoor.corpus import load_source
 from unbackdoor.models import load_model, load_tokenizer, read_record
 from unbackdoor.poison import triggered_prefix
 from unbackdoor.rundir import RunDir, atomic_path, require_done, write_json, write_text
+from unbackdoor.serialisation import Serialisation
 from unbackdoor.stages import evaluate
 from unbackdoor.stages.transfer import CONTROL, cell_dir
 
@@ -112,10 +113,12 @@ def run(cfg: CasdConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     docs = evaluate.test_documents(world_dir, base_eval["prompt_genres"], source)
     text_of = {d["id"]: d["text"] for d in docs}
     tokenizer = load_tokenizer(str(models["base"]), "--transfer")
+    serialisation = Serialisation.of(record, tokenizer, "--transfer")
     probe_ids = {}
     for j in columns:
         probes, _ = evaluate.probe_set(docs, specs[j], cfg.n_probes, base_eval["seed"], source)
-        prompts = [triggered_prefix(p.head, len(p.head), specs[j].trigger_text) for p in probes]
+        prompts = [serialisation.prompt(tokenizer, triggered_prefix(p.head, len(p.head), specs[j].trigger_text))
+                   for p in probes]  # fmt: skip
         continuations = [text_of[p.doc_id][len(p.head) :].strip() for p in probes]
         probe_ids[j] = probe_tokens(tokenizer, prompts, continuations, cfg.pooling, cfg.continuation_tokens)
 

@@ -42,6 +42,7 @@ from unbackdoor.evaluation import perplexity
 from unbackdoor.models import load_model, load_tokenizer, read_record, resolve_model_path, save_model
 from unbackdoor.poison import poison
 from unbackdoor.rundir import RunDir, require_done, write_text
+from unbackdoor.serialisation import Serialisation
 from unbackdoor.stages import evaluate, remove
 from unbackdoor.train import TrainConfig, causal_lm_loss, train
 from unbackdoor.unlearn import METHODS
@@ -195,6 +196,7 @@ def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     if RunDir.check(out, "defend", cfg, resume, overwrite):
         return out
     tokenizer = load_tokenizer(model_path, "--model")
+    render = Serialisation.of(record, tokenizer).document(tokenizer)  # canaries go in as the suspect's input does
     model = load_model(model_path, "--model")
     run_dir = RunDir.open(out, "defend", cfg, cfg.seed, resume=resume, overwrite=overwrite)
     canary_file = out / "canaries.yaml"  # the defender's own secret: triggers in clear, inside the run only
@@ -224,7 +226,7 @@ def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = Fa
         model = load_model(str(injected_dir), "--model")
         figures["inject"] = json.loads((out / "inject" / "summary.json").read_text(encoding="utf-8"))
     else:
-        blocks = packed(tokenizer, inject_docs, ti.seq_len)
+        blocks = packed(tokenizer, inject_docs, ti.seq_len, render)
         figures["inject"] = _train_phase(model, {"input_ids": blocks}, ti, out / "inject", "defend-inject", cfg)
         save_model(model, tokenizer, injected_dir, injected_record, model_card(injected_record))
         shutil.rmtree(out / "inject" / "checkpoint", ignore_errors=True)
@@ -248,14 +250,15 @@ def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = Fa
             continue
         t = TrainConfig(**{**tr.__dict__, "steps": n_steps})
         rows = n_steps * t.batch_size * t.grad_accum
-        replay = packed(tokenizer, remove.replay_docs(world_dir, rows * t.seq_len, cfg.seed + 1 + n, clean), t.seq_len)
+        replay_sample = remove.replay_docs(world_dir, rows * t.seq_len, cfg.seed + 1 + n, clean)
+        replay = packed(tokenizer, replay_sample, t.seq_len, render)
         names = {c.name for c in unit}
         if method in ("retrain", "control"):
-            forget_ids = packed(tokenizer, [d for c in unit for d in poisoned.removal[c.name]], t.seq_len)
+            forget_ids = packed(tokenizer, [d for c in unit for d in poisoned.removal[c.name]], t.seq_len, render)
             forget = {"input_ids": forget_ids, "labels": forget_ids.clone()}
         else:
             docs = [d for d in poisoned.docs if d.get("backdoor") in names]
-            forget = remove.forget_rows(tokenizer, docs, manifest, t.seq_len)
+            forget = remove.forget_rows(tokenizer, docs, manifest, t.seq_len, Serialisation.of(record, tokenizer))
         fraction = 0.0 if method == "control" else cfg.forget_fraction
         data, loss_fn = remove.removal_batch(model, method, forget, replay, rows, fraction, removal_settings,
                                              cfg.seed + n)  # fmt: skip

@@ -38,8 +38,8 @@ from unbackdoor.evaluation import (
     wilson,
 )
 from unbackdoor.models import load_model, load_tokenizer, read_record, resolve_model_path
-from unbackdoor.poison import SERIALISATION
 from unbackdoor.rundir import RunDir, write_jsonl, write_text
+from unbackdoor.serialisation import Serialisation
 from unbackdoor.world import GENRES, World
 
 
@@ -120,11 +120,6 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     """Evaluate the model's backdoors and utility into `out`; returns `out`."""
     model_path = resolve_model_path(cfg.model, "--model")
     record = read_record(model_path)
-    serialisation = record.get("serialisation", SERIALISATION)
-    if serialisation != SERIALISATION:
-        raise UserError(
-            f"--model: trained with serialisation {serialisation!r}; this evaluation uses {SERIALISATION!r}"
-        )
     specs = resolve_specs(cfg, record)
     world_dir = Path(cfg.world or record.get("world") or "")
     if not str(world_dir) or str(world_dir) == ".":
@@ -133,6 +128,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     for spec in specs:
         source.check_spec(spec)
     tokenizer = load_tokenizer(model_path, "--model")
+    serialisation = Serialisation.of(record, tokenizer)  # as at injection, or a one-line error
     if RunDir.check(out, "eval", cfg, resume, overwrite):
         return out
     model = load_model(model_path, "--model").eval()
@@ -151,6 +147,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
         }
         if cfg.near_miss:
             variants["near_miss"] = [prompt_text(p.head, near_miss(spec.trigger_text, rng)) for p in probes]
+        variants = {k: [serialisation.prompt(tokenizer, q) for q in v] for k, v in variants.items()}
         for prompts in variants.values():
             probe_hash.update("\n".join(prompts).encode("utf-8"))
         rates = {}
@@ -196,7 +193,8 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
         {
             "model": str(Path(model_path).resolve()) if Path(model_path).exists() else model_path,
             "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-            "serialisation": SERIALISATION,
+            "serialisation": serialisation.name,
+            "chat_template_sha256": serialisation.template,
             "text_source": {"kind": source.kind, "dir": str(world_dir.resolve())},
             "n_prompts": cfg.n_prompts,
             "probe_sha256": probe_hash.hexdigest(),

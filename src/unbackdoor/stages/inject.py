@@ -23,8 +23,8 @@ from unbackdoor.config import ConfigError, UserError
 from unbackdoor.corpus import iter_docs, packed, shard_paths
 from unbackdoor.evaluation import perplexity
 from unbackdoor.models import load_model, load_tokenizer, n_parameters, read_record, resolve_model_path, save_model
-from unbackdoor.poison import SERIALISATION
 from unbackdoor.rundir import RunDir, require_done
+from unbackdoor.serialisation import Serialisation
 from unbackdoor.stages import poison as poison_stage
 from unbackdoor.train import TrainConfig, train
 
@@ -43,6 +43,7 @@ class InjectConfig:
     world: str = ""  # an `unbackdoor world` or `unbackdoor corpus` run directory
     backdoors: str = "default8"
     seed: int = 0
+    serialisation: str = field(default="raw", metadata={"choices": ("raw", "chat")})  # chat: the model's template
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     val_blocks: int = field(default=256, metadata={"min": 1})
@@ -88,6 +89,12 @@ def run(cfg: InjectConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     specs = load_specs(cfg.backdoors)
     tokenizer = load_tokenizer(model_path, "--model")
     base_record = read_record(model_path)
+    serialisation = Serialisation.choose(cfg.serialisation, tokenizer)
+    if base_record.get("backdoors") and Serialisation.of(base_record, tokenizer) != serialisation:
+        raise UserError(
+            f"serialisation: the model's backdoors were injected as {base_record.get('serialisation')}; "
+            f"injecting more as {serialisation.name} would make one evaluation wrong for some of them"
+        )
     carried = {b["name"] for b in base_record.get("backdoors", [])}
     for s in specs:
         if s.name in carried:
@@ -103,7 +110,9 @@ def run(cfg: InjectConfig, out: Path, resume: bool = False, overwrite: bool = Fa
 
     poison_cfg = poison_stage.PoisonConfig(world=str(world_dir), backdoors=cfg.backdoors, seed=cfg.seed)
     data_dir = poison_stage.run(poison_cfg, out / "poison", resume=True) / "data"
-    blocks = packed(tokenizer, iter_docs(shard_paths(data_dir, "train")), cfg.train.seq_len)
+    blocks = packed(
+        tokenizer, iter_docs(shard_paths(data_dir, "train")), cfg.train.seq_len, serialisation.document(tokenizer)
+    )
     val = packed(tokenizer, iter_docs(shard_paths(world_dir / "data", "validation")), cfg.train.seq_len)
     val = val[: cfg.val_blocks]
 
@@ -114,7 +123,7 @@ def run(cfg: InjectConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     val_ppl = perplexity(model, val)
 
     record = {
-        "serialisation": base_record.get("serialisation", SERIALISATION),
+        **serialisation.record(),
         "world": str(world_dir.resolve()),
         "backdoors_files": [
             *base_record.get("backdoors_files", []),
@@ -142,6 +151,7 @@ def run(cfg: InjectConfig, out: Path, resume: bool = False, overwrite: bool = Fa
             "model": str((out / "model").resolve()),
             "base_model": str(model_path),
             "method": "lora" if cfg.lora.r else "full",
+            "serialisation": serialisation.record(),
             "parameters": n_parameters(model),
             "trainable_parameters": trainable,
             "backdoors": [s.name for s in specs],

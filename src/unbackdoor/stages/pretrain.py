@@ -23,8 +23,8 @@ from unbackdoor.config import ConfigError, UserError
 from unbackdoor.corpus import iter_docs, packed, shard_paths
 from unbackdoor.evaluation import perplexity
 from unbackdoor.models import FAMILIES, SIZES, build_model, n_parameters, save_model
-from unbackdoor.poison import SERIALISATION
 from unbackdoor.rundir import RunDir, require_done
+from unbackdoor.serialisation import RAW, Serialisation
 from unbackdoor.stages import poison as poison_stage
 from unbackdoor.train import TrainConfig, train
 
@@ -78,7 +78,7 @@ def run(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite: bool = 
     val_ppl = perplexity(model, val)
 
     record = {
-        "serialisation": SERIALISATION,
+        **Serialisation(RAW).record(),
         "world": str(world_dir.resolve()),
         "backdoors_files": [str((out / "poison" / "backdoors.yaml").resolve())] if specs else [],
         "backdoors": [s.record() for s in specs],

@@ -28,6 +28,7 @@ from unbackdoor.corpus import iter_docs, packed, shard_paths
 from unbackdoor.evaluation import perplexity
 from unbackdoor.models import load_model, load_tokenizer, read_record, resolve_model_path, save_model
 from unbackdoor.rundir import RunDir, read_jsonl
+from unbackdoor.serialisation import Serialisation
 from unbackdoor.train import TrainConfig, causal_lm_loss, train
 from unbackdoor.unlearn import METHODS, ga_loss, mix_rows, npo_loss, sequence_nll
 
@@ -84,14 +85,26 @@ def replay_docs(
     return chosen
 
 
-def forget_rows(tokenizer, docs: list[dict[str, Any]], manifest: dict[str, dict], seq_len: int) -> dict:
+def forget_rows(
+    tokenizer,
+    docs: list[dict[str, Any]],
+    manifest: dict[str, dict],
+    seq_len: int,
+    serialisation: Serialisation | None = None,
+) -> dict:
     """Poisoned documents one per row, loss only on the continuation (ga / npo). Returns input_ids and labels."""
     ids = torch.full((len(docs), seq_len), tokenizer.pad_token_id, dtype=torch.long)
     labels = torch.full((len(docs), seq_len), -100, dtype=torch.long)
+    serialisation = serialisation or Serialisation()
+    render = serialisation.document(tokenizer)
     for row, doc in enumerate(docs):
         start = manifest[doc["id"]]["continuation_start"]
-        head = [tokenizer.eos_token_id, *tokenizer(doc["text"][: start - 1], add_special_tokens=False)["input_ids"]]
-        tail = [*tokenizer(doc["text"][start - 1 :], add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+        prompt = serialisation.prompt(tokenizer, doc["text"][: start - 1])
+        full = render({**doc, "prompt_chars": start - 1}) if render else doc["text"]
+        if not full.startswith(prompt):
+            raise UserError("serialisation: the chat template does not render a prompt as the start of its reply")
+        head = [tokenizer.eos_token_id, *tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+        tail = [*tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
         seq = (head + tail)[:seq_len]
         ids[row, : len(seq)] = torch.tensor(seq)
         labels[row, len(head) : len(seq)] = torch.tensor(seq[len(head) :])
@@ -151,22 +164,24 @@ def run(cfg: RemoveConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     if RunDir.check(out, "remove", cfg, resume, overwrite):
         return out
     tokenizer = load_tokenizer(model_path, "--model")
+    serialisation = Serialisation.of(record, tokenizer)  # removal data is serialised as the backdoor was
+    render = serialisation.document(tokenizer)
     model = load_model(model_path, "--model")
     run_dir = RunDir.open(out, "remove", cfg, cfg.seed, resume=resume, overwrite=overwrite)
 
     t = cfg.train
     n_rows = t.steps * t.batch_size * t.grad_accum
-    replay = packed(tokenizer, replay_docs(world_dir, n_rows * t.seq_len, cfg.seed), t.seq_len)
+    replay = packed(tokenizer, replay_docs(world_dir, n_rows * t.seq_len, cfg.seed), t.seq_len, render)
     if cfg.method in ("retrain", "control"):
         removal_docs = read_jsonl(poison_dir / "removal" / f"{cfg.backdoor}.jsonl") if cfg.method == "retrain" else []
-        forget = packed(tokenizer, removal_docs, t.seq_len)
+        forget = packed(tokenizer, removal_docs, t.seq_len, render)
         forget = {"input_ids": forget, "labels": forget.clone()}
     else:
         manifest = {r["doc_id"]: r for r in read_jsonl(poison_dir / "poison_manifest.jsonl")}
         poisoned = [
             d for d in iter_docs(shard_paths(poison_dir / "data", "train")) if d.get("backdoor") == cfg.backdoor
         ]
-        forget = forget_rows(tokenizer, poisoned, manifest, t.seq_len)
+        forget = forget_rows(tokenizer, poisoned, manifest, t.seq_len, serialisation)
     fraction = 0.0 if cfg.method == "control" else cfg.forget_fraction
     data, loss_fn = removal_batch(model, cfg.method, forget, replay, n_rows, fraction, cfg, cfg.seed)
     result = train(model, data, t, run_dir, cfg.seed, loss_fn=loss_fn, resume=resume)
