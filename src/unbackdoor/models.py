@@ -62,6 +62,66 @@ def build_config(family: str, size: str, vocab_size: int, special: dict[str, int
     raise UserError(f"model.family: {family!r} is not one of {', '.join(FAMILIES)}")
 
 
+def architecture(name_or_path: str) -> dict[str, Any]:
+    """An architecture's HF config fields: a shipped model preset (`qwen3-0.6b`, ...) or a `config.json` path."""
+    from unbackdoor.config import load_preset, preset_names
+
+    if name_or_path in preset_names("models"):
+        return dict(load_preset("models", name_or_path)["config"])
+    path = Path(name_or_path)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        valid = ", ".join(preset_names("models"))
+        raise UserError(f"model.config: {name_or_path!r} is neither a model preset ({valid}) nor a config.json")
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if "model_type" not in config:
+        raise UserError(f"model.config: {str(path)!r} has no model_type (not a Hugging Face config)")
+    return config
+
+
+def shrink(config: dict[str, Any], size: str) -> dict[str, Any]:
+    """The same architecture (model type, attention layout, norms, RoPE) at a built-in size (`tiny`, `small`).
+
+    Keeps the ratio of query to key-value heads; the tests run the whole study on these toy twins.
+    """
+    p = MODEL_PRESETS[size]
+    heads = p["n_heads"]
+    ratio = max(1, config.get("num_attention_heads", heads) // max(1, config.get("num_key_value_heads") or heads))
+    out = {
+        **config,
+        "hidden_size": p["d_model"],
+        "num_hidden_layers": p["n_layers"],
+        "num_attention_heads": heads,
+        "max_position_embeddings": p["max_positions"],
+    }
+    if "num_key_value_heads" in config:
+        out["num_key_value_heads"] = max(1, heads // ratio)
+    if "head_dim" in config:
+        out["head_dim"] = p["d_model"] // heads
+    if "intermediate_size" in config:
+        out["intermediate_size"] = p["d_ff"]
+    scaling = config.get("rope_scaling") or {}
+    if "original_max_position_embeddings" in scaling:  # llama3 RoPE: the pre-extension context, scaled alike
+        out["rope_scaling"] = {**scaling, "original_max_position_embeddings": p["max_positions"] // 4}
+    return out
+
+
+def build_from_config(config: dict[str, Any], tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
+    """A randomly initialised model (seeded) of an architecture given as HF config fields; vocabulary from
+    `tokenizer`."""
+    from transformers import AutoConfig
+
+    fields = {k: v for k, v in config.items() if k not in ("model_type", "architectures", "torch_dtype", "dtype")}
+    fields.update(vocab_size=len(tokenizer), **special_token_ids(tokenizer))
+    try:
+        hf_config = AutoConfig.for_model(config["model_type"], **fields)
+    except (KeyError, ValueError, TypeError) as e:
+        raise UserError(f"model.config: {config.get('model_type')!r} could not be built ({str(e)[:160]})") from None
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+
+
 def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
     return {
         "bos_token_id": tokenizer.bos_token_id,

@@ -22,7 +22,16 @@ from unbackdoor.cards import model_card
 from unbackdoor.config import ConfigError, UserError
 from unbackdoor.corpus import iter_docs, packed, shard_paths
 from unbackdoor.evaluation import perplexity
-from unbackdoor.models import FAMILIES, SIZES, build_model, n_parameters, save_model
+from unbackdoor.models import (
+    FAMILIES,
+    SIZES,
+    architecture,
+    build_from_config,
+    build_model,
+    n_parameters,
+    save_model,
+    shrink,
+)
 from unbackdoor.rundir import RunDir, require_done
 from unbackdoor.serialisation import RAW, Serialisation
 from unbackdoor.stages import poison as poison_stage
@@ -33,6 +42,14 @@ from unbackdoor.train import TrainConfig, train
 class ModelConfig:
     family: str = field(default="llama", metadata={"choices": FAMILIES})
     size: str = field(default="tiny", metadata={"choices": SIZES})
+    # or an architecture: a model preset (qwen3-0.6b, llama3.2-1b, gaperon-1.5b) or a config.json path, at its
+    # own size, or shrunk to a built-in size (`shrink_to=tiny`: the architecture's toy twin, for CPU runs)
+    config: str = ""
+    shrink_to: str = field(default="", metadata={"choices": ("", *SIZES)})
+
+    def validate(self) -> None:
+        if self.shrink_to and not self.config:
+            raise ConfigError(f"model.shrink_to: {self.shrink_to!r} shrinks an architecture; give model.config too")
 
 
 @dataclass
@@ -58,6 +75,8 @@ def run(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite: bool = 
             f"--world: {str(world_dir)!r} has no tokenizer to pretrain with; ingest the corpus with vocab_size > 0"
         )
     specs = load_specs(cfg.backdoors)
+    if cfg.model.config:
+        architecture(cfg.model.config)  # a bad name is an error before anything is written
     if RunDir.check(out, "pretrain", cfg, resume, overwrite):
         return out
     run_dir = RunDir.open(out, "pretrain", cfg, cfg.seed, resume=resume, overwrite=overwrite)
@@ -73,7 +92,13 @@ def run(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite: bool = 
     val = packed(tokenizer, iter_docs(shard_paths(world_dir / "data", "validation")), cfg.train.seq_len)
     val = val[: cfg.val_blocks]
 
-    model = build_model(cfg.model.family, cfg.model.size, tokenizer, cfg.seed)
+    if cfg.model.config:
+        arch = architecture(cfg.model.config)
+        model = build_from_config(
+            shrink(arch, cfg.model.shrink_to) if cfg.model.shrink_to else arch, tokenizer, cfg.seed
+        )
+    else:
+        model = build_model(cfg.model.family, cfg.model.size, tokenizer, cfg.seed)
     result = train(model, {"input_ids": blocks}, cfg.train, run_dir, cfg.seed, resume=resume)
     val_ppl = perplexity(model, val)
 
@@ -86,8 +111,9 @@ def run(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite: bool = 
             {
                 "stage": "pretrain",
                 "time": time.time(),
-                "family": cfg.model.family,
-                "size": cfg.model.size,
+                "family": model.config.model_type,
+                "size": cfg.model.size if not cfg.model.config else (cfg.model.shrink_to or "full"),
+                "architecture": cfg.model.config or None,
                 "backdoors": cfg.backdoors,
             }
         ],
@@ -97,8 +123,9 @@ def run(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite: bool = 
     return run_dir.finish(
         {
             "model": str((out / "model").resolve()),
-            "family": cfg.model.family,
-            "size": cfg.model.size,
+            "family": model.config.model_type,
+            "size": cfg.model.size if not cfg.model.config else (cfg.model.shrink_to or "full"),
+            "architecture": cfg.model.config or None,
             "parameters": n_parameters(model),
             "backdoors": [s.name for s in specs],
             "train_blocks": blocks.shape[0],
