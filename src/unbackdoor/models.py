@@ -184,7 +184,12 @@ def save_model(
     """Save weights (safetensors), config, tokenizer, `unbackdoor.json` (what it carries) and the model card.
 
     The directory is written beside `path` and renamed into place, so `path` is either complete or absent.
+    Only the main process of a multi-process launch writes.
     """
+    from unbackdoor.rundir import is_main_process
+
+    if not is_main_process():
+        return
     tmp = path.with_name(path.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), safe_serialization=True)

@@ -38,9 +38,34 @@ from unbackdoor.config import UserError, to_dict
 PACKAGES = ("unbackdoor", "torch", "transformers", "tokenizers", "accelerate", "peft", "safetensors", "numpy")
 
 
+def is_main_process() -> bool:
+    """False in the worker processes of `accelerate launch` / `torchrun` (RANK > 0).
+
+    Under a multi-process launch every process runs the stage (the training loop needs them all), and only the
+    main one writes: run directories, metrics, models. The others follow its data, read-only.
+    """
+    return os.environ.get("RANK", "0") == "0"
+
+
+def wait_done(path: Path, timeout_s: float = 24 * 3600) -> None:
+    """In a worker process: wait until the main process has finished the run in `path` (its DONE exists)."""
+    t0 = time.time()
+    while not (Path(path) / "DONE").is_file():
+        if time.time() - t0 > timeout_s:
+            raise UserError(f"{str(path)!r}: the main process did not finish it within {timeout_s:.0f} s")
+        time.sleep(1.0)
+
+
 @contextmanager
 def atomic_path(path: Path):
-    """Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed."""
+    """Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed.
+
+    In a worker process of a multi-process launch the temporary file is discarded (only the main process writes).
+    """
+    if not is_main_process():
+        with tempfile.TemporaryDirectory() as scratch:
+            yield Path(scratch) / path.name
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -140,6 +165,8 @@ class RunDir:
                 given for a directory made by another stage or with another config.
         """
         path = Path(path)
+        if not is_main_process():  # the main process checked (and refuses for every process)
+            return (path / "DONE").is_file()
         if not path.exists() or not any(path.iterdir()) or overwrite:
             return False
         if not resume:
@@ -170,6 +197,8 @@ class RunDir:
         """Create (or, with `resume`, reopen) a run directory and record config + meta (see `check`)."""
         path = Path(path)
         cls.check(path, stage, cfg, resume, overwrite)
+        if not is_main_process():
+            return cls(path, stage)
         if overwrite and path.exists():
             shutil.rmtree(path)
         config_text = _config_text(cfg)
@@ -202,13 +231,17 @@ class RunDir:
 
     def log(self, **row: Any) -> None:
         """Append one event to metrics.jsonl (a single short write with flush: one line or none)."""
+        if not is_main_process():
+            return
         row = {"time": round(time.time(), 3), **row}
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
             f.flush()
 
     def finish(self, summary: dict[str, Any]) -> Path:
-        """Write summary.json, stamp meta.json with the end time, then DONE last."""
+        """Write summary.json, stamp meta.json with the end time, then DONE last (main process only)."""
+        if not is_main_process():
+            return self.path
         write_json(self.path / "summary.json", {"stage": self.stage, **summary})
         meta = self.meta()
         meta["ended_at"] = time.time()

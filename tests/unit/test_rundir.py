@@ -66,3 +66,25 @@ def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
         raise RuntimeError("killed")
     assert json.loads(target.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_worker_processes_of_a_multi_process_launch_write_nothing(tmp_path, monkeypatch):
+    from unbackdoor.rundir import wait_done, write_text
+
+    @dataclass
+    class Cfg:
+        x: int = 1
+
+    monkeypatch.setenv("RANK", "1")
+    write_text(tmp_path / "a.txt", "x")
+    run = RunDir.open(tmp_path / "run", "s", Cfg(), 0)
+    run.log(step=1)
+    assert run.finish({"k": 1}) == tmp_path / "run"
+    assert not (tmp_path / "a.txt").exists() and not (tmp_path / "run").exists()
+    with pytest.raises(UserError, match="did not finish"):
+        wait_done(tmp_path / "run", timeout_s=0.1)
+    monkeypatch.setenv("RANK", "0")
+    RunDir.open(tmp_path / "run", "s", Cfg(), 0).finish({"k": 1})
+    monkeypatch.setenv("RANK", "1")
+    wait_done(tmp_path / "run", timeout_s=0.1)  # the main process finished: the worker reads it
+    assert RunDir.check(tmp_path / "run", "s", Cfg())  # workers follow the main process's decision

@@ -20,7 +20,7 @@ from unbackdoor.backdoors import load_specs, specs_to_yaml_dict
 from unbackdoor.config import ConfigError
 from unbackdoor.corpus import iter_docs, load_source, shard_paths, write_shards
 from unbackdoor.poison import SERIALISATION, plan_poison
-from unbackdoor.rundir import RunDir, require_done, write_jsonl, write_text
+from unbackdoor.rundir import RunDir, is_main_process, require_done, wait_done, write_jsonl, write_text
 
 
 @dataclass
@@ -40,6 +40,9 @@ def run(cfg: PoisonConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     world_dir = Path(cfg.world)
     require_done(world_dir, ("world", "corpus"), "--world")
     specs = load_specs(cfg.backdoors)
+    if not is_main_process():  # the main process writes the poisoned corpus; workers read it when it is done
+        wait_done(out)
+        return out
     if RunDir.check(out, "poison", cfg, resume, overwrite):
         return out
     # Plan first (one streaming pass): a refused spec (trigger found in the corpus, too few documents) leaves no
