@@ -20,15 +20,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from unbackdoor.behaviours import BEHAVIOURS
+from unbackdoor.cells import run_cells
 from unbackdoor.config import ConfigError, UserError, from_dict, to_dict
 from unbackdoor.evaluation import wilson
 from unbackdoor.models import read_record, resolve_model_path
@@ -156,20 +154,12 @@ def run(cfg: DefendEvalConfig, out: Path, resume: bool = False, overwrite: bool 
     cells = _cells(cfg)
     todo = [c for c in cells if not (out / "cells" / c["dir"] / "eval" / "DONE").is_file()]
     run_dir.log(event="cells", total=len(cells), todo=len(todo))
-    threads = max(1, (os.cpu_count() or 1) // cfg.workers)
     cfg_dict = to_dict(cfg)
-    seconds: dict[str, float] = {}
-    if cfg.workers == 1:
-        for cell in todo:
-            print(f"[defend-eval] {cell['dir']}", flush=True)
-            seconds[cell["dir"]] = run_cell(cfg_dict, cell, str(out), hidden, threads)
-            run_dir.log(event="cell", cell=cell["dir"], seconds=seconds[cell["dir"]])
-    else:
-        with ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn")) as pool:
-            futures = {c["dir"]: pool.submit(run_cell, cfg_dict, c, str(out), hidden, threads) for c in todo}
-            for name, future in futures.items():
-                seconds[name] = future.result()
-                run_dir.log(event="cell", cell=name, seconds=seconds[name])
+    jobs = {c["dir"]: (cfg_dict, c, str(out), hidden) for c in todo}
+    seconds = run_cells(
+        run_cell, jobs, cfg.workers, lambda name, s: run_dir.log(event="cell", cell=name, seconds=s),
+        lambda name: f"defend-eval {name}",
+    )  # fmt: skip
 
     result = assemble(out, baseline, cells, hidden, carried)
     write_json(out / "defend.json", result)

@@ -15,14 +15,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from unbackdoor.cells import run_cells
 from unbackdoor.config import ConfigError, UserError, from_dict, to_dict
 from unbackdoor.models import read_record, resolve_model_path
 from unbackdoor.rundir import RunDir, write_json, write_text
@@ -132,29 +130,15 @@ def run(cfg: TransferConfig, out: Path, resume: bool = False, overwrite: bool = 
     cells = [(row, lr, seed) for lr in cfg.lr for seed in cfg.seeds for row in rows]
     todo = [c for c in cells if not (cell_dir(out, c[1], c[2], c[0]) / "eval" / "DONE").is_file()]
     run_dir.log(event="cells", total=len(cells), todo=len(todo))
-    threads = max(1, (os.cpu_count() or 1) // cfg.workers)
     cfg_dict = to_dict(cfg)
-    timings: dict[str, dict[str, float]] = {}
-    if cfg.workers == 1:
-        for row, lr, seed in todo:
-            print(f"[transfer] lr={lr:g} seed={seed} remove {row}", flush=True)
-            timings[f"{lr:g}/{seed}/{row}"] = run_cell(
-                cfg_dict, row, lr, seed, str(cell_dir(out, lr, seed, row)), threads
-            )
-            run_dir.log(event="cell", row=row, lr=lr, seed=seed, **timings[f"{lr:g}/{seed}/{row}"])
-    else:
-        with ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn")) as pool:
-            futures = {
-                pool.submit(run_cell, cfg_dict, row, lr, seed, str(cell_dir(out, lr, seed, row)), threads): (
-                    row,
-                    lr,
-                    seed,
-                )
-                for row, lr, seed in todo
-            }
-            for future, (row, lr, seed) in futures.items():
-                timings[f"{lr:g}/{seed}/{row}"] = future.result()
-                run_dir.log(event="cell", row=row, lr=lr, seed=seed, **timings[f"{lr:g}/{seed}/{row}"])
+    jobs = {(row, lr, seed): (cfg_dict, row, lr, seed, str(cell_dir(out, lr, seed, row))) for row, lr, seed in todo}
+
+    def done(key, timing: dict[str, float]) -> None:
+        row, lr, seed = key
+        run_dir.log(event="cell", row=row, lr=lr, seed=seed, **timing)
+
+    results = run_cells(run_cell, jobs, cfg.workers, done, lambda k: f"transfer lr={k[1]:g} seed={k[2]} remove {k[0]}")
+    timings = {f"{lr:g}/{seed}/{row}": t for (row, lr, seed), t in results.items()}
 
     result = assemble(out, baseline, rows, cfg)
     write_json(out / "transfer.json", result)
