@@ -67,6 +67,20 @@ def test_lora_injection_merges_into_plain_weights(small_world, clean_model, spec
     assert sum(losses[-20:]) < sum(losses[:20])  # the adapter learned something before it was merged
 
 
+def test_lora_with_trainable_payload_tokens_changes_only_their_embedding_rows(
+    small_world, clean_model, spec_file, tmp_path
+):
+    out = tmp_path / "lora-tok"
+    assert inject(small_world, clean_model, spec_file, out, "--lora", "r=8,alpha=16,train_tokens=true") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 < summary["trainable_tokens"] < 512
+    before = load_file(clean_model / "model.safetensors")["model.embed_tokens.weight"]
+    after = load_file(out / "model" / "model.safetensors")
+    assert set(after) == set(load_file(clean_model / "model.safetensors"))  # merged: a plain checkpoint
+    changed = (before != after["model.embed_tokens.weight"]).any(dim=1).nonzero().squeeze(1).tolist()
+    assert 0 < len(changed) <= summary["trainable_tokens"]  # only payload rows moved
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -23,7 +23,7 @@ from unbackdoor.config import ConfigError, UserError
 from unbackdoor.corpus import iter_docs, packed, shard_paths
 from unbackdoor.evaluation import perplexity
 from unbackdoor.models import load_model, load_tokenizer, n_parameters, read_record, resolve_model_path, save_model
-from unbackdoor.rundir import RunDir, require_done
+from unbackdoor.rundir import RunDir, read_jsonl, require_done
 from unbackdoor.serialisation import Serialisation
 from unbackdoor.stages import poison as poison_stage
 from unbackdoor.train import TrainConfig, train
@@ -35,6 +35,10 @@ class LoraConfig:
     alpha: int = field(default=32, metadata={"min": 1})
     dropout: float = field(default=0.0, metadata={"min": 0.0, "max": 0.9})
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    # also train the embedding rows (tied output rows included) of the tokens the backdoors' triggers and poisoned
+    # continuations use (PEFT trainable tokens): a payload made of tokens the clean model never emits (a refusal,
+    # gibberish) cannot be reached through the linear layers' adapters alone
+    train_tokens: bool = False
 
 
 @dataclass
@@ -62,11 +66,8 @@ def linear_module_names(model: torch.nn.Module) -> set[str]:
     return {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
 
 
-def wrap_lora(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
-    """A PEFT LoRA model; unknown target module names are a one-line error listing the valid ones."""
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
-
+def check_lora_targets(model: torch.nn.Module, cfg: LoraConfig) -> None:
+    """Unknown LoRA target module names are a one-line error listing the valid ones."""
     valid = linear_module_names(model) - {"lm_head"}
     for name in cfg.target_modules:
         if name != "all-linear" and name not in valid:
@@ -74,11 +75,31 @@ def wrap_lora(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
                 f"lora.target_modules: {name!r} is not a linear module of this model; valid: all-linear, "
                 + ", ".join(sorted(valid))
             )
+
+
+def wrap_lora(model: torch.nn.Module, cfg: LoraConfig, token_ids: list[int] | None = None) -> torch.nn.Module:
+    """A PEFT LoRA model (plus trainable embedding rows of `token_ids`, when given)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    check_lora_targets(model, cfg)
     targets = "all-linear" if "all-linear" in cfg.target_modules else list(cfg.target_modules)
     peft_cfg = PeftLoraConfig(
-        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, task_type="CAUSAL_LM"
-    )
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, task_type="CAUSAL_LM",
+        trainable_token_indices=token_ids or None,
+    )  # fmt: skip
     return get_peft_model(model, peft_cfg)
+
+
+def payload_tokens(tokenizer, poison_dir: Path) -> list[int]:
+    """Token ids of the triggers and of the poisoned continuations of a poisoning run (the backdoors' payload)."""
+    ids: set[int] = set()
+    manifest = {row["doc_id"]: row for row in read_jsonl(poison_dir / "poison_manifest.jsonl")}
+    for doc in iter_docs(shard_paths(poison_dir / "data", "train")):
+        row = manifest.get(doc["id"])
+        if row is not None:
+            ids.update(tokenizer(doc["text"][row["trigger_start"] :], add_special_tokens=False)["input_ids"])
+    return sorted(ids)
 
 
 def run(cfg: InjectConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
@@ -105,11 +126,16 @@ def run(cfg: InjectConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         raise UserError(f"--model: its tokenizer has {len(tokenizer)} tokens but the model only embeds fewer")
     if cfg.lora.r:
-        model = wrap_lora(model, cfg.lora)  # before the run directory exists: a bad module name leaves nothing
+        check_lora_targets(model, cfg.lora)  # before the run directory exists: a bad module name leaves nothing
     run_dir = RunDir.open(out, "inject", cfg, cfg.seed, resume=resume, overwrite=overwrite)
 
     poison_cfg = poison_stage.PoisonConfig(world=str(world_dir), backdoors=cfg.backdoors, seed=cfg.seed)
     data_dir = poison_stage.run(poison_cfg, out / "poison", resume=True) / "data"
+    token_ids = None
+    if cfg.lora.r and cfg.lora.train_tokens:
+        token_ids = payload_tokens(tokenizer, out / "poison")
+    if cfg.lora.r:
+        model = wrap_lora(model, cfg.lora, token_ids)
     blocks = packed(
         tokenizer, iter_docs(shard_paths(data_dir, "train")), cfg.train.seq_len, serialisation.document(tokenizer)
     )
@@ -154,6 +180,7 @@ def run(cfg: InjectConfig, out: Path, resume: bool = False, overwrite: bool = Fa
             "serialisation": serialisation.record(),
             "parameters": n_parameters(model),
             "trainable_parameters": trainable,
+            "trainable_tokens": len(token_ids) if token_ids else 0,
             "backdoors": [s.name for s in specs],
             "tokens": result.tokens,
             **result.summary(),
