@@ -19,6 +19,7 @@ import shutil
 import statistics
 import sys
 import time
+from array import array
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -62,15 +63,19 @@ class TrainConfig:
 def pack(token_lists: Iterable[list[int]], seq_len: int, eos_id: int) -> torch.Tensor:
     """Concatenate documents, each followed by EOS, and cut into full blocks.
 
+    Tokens are gathered in a flat int64 buffer (8 bytes per token, not a Python int per token).
+
     Returns:
         (n_blocks, seq_len) int64 tensor; the tail shorter than a block is dropped.
     """
-    flat: list[int] = []
+    flat = array("q")
     for ids in token_lists:
         flat.extend(ids)
         flat.append(eos_id)
     n = len(flat) // seq_len
-    return torch.tensor(flat[: n * seq_len], dtype=torch.long).view(n, seq_len)
+    if n == 0:
+        return torch.zeros((0, seq_len), dtype=torch.long)
+    return torch.frombuffer(flat, dtype=torch.int64, count=n * seq_len).view(n, seq_len)
 
 
 def causal_lm_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
