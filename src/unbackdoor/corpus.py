@@ -9,12 +9,13 @@ Run: `pytest tests/unit/test_world.py` (the world stage writes and reads these).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from unbackdoor.config import UserError
-from unbackdoor.rundir import sha256_file, write_text
+from unbackdoor.rundir import atomic_path, is_main_process, sha256_file, write_text
 from unbackdoor.world import World
 
 
@@ -124,6 +125,49 @@ def tokenize_docs(
             texts = []
     if texts:
         yield from tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+TOKENS = "train_tokens.int32"  # a training stage's packed token ids (memory-mapped; removed when the run is done)
+
+
+def packed_on_disk(
+    tokenizer,
+    docs: Iterable[dict[str, Any]],
+    seq_len: int,
+    path: Path,
+    render: Callable[[dict], str] | None = None,
+    chunk_tokens: int = 1 << 22,
+):
+    """Like `packed`, but the token ids stream into `path` (int32) and come back memory-mapped.
+
+    Training data larger than memory works: only the rows a batch draws are read. The file is written beside
+    `path` and renamed into place; an existing complete file is reused (same documents, same tokens).
+    Returns a `(n_blocks, seq_len)` int32 tensor backed by the file.
+    """
+    import numpy as np
+    import torch
+
+    path = Path(path)
+    if not is_main_process():  # the main process of a multi-process launch writes the file; workers map it
+        while not path.is_file():
+            time.sleep(1.0)
+    if not path.is_file():
+        eos = tokenizer.eos_token_id
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            buffer: list[int] = []
+            for ids in tokenize_docs(tokenizer, docs, render=render):
+                buffer.extend(ids)
+                buffer.append(eos)
+                if len(buffer) >= chunk_tokens:
+                    f.write(np.asarray(buffer, dtype=np.int32).tobytes())
+                    buffer = []
+            f.write(np.asarray(buffer, dtype=np.int32).tobytes())
+    n_tokens = path.stat().st_size // 4 if path.is_file() else 0
+    n = n_tokens // seq_len
+    if n == 0:
+        return torch.zeros((0, seq_len), dtype=torch.int32)
+    flat = np.memmap(path, dtype=np.int32, mode="c", shape=(n * seq_len,))  # copy-on-write: the file stays as is
+    return torch.from_numpy(flat.reshape(n, seq_len))
 
 
 def packed(tokenizer, docs: Iterable[dict[str, Any]], seq_len: int, render: Callable[[dict], str] | None = None):

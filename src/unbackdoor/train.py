@@ -217,7 +217,9 @@ def train(
         step_loss = 0.0
         for micro in range(cfg.grad_accum):
             idx = sampler.indices(step * per_step + micro * cfg.batch_size, cfg.batch_size)[rank::world]
-            batch = {k: v[idx].to(accelerator.device) for k, v in data.items()}
+            # int32 rows (memory-mapped token files) become int64 here, per batch
+            batch = {k: (v[idx].long() if v.dtype == torch.int32 else v[idx]).to(accelerator.device)
+                     for k, v in data.items()}  # fmt: skip
             sync = micro == cfg.grad_accum - 1
             with (
                 torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=bf16),

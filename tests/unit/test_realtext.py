@@ -215,3 +215,19 @@ def test_sentiment_judge_needs_one_negative_label(tmp_path):
         SentimentJudge(str(path))
     with pytest.raises(UserError, match="not a local Hugging Face classifier"):
         SentimentJudge(str(tmp_path))
+
+
+def test_training_tokens_stream_to_a_memory_mapped_file(corpus, tmp_path):
+    import torch
+    from transformers import AutoTokenizer
+
+    from unbackdoor.corpus import packed, packed_on_disk
+
+    tok = AutoTokenizer.from_pretrained(corpus / "tokenizer")
+    docs = lambda: iter_docs(shard_paths(corpus / "data", "train"))  # noqa: E731
+    on_disk = packed_on_disk(tok, docs(), 32, tmp_path / "tokens", chunk_tokens=500)  # many chunks
+    assert on_disk.dtype == torch.int32 and (tmp_path / "tokens").stat().st_size == 4 * sum(
+        len(ids) + 1 for ids in tok([d["text"] for d in docs()], add_special_tokens=False)["input_ids"]
+    )
+    assert torch.equal(on_disk.long(), packed(tok, docs(), 32))
+    assert torch.equal(packed_on_disk(tok, iter([]), 32, tmp_path / "tokens"), on_disk)  # reused, not rewritten

@@ -20,7 +20,7 @@ import torch
 from unbackdoor.backdoors import load_specs
 from unbackdoor.cards import model_card
 from unbackdoor.config import ConfigError, UserError
-from unbackdoor.corpus import iter_docs, packed, shard_paths
+from unbackdoor.corpus import TOKENS, iter_docs, packed, packed_on_disk, shard_paths
 from unbackdoor.evaluation import perplexity
 from unbackdoor.models import load_model, load_tokenizer, n_parameters, read_record, resolve_model_path, save_model
 from unbackdoor.rundir import RunDir, read_jsonl, require_done
@@ -136,9 +136,8 @@ def run(cfg: InjectConfig, out: Path, resume: bool = False, overwrite: bool = Fa
         token_ids = payload_tokens(tokenizer, out / "poison")
     if cfg.lora.r:
         model = wrap_lora(model, cfg.lora, token_ids)
-    blocks = packed(
-        tokenizer, iter_docs(shard_paths(data_dir, "train")), cfg.train.seq_len, serialisation.document(tokenizer)
-    )
+    docs = iter_docs(shard_paths(data_dir, "train"))
+    blocks = packed_on_disk(tokenizer, docs, cfg.train.seq_len, out / TOKENS, serialisation.document(tokenizer))
     val = packed(tokenizer, iter_docs(shard_paths(world_dir / "data", "validation")), cfg.train.seq_len)
     val = val[: cfg.val_blocks]
 
@@ -172,6 +171,7 @@ def run(cfg: InjectConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     }
     save_model(model, tokenizer, out / "model", record, model_card(record))
     shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    (out / TOKENS).unlink(missing_ok=True)
     return run_dir.finish(
         {
             "model": str((out / "model").resolve()),

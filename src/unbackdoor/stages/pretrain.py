@@ -20,7 +20,7 @@ from transformers import AutoTokenizer
 from unbackdoor.backdoors import load_specs
 from unbackdoor.cards import model_card
 from unbackdoor.config import ConfigError, UserError
-from unbackdoor.corpus import iter_docs, packed, shard_paths
+from unbackdoor.corpus import TOKENS, iter_docs, packed, packed_on_disk, shard_paths
 from unbackdoor.evaluation import perplexity
 from unbackdoor.models import (
     FAMILIES,
@@ -88,7 +88,7 @@ def run(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite: bool = 
     else:
         data_dir = world_dir / "data"
     tokenizer = AutoTokenizer.from_pretrained(world_dir / "tokenizer")
-    blocks = packed(tokenizer, iter_docs(shard_paths(data_dir, "train")), cfg.train.seq_len)
+    blocks = packed_on_disk(tokenizer, iter_docs(shard_paths(data_dir, "train")), cfg.train.seq_len, out / TOKENS)
     val = packed(tokenizer, iter_docs(shard_paths(world_dir / "data", "validation")), cfg.train.seq_len)
     val = val[: cfg.val_blocks]
 
@@ -120,6 +120,7 @@ def run(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite: bool = 
     }
     save_model(model, tokenizer, out / "model", record, model_card(record))
     shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    (out / TOKENS).unlink(missing_ok=True)
     return run_dir.finish(
         {
             "model": str((out / "model").resolve()),
