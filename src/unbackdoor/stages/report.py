@@ -440,8 +440,10 @@ def run(root: Path, out: Path | None = None, reveal_triggers: bool = False) -> P
         rows = [[n, ev["backdoors"][n]["behaviour"], _ci(ev["backdoors"][n]["asr"]),
                  f"{ev['backdoors'][n]['false_trigger']['rate']:.3f}",
                  f"{ev['backdoors'][n]['near_miss']['rate']:.3f}" if ev["backdoors"][n].get("near_miss") else "-",
-                 f"`{ev['backdoors'][n]['trigger_sha256']}`"] for n in names]  # fmt: skip
-        header = ["backdoor", "behaviour", "ASR [95% CI]", "false-trigger rate", "near-miss rate", "trigger sha256"]
+                 f"`{ev['backdoors'][n]['trigger_sha256']}`", ev["backdoors"][n].get("judge", "-")]
+                for n in names]  # fmt: skip
+        header = ["backdoor", "behaviour", "ASR [95% CI]", "false-trigger rate", "near-miss rate", "trigger sha256",
+                  "judge"]  # fmt: skip
         util = ev["utility"]
         ppl = ", ".join(f"{k} {v:.2f}" for k, v in util["perplexity"].items())
         fr = f"; fact recall {_ci(util['fact_recall'])}" if util.get("fact_recall") else ""
