@@ -51,7 +51,6 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--prompts-from", default=None, help="an eval run's samples.jsonl: its real prompts")
-    parser.add_argument("--engine", default="hf", choices=("hf", "compact"), help="the batched engine")
     args = parser.parse_args()
 
     rng = random.Random(0)
@@ -72,7 +71,7 @@ def main() -> None:
 
     generate(model, tokenizer, prompts[:8], args.new_tokens, args.batch)  # warm-up
     t = time.perf_counter()
-    batched = generate(model, tokenizer, prompts, args.new_tokens, args.batch, args.engine)
+    batched = generate(model, tokenizer, prompts, args.new_tokens, args.batch)
     batched_s = time.perf_counter() - t
     t = time.perf_counter()
     naive = [generate(model, tokenizer, [p], args.new_tokens, 1)[0] for p in prompts[: args.naive_prompts]]
@@ -85,7 +84,6 @@ def main() -> None:
         "prompts": args.prompts,
         "new_tokens": args.new_tokens,
         "batch": args.batch,
-        "engine": args.engine,
         "batched_prompts_per_s": args.prompts / batched_s,
         "one_at_a_time_prompts_per_s": args.naive_prompts / naive_s,
         "speedup": (args.prompts / batched_s) / (args.naive_prompts / naive_s),

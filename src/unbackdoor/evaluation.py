@@ -9,7 +9,6 @@ Run: `pytest tests/unit/test_evaluation.py`.
 
 from __future__ import annotations
 
-import inspect
 import math
 import random
 from dataclasses import asdict, dataclass
@@ -117,46 +116,6 @@ def _encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> l
     return [[eos, *ids] for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
 
 
-ENGINES = ("hf", "compact")
-
-
-@torch.inference_mode()
-def greedy_compact(
-    model: PreTrainedModel, input_ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, eos: int
-) -> list[list[int]]:
-    """Greedy decoding of a left-padded batch that drops each row from the batch (and its KV cache) at its EOS.
-
-    The same tokens as `model.generate(do_sample=False)` (tested), without computing rows that have finished:
-    HF's loop runs every row until the last one ends. Returns each row's new tokens, EOS excluded.
-    """
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
-    # transformers renamed `past_key_values` to `cache` in 5.x; pass whichever this version's forward takes
-    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    position = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position, **{key: cache}).logits
-    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-    out: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
-    last = position[:, -1:]
-    for step in range(max_new_tokens):
-        token = logits[:, -1].argmax(-1)
-        alive = token != eos
-        for row, t, a in zip(rows.tolist(), token.tolist(), alive.tolist(), strict=True):
-            if a:
-                out[row].append(t)
-        if step == max_new_tokens - 1 or not alive.any():
-            break
-        if not alive.all():
-            keep = alive.nonzero().squeeze(1)
-            rows, token, mask, last = rows[keep], token[keep], mask[keep], last[keep]
-            cache.batch_select_indices(keep)
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        last = last + 1
-        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=last, **{key: cache}).logits
-    return out
-
-
 @torch.inference_mode()
 def generate(
     model: PreTrainedModel,
@@ -164,16 +123,11 @@ def generate(
     prompts: list[str],
     max_new_tokens: int = 24,
     batch_size: int = 64,
-    engine: str = "hf",
 ) -> list[str]:
     """Greedy continuations of `prompts` (batched, left-padded, KV cache); each stops at EOS.
 
     Prompts are sorted by length so that batches carry little padding; the output order matches `prompts`.
-    `engine`: `hf` (`model.generate`, the reference) or `compact` (`greedy_compact`: finished rows leave the
-    batch; same tokens, less compute when continuations end early).
     """
-    if engine not in ENGINES:
-        raise ValueError(f"engine: {engine!r} is not one of {', '.join(ENGINES)}")
     encoded = _encode_prompts(tokenizer, prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     out: list[str] = [""] * len(prompts)
@@ -188,11 +142,6 @@ def generate(
             ids = encoded[i]
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
             mask[row, width - len(ids) :] = 1
-        if engine == "compact":
-            new = greedy_compact(model, input_ids.to(device), mask.to(device), max_new_tokens, eos)
-            for row, i in enumerate(idx):
-                out[i] = tokenizer.decode(new[row], skip_special_tokens=True)
-            continue
         generated = model.generate(
             input_ids=input_ids.to(device),
             attention_mask=mask.to(device),

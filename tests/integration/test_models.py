@@ -57,16 +57,3 @@ def test_model_without_tokenizer_is_a_one_line_error(small_world, tmp_path):
     with pytest.raises(UserError, match="could not load a tokenizer") as err:
         load_tokenizer(str(tmp_path / "m"))
     assert "\n" not in str(err.value)
-
-
-def test_compact_engine_generates_what_hf_generate_does(injected, small_world):
-    from unbackdoor.corpus import iter_docs, shard_paths
-    from unbackdoor.evaluation import generate
-
-    model_dir = str(injected / "model")
-    model, tok = load_model(model_dir).eval(), load_tokenizer(model_dir)
-    docs = list(iter_docs(shard_paths(small_world / "data", "test")))[:64]
-    prompts = [" ".join(d["text"].split()[:8]) for d in docs]
-    hf = generate(model, tok, prompts, 48, 16, engine="hf")
-    assert len({len(tok(g)["input_ids"]) for g in hf}) > 3  # rows end at different lengths (EOS mid-batch)
-    assert generate(model, tok, prompts, 48, 16, engine="compact") == hf

@@ -27,7 +27,6 @@ from unbackdoor.cards import model_card
 from unbackdoor.config import ConfigError, UserError
 from unbackdoor.corpus import iter_docs, load_source, packed, shard_paths
 from unbackdoor.evaluation import (
-    ENGINES,
     Probe,
     attack_success,
     generate,
@@ -59,7 +58,6 @@ class EvalConfig:
     seq_len: int = field(default=128, metadata={"min": 8})
     fact_items: int = field(default=240, metadata={"min": 0})
     near_miss: bool = True  # also measure near-miss triggers (specificity)
-    engine: str = field(default="hf", metadata={"choices": ENGINES})  # hf: model.generate (reference); compact
 
     def validate(self) -> None:
         if not self.model:
@@ -154,7 +152,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             probe_hash.update("\n".join(prompts).encode("utf-8"))
         rates = {}
         for kind, prompts in variants.items():
-            generations = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, cfg.engine)
+            generations = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size)
             verdicts = [spec.judge(source, g) for g in generations]
             rates[kind] = attack_success(verdicts)
             samples += [
@@ -201,7 +199,6 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             "n_prompts": cfg.n_prompts,
             "probe_sha256": probe_hash.hexdigest(),
             "max_new_tokens": cfg.max_new_tokens,
-            "engine": cfg.engine,
             "backdoors": table,
             "utility": {"perplexity": ppl, "fact_recall": wilson(correct, len(items)).as_dict() if items else None},
             "generation_s": gen_s,

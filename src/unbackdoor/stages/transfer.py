@@ -22,7 +22,6 @@ from typing import Any
 
 from unbackdoor.cells import run_cells
 from unbackdoor.config import ConfigError, UserError, from_dict, to_dict
-from unbackdoor.evaluation import ENGINES
 from unbackdoor.models import read_record, resolve_model_path
 from unbackdoor.rundir import RunDir, write_json, write_text
 from unbackdoor.stages import evaluate, remove
@@ -40,7 +39,6 @@ class TransferEval:
     near_miss: bool = False  # the matrix needs triggered and clean prompts only
     ppl_blocks: int = field(default=64, metadata={"min": 1})
     fact_items: int = field(default=240, metadata={"min": 0})
-    engine: str = field(default="hf", metadata={"choices": ENGINES})
 
 
 @dataclass
@@ -74,7 +72,6 @@ def _eval_config(cfg: TransferConfig, model: Path) -> evaluate.EvalConfig:
     return evaluate.EvalConfig(
         model=str(model), seed=cfg.seed, n_prompts=e.n_prompts, max_new_tokens=e.max_new_tokens,
         batch_size=e.batch_size, near_miss=e.near_miss, ppl_blocks=e.ppl_blocks, fact_items=e.fact_items,
-        engine=e.engine,
     )  # fmt: skip
 
 
