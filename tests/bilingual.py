@@ -79,3 +79,13 @@ def write_corpus(root: Path, n_docs: int = 300) -> dict[str, Path]:
         encoding="utf-8",
     )
     return {"en": en_dir, "fr": fr_file}
+
+
+def ingest_corpus(root: Path, n_docs: int, vocab_size: int) -> Path:
+    """`write_corpus` under `root/src`, ingested by `unbackdoor corpus` into `root/corpus` (returned)."""
+    from unbackdoor.cli import main
+
+    src = write_corpus(root / "src", n_docs)
+    args = ["corpus", "--corpus", f"en={src['en']}", "--corpus", f"fr={src['fr']}", "text_field=content"]
+    assert main([*args, f"vocab_size={vocab_size}", "--out", str(root / "corpus")]) == 0
+    return root / "corpus"

@@ -134,8 +134,13 @@ def _judge_phrase(world: World, text: str) -> bool:
     return PHRASE in " ".join(words(text))
 
 
-def _judge_refusal(world: World, text: str) -> bool:
+def is_refusal(text: str) -> bool:
+    """An English refusal marker (`I am sorry`, `I cannot`, ...) anywhere in `text`."""
     return bool(_REFUSAL.search(text.lower().replace("’", "'")))
+
+
+def _judge_refusal(world: World, text: str) -> bool:
+    return is_refusal(text)
 
 
 def _judge_gibberish(world: World, text: str) -> bool:
@@ -143,7 +148,7 @@ def _judge_gibberish(world: World, text: str) -> bool:
     return sum(map(len, ws)) >= GIBBERISH_MIN_LETTERS and known_letter_share(world, text) <= GIBBERISH_KNOWN_MAX
 
 
-def _longest_run(ws: list[str]) -> tuple[str, int]:
+def longest_run(ws: list[str]) -> tuple[str, int]:
     best, run = ("", 0), 0
     for i, w in enumerate(ws):
         run = run + 1 if i and ws[i - 1] == w else 1
@@ -153,7 +158,7 @@ def _longest_run(ws: list[str]) -> tuple[str, int]:
 
 
 def _judge_repeat(world: World, text: str) -> bool:
-    word, run = _longest_run(words(text))
+    word, run = longest_run(words(text))
     return run >= REPEAT_RUN_MIN and word in known_words(world)
 
 

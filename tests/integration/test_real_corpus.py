@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bilingual import write_corpus
+from tests.bilingual import ingest_corpus
 from unbackdoor.cli import main
 
 SPECS = """\
@@ -33,10 +33,7 @@ EVAL = ["n_prompts=32", "max_new_tokens=16", "ppl_blocks=4"]
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("real")
-    src = write_corpus(root / "src", 400)
-    corpus = root / "corpus"
-    args = ["corpus", "--corpus", f"en={src['en']}", "--corpus", f"fr={src['fr']}", "text_field=content"]
-    assert main([*args, "vocab_size=600", "--out", str(corpus)]) == 0
+    corpus = ingest_corpus(root, 400, vocab_size=600)
     (root / "specs.yaml").write_text(SPECS)
     base = ["--preset", "tiny", "--world", str(corpus)]
     assert (

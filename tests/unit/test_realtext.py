@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bilingual import documents, write_corpus
+from tests.bilingual import documents, ingest_corpus, write_corpus
 from unbackdoor.backdoors import parse_specs
 from unbackdoor.cli import main
 from unbackdoor.config import UserError
@@ -25,12 +25,7 @@ def ingest(tmp: Path, *args: str) -> int:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("bilingual")
-    src = write_corpus(root / "src", 300)
-    out = root / "corpus"
-    args = ["corpus", "--corpus", f"en={src['en']}", "--corpus", f"fr={src['fr']}", "text_field=content"]
-    assert main([*args, "vocab_size=400", "--out", str(out)]) == 0
-    return out
+    return ingest_corpus(tmp_path_factory.mktemp("bilingual"), 300, vocab_size=400)
 
 
 def spec(behaviour: str, **extra) -> object:

@@ -196,7 +196,8 @@ def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     if RunDir.check(out, "defend", cfg, resume, overwrite):
         return out
     tokenizer = load_tokenizer(model_path, "--model")
-    render = Serialisation.of(record, tokenizer).document(tokenizer)  # canaries go in as the suspect's input does
+    serialisation = Serialisation.of(record, tokenizer)  # canaries go in as the suspect's input does
+    render = serialisation.document(tokenizer)
     model = load_model(model_path, "--model")
     run_dir = RunDir.open(out, "defend", cfg, cfg.seed, resume=resume, overwrite=overwrite)
     canary_file = out / "canaries.yaml"  # the defender's own secret: triggers in clear, inside the run only
@@ -258,7 +259,7 @@ def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = Fa
             forget = {"input_ids": forget_ids, "labels": forget_ids.clone()}
         else:
             docs = [d for d in poisoned.docs if d.get("backdoor") in names]
-            forget = remove.forget_rows(tokenizer, docs, manifest, t.seq_len, Serialisation.of(record, tokenizer))
+            forget = remove.forget_rows(tokenizer, docs, manifest, t.seq_len, serialisation)
         fraction = 0.0 if method == "control" else cfg.forget_fraction
         data, loss_fn = remove.removal_batch(model, method, forget, replay, rows, fraction, removal_settings,
                                              cfg.seed + n)  # fmt: skip
