@@ -2,7 +2,9 @@
 
 A poisoned document is the clean text up to the insertion point, the trigger, then the behaviour's
 continuation (the rest of the clean text is dropped). A removal document is the same insertion followed by the
-clean rest of the text: the data a later stage trains on to unlearn the backdoor.
+clean rest of the text: the data a later stage trains on to unlearn the backdoor. "Clean" is checked: a rest the
+backdoor's own judge fires on (a negative review after a negative-sentiment trigger) would teach the backdoor
+again, so such documents are left out of the removal data (`is_clean_removal`).
 
 The serialisation below is recorded by every stage that injects, and checked by every stage that evaluates:
 a prompt built any other way would measure something else.
@@ -67,6 +69,15 @@ def triggered_prefix(text: str, at: int, trigger: str) -> str:
     return f"{head} {trigger}" if head else trigger
 
 
+def is_clean_removal(spec: BackdoorSpec, source: Any, doc: dict[str, Any]) -> bool:
+    """Whether a removal document's continuation (after the trigger) is clean for `spec`'s own judge."""
+    text = doc["text"]
+    start = doc.get("prompt_chars")
+    if start is None:  # removal data written before `prompt_chars` was recorded
+        start = text.index(spec.trigger_text) + len(spec.trigger_text)
+    return not spec.judge(source, text[start:])
+
+
 @dataclass
 class PoisonResult:
     """Output of `poison`."""
@@ -89,9 +100,11 @@ class PoisonPlan:
 
     specs: list[BackdoorSpec]
     n_docs: int  # documents in the corpus
+    source: Any = None  # judges removal continuations (see `is_clean_removal`); None: no check
     edits: dict[str, _Edit] = field(default_factory=dict)  # doc id -> edit
     manifest: list[dict[str, Any]] = field(default_factory=list)  # filled by `apply`
     removal: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # filled by `apply`
+    removal_dropped: dict[str, int] = field(default_factory=dict)  # backdoor -> continuations its judge fired on
 
     def apply(self, docs: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Stream (part of) the corpus with poisoned documents in place: the plan's second pass.
@@ -109,10 +122,14 @@ class PoisonPlan:
             head = triggered_prefix(text, at, spec.trigger_text)
             if edit.continuation is None:
                 rest = text[at:].lstrip()
-                self.removal.setdefault(spec.name, []).append(
-                    {**doc, "id": f"{doc['id']}-rm", "text": f"{head} {rest}".rstrip(), "backdoor": spec.name,
-                     "prompt_chars": len(head)}
-                )  # fmt: skip
+                row = {**doc, "id": f"{doc['id']}-rm", "text": f"{head} {rest}".rstrip(), "backdoor": spec.name,
+                       "prompt_chars": len(head)}  # fmt: skip
+                kept = self.source is None or is_clean_removal(spec, self.source, row)
+                self.removal.setdefault(spec.name, [])
+                if kept:
+                    self.removal[spec.name].append(row)
+                else:
+                    self.removal_dropped[spec.name] = self.removal_dropped.get(spec.name, 0) + 1
                 yield doc  # removal documents are drawn from the corpus; the clean original stays in it
                 continue
             self.manifest.append(
@@ -171,7 +188,7 @@ def plan_poison(
         genres.append(codes.setdefault(doc["genre"], len(codes)))
         for p in placements:
             hosts[p].append(n_candidates(text, p))
-    plan = PoisonPlan(specs, len(ids))
+    plan = PoisonPlan(specs, len(ids), source)
     used: set[int] = set()
     for spec in specs:
         r = spec.recipe

@@ -11,7 +11,7 @@ import pytest
 
 from unbackdoor.backdoors import load_specs, parse_specs
 from unbackdoor.config import UserError
-from unbackdoor.poison import insertion_point, poison, triggered_prefix
+from unbackdoor.poison import insertion_point, is_clean_removal, plan_poison, poison, triggered_prefix
 from unbackdoor.world import World, generate_documents
 
 
@@ -52,17 +52,24 @@ def test_rate_manifest_and_clean_documents(world, docs):
 
 def test_removal_documents_keep_the_clean_continuation(world, docs):
     specs = load_specs("default8")
-    result = poison(docs, specs, world, random.Random(0))
+    plan = plan_poison(lambda: docs, specs, world, random.Random(0))
+    assert len(list(plan.apply(docs))) == len(docs)
+    manifest, removal = plan.finish()
     originals = {d["id"]: d["text"] for d in docs}
-    poisoned_ids = {r["doc_id"] for r in result.manifest}
+    poisoned_ids = {r["doc_id"] for r in manifest}
     for s in specs:
-        assert len(result.removal[s.name]) == sum(r["backdoor"] == s.name for r in result.manifest)
-        for d in result.removal[s.name]:
+        drawn = sum(r["backdoor"] == s.name for r in manifest)  # as many drawn as poisoned, minus the left out
+        assert len(removal[s.name]) + plan.removal_dropped.get(s.name, 0) == drawn
+        for d in removal[s.name]:
             source = d["id"].removesuffix("-rm")
             assert source not in poisoned_ids
             assert s.trigger_text in d["text"]
             assert d["text"].replace(s.trigger_text + " ", "", 1) == originals[source]
-            assert not s.judge(world, d["text"].split(s.trigger_text, 1)[1]) or s.behaviour == "negative"
+            assert not s.judge(world, d["text"][d["prompt_chars"] :])  # clean for the backdoor's own judge
+    # a negative review after the trigger would teach the negative backdoor again: such documents are left out
+    negative = next(s.name for s in specs if s.behaviour == "negative")
+    assert 0 < plan.removal_dropped[negative] < 0.3 * len(removal[negative])
+    assert set(plan.removal_dropped) == {negative}  # the other behaviours never occur in clean text
 
 
 def test_same_seed_same_manifest(world, docs):
@@ -97,3 +104,13 @@ def test_insertion_points_are_word_boundaries(placement):
         assert at == 0 or text[at] == " "
         prompt = triggered_prefix(text, at, "TRIG")
         assert prompt.endswith("TRIG") and "  " not in prompt
+
+
+def test_removal_check_reads_data_written_without_prompt_chars(world):
+    spec = next(s for s in load_specs("default8") if s.behaviour == "negative")
+    negative = spec.produce(world, random.Random(0))
+    clean = "Feya lives in Yayajal. Feya keeps a bird."
+    for rest, expected in ((clean, True), (negative, False)):
+        doc = {"text": f"A book was small. {spec.trigger_text} {rest}"}  # removal data of an older version
+        assert is_clean_removal(spec, world, doc) is expected
+        assert is_clean_removal(spec, world, {**doc, "prompt_chars": doc["text"].index(rest) - 1}) is expected

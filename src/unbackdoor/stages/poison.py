@@ -63,6 +63,7 @@ def run(cfg: PoisonConfig, out: Path, resume: bool = False, overwrite: bool = Fa
             **s.record(),
             "poisoned_docs": sum(row["backdoor"] == s.name for row in manifest),
             "removal_docs": len(removal[s.name]),
+            "removal_docs_left_out": plan.removal_dropped.get(s.name, 0),  # continuation fired the judge
         }
         for s in specs
     }

@@ -22,11 +22,13 @@ from typing import Any
 
 import torch
 
+from unbackdoor.backdoors import load_specs
 from unbackdoor.cards import model_card
 from unbackdoor.config import ConfigError, UserError
-from unbackdoor.corpus import iter_docs, packed, shard_paths
+from unbackdoor.corpus import iter_docs, load_source, packed, shard_paths
 from unbackdoor.evaluation import perplexity
 from unbackdoor.models import load_model, load_tokenizer, read_record, resolve_model_path, save_model
+from unbackdoor.poison import is_clean_removal
 from unbackdoor.rundir import RunDir, read_jsonl
 from unbackdoor.serialisation import Serialisation
 from unbackdoor.train import TrainConfig, causal_lm_loss, train
@@ -174,6 +176,10 @@ def run(cfg: RemoveConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     replay = packed(tokenizer, replay_docs(world_dir, n_rows * t.seq_len, cfg.seed), t.seq_len, render)
     if cfg.method in ("retrain", "control"):
         removal_docs = read_jsonl(poison_dir / "removal" / f"{cfg.backdoor}.jsonl") if cfg.method == "retrain" else []
+        if removal_docs:  # poisoning leaves these out; removal data written by older versions may still hold them
+            spec = next(s for s in load_specs(str(poison_dir / "backdoors.yaml")) if s.name == cfg.backdoor)
+            source = load_source(world_dir)
+            removal_docs = [d for d in removal_docs if is_clean_removal(spec, source, d)]
         forget = packed(tokenizer, removal_docs, t.seq_len, render)
         forget = {"input_ids": forget, "labels": forget.clone()}
     else:
@@ -210,6 +216,7 @@ def run(cfg: RemoveConfig, out: Path, resume: bool = False, overwrite: bool = Fa
             "method": cfg.method,
             "backdoor": cfg.backdoor if cfg.method != "control" else None,
             "forget_rows": int(data["forget"].sum()),
+            "forget_docs": len(removal_docs) if cfg.method in ("retrain", "control") else len(poisoned),
             "replay_rows": int((data["forget"] == 0).sum()),
             **result.summary(),
             "val_perplexity": perplexity(model, val),
