@@ -9,7 +9,9 @@ Run: `pytest tests/unit/test_world.py` (the world stage writes and reads these).
 from __future__ import annotations
 
 import json
+import random
 import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,37 @@ def iter_docs(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
             for line in f:
                 if line.strip():
                     yield json.loads(line)
+
+
+class DocSampler:
+    """Seeded random samples of a corpus's documents, without holding the corpus in memory.
+
+    The documents' lengths are read once; each sample reads back only the documents it takes (a second streaming
+    pass that stops at the last one). A sample is the prefix of a seeded shuffle of all documents that holds
+    `chars` characters, so it equals shuffling the whole list in memory.
+    """
+
+    def __init__(self, paths: Iterable[Path]) -> None:
+        self.paths = list(paths)
+        self.lengths = array("q", (len(d["text"]) for d in iter_docs(self.paths)))
+
+    def sample(self, chars: int, seed: str) -> list[dict[str, Any]]:
+        """Documents in shuffled order until at least `chars` characters (all of them if the corpus is smaller)."""
+        order = list(range(len(self.lengths)))
+        random.Random(seed).shuffle(order)
+        chosen, total = [], 0
+        for i in order:
+            chosen.append(i)
+            total += self.lengths[i]
+            if total >= chars:
+                break
+        wanted, last, found = set(chosen), max(chosen, default=-1), {}
+        for i, doc in enumerate(iter_docs(self.paths)):
+            if i in wanted:
+                found[i] = doc
+            if i >= last:
+                break
+        return [found[i] for i in chosen]
 
 
 def hash_files(paths: Iterable[Path], root: Path) -> dict[str, str]:

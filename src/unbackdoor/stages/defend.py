@@ -26,6 +26,7 @@ import json
 import random
 import shutil
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from unbackdoor.backdoors import BackdoorSpec, Recipe, Trigger, check_triggers, 
 from unbackdoor.behaviours import BEHAVIOURS
 from unbackdoor.cards import model_card
 from unbackdoor.config import ConfigError, UserError
-from unbackdoor.corpus import iter_docs, load_source, packed, shard_paths
+from unbackdoor.corpus import DocSampler, iter_docs, load_source, packed, shard_paths
 from unbackdoor.evaluation import perplexity
 from unbackdoor.models import load_model, load_tokenizer, read_record, resolve_model_path, save_model
 from unbackdoor.poison import poison
@@ -110,8 +111,33 @@ def default_behaviours(source: Any) -> list[str]:
     return [f"lang:{source.languages[-1]}", "refusal", "phrase", "gibberish"]
 
 
-def make_canaries(cfg: DefendConfig, corpus_text: str, behaviours: list[str] | None = None) -> list[BackdoorSpec]:
+def occurring(strings: Iterable[str], texts: Callable[[], Iterable[str]]) -> set[str]:
+    """Which of `strings` occur in the texts `texts()` yields: one streaming pass, stopped when all are found."""
+    left, found = set(strings), set()
+    for text in texts():
+        hits = {s for s in left if s in text}
+        found |= hits
+        left -= hits
+        if not left:
+            break
+    return found
+
+
+def _drawn_triggers(rng: random.Random, length: int, texts: Callable[[], Iterable[str]]) -> Iterator[tuple[str, bool]]:
+    """Random triggers in the order `rng` draws them, each with whether it occurs in the corpus (checked 16 at a
+    time, one pass over the corpus per batch)."""
+    while True:
+        batch = ["".join(rng.choice(_ALPHABET) for _ in range(length)) for _ in range(16)]
+        known = occurring(batch, texts)
+        yield from ((t, t in known) for t in batch)
+
+
+def make_canaries(
+    cfg: DefendConfig, texts: Callable[[], Iterable[str]], behaviours: list[str] | None = None
+) -> list[BackdoorSpec]:
     """The K canaries: behaviours cycled from `cfg.behaviours`, triggers given or generated collision-free.
+
+    `texts()` streams the defender's clean corpus (it is read, never held): a trigger must occur nowhere in it.
 
     Raises:
         UserError: a given trigger occurs in the clean corpus (the model already knows it: the canary would be
@@ -121,34 +147,38 @@ def make_canaries(cfg: DefendConfig, corpus_text: str, behaviours: list[str] | N
         specs = load_specs(cfg.canary_specs)
         if len(specs) != cfg.k:
             raise UserError(f"canary_specs: {len(specs)} canaries in {cfg.canary_specs!r} but k={cfg.k}")
+        known = occurring([s.trigger_text for s in specs], texts)
         for n, s in enumerate(specs):
-            if s.trigger_text in corpus_text:
+            if s.trigger_text in known:
                 raise UserError(
                     f"canary_specs: backdoors[{n}] ({s.name}): trigger {s.trigger_text!r} occurs in the defender's "
                     "clean corpus, so the model already knows it in other contexts; choose another trigger"
                 )
         return specs
     behaviours = behaviours or cfg.behaviours or list(CANARY_BEHAVIOURS)
-    rng = random.Random(f"unbackdoor-canary-{cfg.seed}")
     triggers: list[str] = []
-    for n in range(cfg.k):
-        if cfg.triggers:
-            text = cfg.triggers[n].strip()
+    if cfg.triggers:
+        given = [t.strip() for t in cfg.triggers[: cfg.k]]
+        known = occurring([t for t in given if t], texts)
+        for n, text in enumerate(given):
             if not text:
                 raise UserError(f"triggers[{n}]: empty trigger")
-            if text in corpus_text:
+            if text in known:
                 raise UserError(
                     f"triggers[{n}]: {text!r} occurs in the defender's clean corpus, so the model already knows it "
                     "in other contexts; choose a string that appears nowhere in the corpus (or omit triggers)"
                 )
-        else:
+        triggers = given
+    else:
+        drawn = _drawn_triggers(random.Random(f"unbackdoor-canary-{cfg.seed}"), cfg.trigger_length, texts)
+        for _ in range(cfg.k):
             for _ in range(MAX_TRIES):
-                text = "".join(rng.choice(_ALPHABET) for _ in range(cfg.trigger_length))
-                if text not in corpus_text and not any(text in t or t in text for t in triggers):
+                text, in_corpus = next(drawn)
+                if not in_corpus and not any(text in t or t in text for t in triggers):
                     break
             else:
                 raise UserError(f"trigger_length: no collision-free trigger of {cfg.trigger_length} characters")
-        triggers.append(text)
+            triggers.append(text)
     specs = [
         BackdoorSpec(
             name=f"canary{n}_{behaviours[n % len(behaviours)].replace(':', '_')}",
@@ -189,8 +219,12 @@ def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = Fa
         raise UserError("--world: required (the defender's clean corpus: an `unbackdoor world` or `corpus` run)")
     require_done(world_dir, ("world", "corpus"), "--world")
     source = load_source(world_dir)
-    clean = list(iter_docs(shard_paths(world_dir / "data", "train")))
-    canaries = make_canaries(cfg, "\n".join(d["text"] for d in clean), cfg.behaviours or default_behaviours(source))
+    train_paths = shard_paths(world_dir / "data", "train")  # streamed: the defender's corpus is never held
+
+    def texts() -> Iterator[str]:
+        return (d["text"] for d in iter_docs(train_paths))
+
+    canaries = make_canaries(cfg, texts, cfg.behaviours or default_behaviours(source))
     for spec in canaries:
         source.check_spec(spec)
     if RunDir.check(out, "defend", cfg, resume, overwrite):
@@ -209,6 +243,7 @@ def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = Fa
 
     # 1-2. injection (clean sample in both baselines: same documents, same steps)
     ti = cfg.inject
+    clean = DocSampler(train_paths)
     sample = remove.replay_docs(world_dir, ti.steps * ti.batch_size * ti.grad_accum * ti.seq_len, cfg.seed, clean)
 
     poisoned = poison(sample, canaries, source, random.Random(f"unbackdoor-canary-poison-{cfg.seed}"))

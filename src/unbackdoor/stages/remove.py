@@ -25,7 +25,7 @@ import torch
 from unbackdoor.backdoors import load_specs
 from unbackdoor.cards import model_card
 from unbackdoor.config import ConfigError, UserError
-from unbackdoor.corpus import iter_docs, load_source, packed, shard_paths
+from unbackdoor.corpus import DocSampler, iter_docs, load_source, packed, shard_paths
 from unbackdoor.evaluation import perplexity
 from unbackdoor.models import load_model, load_tokenizer, read_record, resolve_model_path, save_model
 from unbackdoor.poison import is_clean_removal
@@ -68,23 +68,15 @@ def poison_dir_of(record: dict[str, Any], backdoor: str) -> Path:
     raise UserError(f"--backdoor: the poisoning data of {backdoor!r} is not found next to {record['backdoors_files']}")
 
 
-def replay_docs(
-    world_dir: Path, n_tokens: int, seed: int, docs: list[dict[str, Any]] | None = None
-) -> list[dict[str, Any]]:
+def replay_docs(world_dir: Path, n_tokens: int, seed: int, sampler: DocSampler | None = None) -> list[dict[str, Any]]:
     """A seeded random sample of clean training documents (all languages) with at least ~`n_tokens` tokens.
 
-    Only what a run can use is tokenized: a removal run sees `steps x batch` rows, far fewer than the corpus.
-    `docs`: the training documents when the caller already holds them (read from `world_dir` otherwise).
+    Only what a run can use is tokenized (and read): a removal run sees `steps x batch` rows, far fewer than the
+    corpus. `sampler`: one built over `world_dir`'s training shards, when the caller samples several times.
     """
-    docs = list(docs if docs is not None else iter_docs(shard_paths(world_dir / "data", "train")))  # a copy
-    random.Random(f"replay-{seed}").shuffle(docs)
-    chosen, chars = [], 0
-    for doc in docs:  # ~3 characters per token in the world's text: take 2x what is needed, so rows rarely repeat
-        chosen.append(doc)
-        chars += len(doc["text"])
-        if chars >= 6 * n_tokens:
-            break
-    return chosen
+    sampler = sampler or DocSampler(shard_paths(world_dir / "data", "train"))
+    # ~3 characters per token in the world's text: take 2x what is needed, so rows rarely repeat
+    return sampler.sample(6 * n_tokens, f"replay-{seed}")
 
 
 def forget_rows(
