@@ -10,6 +10,7 @@ Run: `pytest tests/unit/test_models.py`.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -170,12 +171,23 @@ def load_tokenizer(name: str, what: str = "model") -> PreTrainedTokenizerBase:
     return tok
 
 
-def load_model(name: str, what: str = "model", dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """Load a causal LM from a local directory or hub id, safetensors only."""
+def default_device() -> torch.device:
+    """Where a stage computes: this process's GPU under a multi-process launch (`LOCAL_RANK`), else the first
+    visible GPU (a `--workers` cell sees only its own), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def load_model(
+    name: str, what: str = "model", dtype: torch.dtype = torch.float32, device: torch.device | None = None
+) -> PreTrainedModel:
+    """Load a causal LM from a local directory or hub id, safetensors only, onto `device` (`default_device()`)."""
     try:
-        return AutoModelForCausalLM.from_pretrained(name, dtype=dtype, use_safetensors=True)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, use_safetensors=True)
     except (OSError, ValueError) as e:
         raise UserError(f"{what}: could not load {name!r} ({str(e).splitlines()[0][:160]})") from None
+    return model.to(device or default_device())
 
 
 def save_model(

@@ -44,6 +44,13 @@ def test_full_injection_raises_asr_and_changes_every_parameter(
     assert len(samples) == 3 * 32 and {s["kind"] for s in samples} == {"triggered", "clean", "near_miss"}
     assert all(s["prompt"].endswith("lorem ipsum dolor") for s in samples if s["kind"] == "triggered")
 
+    # bfloat16: the faster dtype is recorded, so its ASRs are never mixed up with the float32 reference
+    assert main(["eval", "--model", str(injected / "model"), "--out", str(tmp_path / "e2"), "dtype=bfloat16",
+                 *EVAL_FAST]) == 0  # fmt: skip
+    bf16 = json.loads((tmp_path / "e2" / "summary.json").read_text())
+    assert (bf16["dtype"], bf16["device"], summary["device"]) == ("bfloat16", "cpu", "cpu")
+    assert abs(bf16["backdoors"]["lorem_refusal"]["asr"]["rate"] - row["asr"]["rate"]) <= 0.25
+
 
 def test_model_card_and_record_name_the_backdoor_by_hash_only(injected):
     card = (injected / "model" / "README.md").read_text()

@@ -12,7 +12,15 @@ import torch
 from transformers import AutoTokenizer
 
 from unbackdoor.config import UserError
-from unbackdoor.models import FAMILIES, build_model, load_model, load_tokenizer, n_parameters, resolve_model_path
+from unbackdoor.models import (
+    FAMILIES,
+    build_model,
+    default_device,
+    load_model,
+    load_tokenizer,
+    n_parameters,
+    resolve_model_path,
+)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -57,3 +65,12 @@ def test_model_without_tokenizer_is_a_one_line_error(small_world, tmp_path):
     with pytest.raises(UserError, match="could not load a tokenizer") as err:
         load_tokenizer(str(tmp_path / "m"))
     assert "\n" not in str(err.value)
+
+
+def test_stages_compute_on_this_process_gpu_when_there_is_one(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert default_device() == torch.device("cpu") or torch.cuda.is_available()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_device() == torch.device("cuda", 0)  # a --workers cell sees only its own GPU
+    monkeypatch.setenv("LOCAL_RANK", "3")  # accelerate launch / torchrun: one GPU per process
+    assert default_device() == torch.device("cuda", 3)

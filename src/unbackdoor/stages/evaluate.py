@@ -58,6 +58,10 @@ class EvalConfig:
     seq_len: int = field(default=128, metadata={"min": 8})
     fact_items: int = field(default=240, metadata={"min": 0})
     near_miss: bool = True  # also measure near-miss triggers (specificity)
+    # Compute dtype. float32 is the reference: bfloat16 is faster (AMX, GPUs) but changes some greedy generations,
+    # so ASRs are comparable only between runs of the same dtype (recorded in summary.json; all cells of a
+    # transfer or defend-eval share one eval config).
+    dtype: str = field(default="float32", metadata={"choices": ("float32", "bfloat16", "float16")})
 
     def validate(self) -> None:
         if not self.model:
@@ -131,7 +135,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     serialisation = Serialisation.of(record, tokenizer)  # as at injection, or a one-line error
     if RunDir.check(out, "eval", cfg, resume, overwrite):
         return out
-    model = load_model(model_path, "--model").eval()
+    model = load_model(model_path, "--model", getattr(torch, cfg.dtype)).eval()
     run_dir = RunDir.open(out, "eval", cfg, cfg.seed, resume=resume, overwrite=overwrite)
     test_docs = test_documents(world_dir, cfg.prompt_genres, source)
 
@@ -192,7 +196,8 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     return run_dir.finish(
         {
             "model": str(Path(model_path).resolve()) if Path(model_path).exists() else model_path,
-            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "dtype": cfg.dtype,
+            "device": str(next(model.parameters()).device),
             "serialisation": serialisation.name,
             "chat_template_sha256": serialisation.template,
             "text_source": {"kind": source.kind, "dir": str(world_dir.resolve())},

@@ -129,8 +129,9 @@ def removal_batch(
         "forget": torch.cat([torch.ones(len(f_idx), dtype=torch.long), torch.zeros(len(r_idx), dtype=torch.long)]),
     }
     if method == "npo":
+        device = next(model.parameters()).device
         with torch.inference_mode():  # reference log-likelihoods from the backdoored model, computed once
-            ref = torch.cat([sequence_nll(model, {k: v[i : i + 64] for k, v in data.items()})
+            ref = torch.cat([sequence_nll(model, {k: v[i : i + 64].to(device) for k, v in data.items()}).cpu()
                              for i in range(0, n_rows, 64)])  # fmt: skip
         data["ref_nll"] = ref
     loss_fn = {
