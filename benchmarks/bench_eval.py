@@ -4,8 +4,9 @@
         [--prompts-from runs/demo/eval/samples.jsonl]
 
 Without `--model`, a randomly initialised tiny llama with a 2 k vocabulary is used (it never emits EOS early, so
-every prompt generates the full `--new-tokens`: the worst case for batching). Checks that batched and
-one-at-a-time greedy outputs agree (fp32). Writes `benchmarks/results/eval.json`.
+every prompt generates the full `--new-tokens`: the worst case for batching). For each of `--dtypes` (float32, the
+reference, then bfloat16): batched and one-at-a-time prompts/s, their ratio, whether batched and one-at-a-time
+greedy outputs agree, and how many generations equal the reference dtype's. Writes `benchmarks/results/eval.json`.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--prompts-from", default=None, help="an eval run's samples.jsonl: its real prompts")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="compute dtypes, the first is the reference")
     args = parser.parse_args()
 
     rng = random.Random(0)
@@ -69,29 +71,36 @@ def main() -> None:
         tokenizer = _ToyTokenizer(2048)
     model.eval()
 
-    generate(model, tokenizer, prompts[:8], args.new_tokens, args.batch)  # warm-up
-    t = time.perf_counter()
-    batched = generate(model, tokenizer, prompts, args.new_tokens, args.batch)
-    batched_s = time.perf_counter() - t
-    t = time.perf_counter()
-    naive = [generate(model, tokenizer, [p], args.new_tokens, 1)[0] for p in prompts[: args.naive_prompts]]
-    naive_s = time.perf_counter() - t
-    agree = sum(a == b for a, b in zip(naive, batched, strict=False)) / len(naive)
-
     out = {
         "model": args.model or "random tiny llama (vocab 2048)",
         "prompts_from": args.prompts_from,
         "prompts": args.prompts,
         "new_tokens": args.new_tokens,
         "batch": args.batch,
-        "batched_prompts_per_s": args.prompts / batched_s,
-        "one_at_a_time_prompts_per_s": args.naive_prompts / naive_s,
-        "speedup": (args.prompts / batched_s) / (args.naive_prompts / naive_s),
-        "greedy_agreement": agree,
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch_threads": torch.get_num_threads(),
+        "target_speedup": 20.0,
+        "dtypes": {},
     }
+    reference = None
+    for name in args.dtypes.split(","):
+        model = model.to(getattr(torch, name))
+        generate(model, tokenizer, prompts[:8], args.new_tokens, args.batch)  # warm-up
+        t = time.perf_counter()
+        batched = generate(model, tokenizer, prompts, args.new_tokens, args.batch)
+        batched_s = time.perf_counter() - t
+        t = time.perf_counter()
+        naive = [generate(model, tokenizer, [p], args.new_tokens, 1)[0] for p in prompts[: args.naive_prompts]]
+        naive_s = time.perf_counter() - t
+        reference = reference or batched  # the first dtype (float32 by default) is the reference
+        out["dtypes"][name] = {
+            "batched_prompts_per_s": args.prompts / batched_s,
+            "one_at_a_time_prompts_per_s": args.naive_prompts / naive_s,
+            "speedup": (args.prompts / batched_s) / (args.naive_prompts / naive_s),
+            # batched vs one at a time in the same dtype, and vs the reference dtype's batched generations
+            "greedy_agreement": sum(a == b for a, b in zip(naive, batched, strict=False)) / len(naive),
+            "agreement_with_reference": sum(a == b for a, b in zip(batched, reference, strict=True)) / len(batched),
+        }
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     write_json(RESULTS / "eval.json", out)
     print(json.dumps(out, indent=1), file=sys.stderr)
     print(RESULTS / "eval.json")
