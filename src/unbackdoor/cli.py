@@ -252,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     quiet_libraries()
     try:
+        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":  # set by `accelerate launch` for FSDP
+            raise UserError(
+                "accelerate launch: FSDP is not supported yet (each process would save only its shard of the "
+                "weights); launch with DDP (`--multi_gpu`): every shipped preset fits one GPU per process"
+            )
         if args.command == "presets":
             _list_presets()
             return 0

@@ -97,3 +97,11 @@ def test_presets_lists_every_stage(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     assert "backdoors: default8" in out and "world: small, tiny" in out
+
+
+def test_an_fsdp_launch_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets for an FSDP config
+    assert main(["world", "--preset", "tiny", "--out", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "FSDP is not supported yet" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "w").exists()
