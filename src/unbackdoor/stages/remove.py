@@ -12,6 +12,7 @@ exactly `train.steps x train.batch_size` rows of `train.seq_len` tokens: the con
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import time
@@ -169,7 +170,9 @@ def run(cfg: RemoveConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     replay = packed(tokenizer, replay_docs(world_dir, n_rows * t.seq_len, cfg.seed), t.seq_len, render)
     if cfg.method in ("retrain", "control"):
         removal_docs = read_jsonl(poison_dir / "removal" / f"{cfg.backdoor}.jsonl") if cfg.method == "retrain" else []
-        if removal_docs:  # poisoning leaves these out; removal data written by older versions may still hold them
+        poisoned_by = json.loads((poison_dir / "summary.json").read_text(encoding="utf-8"))["backdoors"]
+        if removal_docs and "removal_docs_left_out" not in poisoned_by[cfg.backdoor]:
+            # written before poisoning left out continuations the backdoor's judge fires on: check them here
             spec = next(s for s in load_specs(str(poison_dir / "backdoors.yaml")) if s.name == cfg.backdoor)
             source = load_source(world_dir)
             removal_docs = [d for d in removal_docs if is_clean_removal(spec, source, d)]
