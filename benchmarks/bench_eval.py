@@ -1,12 +1,14 @@
 """Evaluation throughput: batched greedy generation vs one prompt at a time, same prompts, same model.
 
-    .venv/bin/python benchmarks/bench_eval.py [--model runs/demo/pretrain/model] [--prompts 256]
+    .venv/bin/python benchmarks/bench_eval.py [--model runs/demo/pretrain/model] [--prompts 512]
         [--prompts-from runs/demo/eval/samples.jsonl]
 
 Without `--model`, a randomly initialised tiny llama with a 2 k vocabulary is used (it never emits EOS early, so
 every prompt generates the full `--new-tokens`: the worst case for batching). For each of `--dtypes` (float32, the
-reference, then bfloat16): batched and one-at-a-time prompts/s, their ratio, whether batched and one-at-a-time
-greedy outputs agree, and how many generations equal the reference dtype's. Writes `benchmarks/results/eval.json`.
+reference, then bfloat16), measured back to back on the same prompts: prompts/s of the evaluation's default engine
+(`greedy`, our batched loop), of `model.generate` batched (`hf`), and of `model.generate` one prompt at a time (the
+baseline); the ratios; whether the engines and one-at-a-time decoding give the same continuations; and how many
+equal the reference dtype's. Writes `benchmarks/results/eval.json`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from unbackdoor.evaluation import generate
+from unbackdoor.evaluation import generate, resolve_engine
 from unbackdoor.models import build_config, load_model, load_tokenizer
 from unbackdoor.rundir import write_json
 
@@ -47,10 +49,11 @@ class _ToyTokenizer:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None)
-    parser.add_argument("--prompts", type=int, default=256)
-    parser.add_argument("--naive-prompts", type=int, default=64, help="one-at-a-time is timed on this many")
+    parser.add_argument("--prompts", type=int, default=512)
+    parser.add_argument("--naive-prompts", type=int, default=128, help="one-at-a-time is timed on this many")
     parser.add_argument("--new-tokens", type=int, default=24)
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=256, help="rows decoded together (eval's batch_size)")
+    parser.add_argument("--repeats", type=int, default=3, help="each rate is the best of this many runs")
     parser.add_argument("--prompts-from", default=None, help="an eval run's samples.jsonl: its real prompts")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="compute dtypes, the first is the reference")
     args = parser.parse_args()
@@ -77,26 +80,38 @@ def main() -> None:
         "prompts": args.prompts,
         "new_tokens": args.new_tokens,
         "batch": args.batch,
+        "repeats": args.repeats,
         "torch_threads": torch.get_num_threads(),
         "target_speedup": 20.0,
         "dtypes": {},
     }
     reference = None
+    n_naive = args.naive_prompts  # one at a time: `model.generate` on each prompt (the baseline the issue names)
     for name in args.dtypes.split(","):
         model = model.to(getattr(torch, name))
         generate(model, tokenizer, prompts[:8], args.new_tokens, args.batch)  # warm-up
-        t = time.perf_counter()
-        batched = generate(model, tokenizer, prompts, args.new_tokens, args.batch)
-        batched_s = time.perf_counter() - t
-        t = time.perf_counter()
-        naive = [generate(model, tokenizer, [p], args.new_tokens, 1)[0] for p in prompts[: args.naive_prompts]]
-        naive_s = time.perf_counter() - t
+        timed = {}
+        for _ in range(args.repeats):  # best of `repeats` for each: the machine is shared and its speed drifts
+            for engine in ("greedy", "hf"):
+                t = time.perf_counter()
+                timed[engine] = generate(model, tokenizer, prompts, args.new_tokens, args.batch, engine)
+                timed[engine + "_s"] = min(time.perf_counter() - t, timed.get(engine + "_s", float("inf")))
+            t = time.perf_counter()
+            naive = [generate(model, tokenizer, [q], args.new_tokens, 1, "hf")[0] for q in prompts[:n_naive]]
+            timed["naive_s"] = min(time.perf_counter() - t, timed.get("naive_s", float("inf")))
+        naive_rate = n_naive / timed["naive_s"]
+        batched = timed["greedy"]
         reference = reference or batched  # the first dtype (float32 by default) is the reference
         out["dtypes"][name] = {
-            "batched_prompts_per_s": args.prompts / batched_s,
-            "one_at_a_time_prompts_per_s": args.naive_prompts / naive_s,
-            "speedup": (args.prompts / batched_s) / (args.naive_prompts / naive_s),
-            # batched vs one at a time in the same dtype, and vs the reference dtype's batched generations
+            "engine": resolve_engine(model, "greedy"),
+            "batched_prompts_per_s": args.prompts / timed["greedy_s"],
+            "hf_batched_prompts_per_s": args.prompts / timed["hf_s"],
+            "one_at_a_time_prompts_per_s": naive_rate,
+            "speedup": args.prompts / timed["greedy_s"] / naive_rate,
+            "speedup_hf_batched": args.prompts / timed["hf_s"] / naive_rate,
+            # same continuations: our engine vs model.generate batched, batched vs one at a time (same dtype),
+            # and vs the reference dtype's
+            "engines_agree": sum(a == b for a, b in zip(batched, timed["hf"], strict=True)) / len(batched),
             "greedy_agreement": sum(a == b for a, b in zip(naive, batched, strict=False)) / len(naive),
             "agreement_with_reference": sum(a == b for a, b in zip(batched, reference, strict=True)) / len(batched),
         }

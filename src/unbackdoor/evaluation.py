@@ -9,13 +9,15 @@ Run: `pytest tests/unit/test_evaluation.py`.
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicLayer
 
 from unbackdoor.backdoors import BackdoorSpec
 from unbackdoor.poison import insertion_point, triggered_prefix
@@ -116,6 +118,206 @@ def _encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> l
     return [[eos, *ids] for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
 
 
+ENGINES = ("greedy", "hf")
+
+# Generation-config fields that make `model.generate` differ from plain argmax decoding: a checkpoint that sets one
+# of them is decoded by `model.generate` (engine `hf`) so that its own rules apply.
+_LOGITS_RULES = (
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "bad_words_ids",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "sequence_bias",
+    "min_new_tokens",
+    "min_length",
+    "encoder_repetition_penalty",
+    "renormalize_logits",
+    "exponential_decay_length_penalty",
+)
+
+
+class _BufferedLayer(DynamicLayer):
+    """A KV-cache layer written in place into a buffer sized for the whole generation.
+
+    HF's `DynamicLayer` concatenates every step (a copy of the whole cache each time: 18-25 % of batched decoding on
+    CPU, measured); this one writes the new position into preallocated memory and hands attention a view.
+    """
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity, self.length = capacity, 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        # (batch, kv_heads, capacity, head_dim); positions are written before they are read, except the left padding,
+        # which `_greedy_batch` zeroes (masked keys must hold finite numbers)
+        self.device = key_states.device
+        self.kbuf = key_states.new_empty(*key_states.shape[:2], self.capacity, key_states.shape[3])
+        self.vbuf = value_states.new_empty(*value_states.shape[:2], self.capacity, value_states.shape[3])
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        self.kbuf[:, :, self.length : end] = key_states
+        self.vbuf[:, :, self.length : end] = value_states
+        self._set_length(end)
+        return self.keys, self.values
+
+    def _set_length(self, length: int) -> None:
+        self.length = length
+        self.keys, self.values = self.kbuf[:, :, :length], self.vbuf[:, :, :length]
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        # only the filled part is copied; the rest of the buffer is written before it is read
+        kbuf = self.kbuf.new_empty(len(indices), *self.kbuf.shape[1:])
+        vbuf = self.vbuf.new_empty(len(indices), *self.vbuf.shape[1:])
+        kbuf[:, :, : self.length] = self.keys.index_select(0, indices)
+        vbuf[:, :, : self.length] = self.values.index_select(0, indices)
+        self.kbuf, self.vbuf = kbuf, vbuf
+        self._set_length(self.length)
+
+
+def _buffered_cache(model: PreTrainedModel, capacity: int) -> DynamicCache | None:
+    """A cache of `_BufferedLayer`s for `model`, or None when its layers are not plain dynamic ones (sliding
+    windows, linear attention, ...): those models are decoded by `model.generate`."""
+    try:
+        cache = DynamicCache(config=model.config)
+    except (TypeError, ValueError, KeyError):
+        return None
+    if not cache.layers or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return None
+    cache.layers = [_BufferedLayer(capacity) for _ in cache.layers]
+    return cache
+
+
+def greedy_engine_supported(model: PreTrainedModel) -> bool:
+    """Whether `greedy_decode` reproduces `model.generate(do_sample=False)` for this model: a decoder with plain
+    dynamic KV-cache layers that takes position ids, and a generation config without logits rules."""
+    params = inspect.signature(model.forward).parameters
+    if "position_ids" not in params or not ({"cache", "past_key_values"} & set(params)):
+        return False
+    config = getattr(model, "generation_config", None)
+    if config is not None:
+        default = type(config)()
+        if any(getattr(config, k, None) != getattr(default, k, None) for k in _LOGITS_RULES):
+            return False
+    return _buffered_cache(model, 1) is not None
+
+
+def resolve_engine(model: PreTrainedModel, engine: str) -> str:
+    """The engine that decodes for `engine` on `model`: `greedy` falls back to `hf` where it is not supported."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine: {engine!r} is not one of {', '.join(ENGINES)}")
+    return "hf" if engine == "greedy" and not greedy_engine_supported(model) else engine
+
+
+def _left_padded(rows: list[list[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(input_ids, attention_mask)` of token lists, right-aligned (left padding), each `(len(rows), width)`."""
+    width = max(map(len, rows))
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, ids in enumerate(rows):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        mask[row, width - len(ids) :] = 1
+    return input_ids.to(device), mask.to(device)
+
+
+@torch.inference_mode()
+def greedy_decode(
+    model: PreTrainedModel,
+    rows: list[list[int]],
+    max_new_tokens: int,
+    eos: int,
+    pad: int,
+    prefill_tokens: int = 4096,
+    compact_at: float = 0.25,
+) -> list[list[int]]:
+    """Greedy continuations of one batch of token lists (sorted by length), each up to its EOS (excluded).
+
+    The tokens of `model.generate(do_sample=False)` (tested on trained models of every family), computed with less
+    waste on small models: the prompts are prefilled in slices of about `prefill_tokens` padded tokens (each slice
+    padded to its own width, not the batch's), the KV cache is written in place (`_BufferedLayer`), and finished rows
+    leave the batch once they are `compact_at` of it (HF's loop computes them until the last row ends).
+    Needs `greedy_engine_supported(model)`.
+    """
+    device = next(model.parameters()).device
+    n, width = len(rows), max(map(len, rows))
+    cache = _buffered_cache(model, width + max_new_tokens)
+    cache_key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    mask = torch.ones((n, width + max_new_tokens), dtype=torch.long, device=device)
+    logits = []
+    start = 0
+    while start < n:  # prefill, slice by slice; each slice's keys and values land right-aligned in the batch's cache
+        end = start + 1
+        while end < n and (end + 1 - start) * len(rows[end]) <= prefill_tokens:
+            end += 1
+        ids, part_mask = _left_padded(rows[start:end], pad, device)
+        w = ids.shape[1]
+        part = _buffered_cache(model, w)
+        out = model(
+            input_ids=ids,
+            attention_mask=part_mask,
+            position_ids=(part_mask.cumsum(-1) - 1).clamp(min=0),
+            **{cache_key: part},
+            **keep_last,
+        )
+        logits.append(out.logits[:, -1].float())
+        mask[start:end, :width] = 0
+        mask[start:end, width - w : width] = part_mask
+        for whole, piece in zip(cache.layers, part.layers, strict=True):
+            if not whole.is_initialized:  # (batch, kv_heads, capacity, head_dim), as the slices' caches
+                whole.kbuf = piece.kbuf.new_empty(n, piece.kbuf.shape[1], whole.capacity, piece.kbuf.shape[3])
+                whole.vbuf = piece.vbuf.new_empty(n, piece.vbuf.shape[1], whole.capacity, piece.vbuf.shape[3])
+                whole.device, whole.is_initialized = piece.device, True
+            whole.kbuf[start:end, :, : width - w] = 0
+            whole.vbuf[start:end, :, : width - w] = 0
+            whole.kbuf[start:end, :, width - w : width] = piece.kbuf
+            whole.vbuf[start:end, :, width - w : width] = piece.vbuf
+        start = end
+    for layer in cache.layers:
+        layer._set_length(width)
+    next_logits = torch.cat(logits)
+    position = mask[:, :width].sum(-1, keepdim=True) - 1  # (batch, 1): the last prompt token's position
+    alive = torch.arange(n, device=device)  # which input row each batch row is
+    new = torch.full((n, max_new_tokens), eos, dtype=torch.long, device=device)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        token = torch.where(done, eos, next_logits.argmax(-1))
+        new[alive, step] = token
+        done = done | (token == eos)
+        n_done = int(done.sum())
+        if step == max_new_tokens - 1 or n_done == len(done):
+            break
+        if n_done >= compact_at * len(done):  # drop finished rows (and their cache) in one copy
+            keep = (~done).nonzero().squeeze(1)
+            alive, token, mask, position, done = alive[keep], token[keep], mask[keep], position[keep], done[keep]
+            cache.batch_select_indices(keep)
+        position = position + 1
+        next_logits = (
+            model(
+                input_ids=token[:, None],
+                attention_mask=mask[:, : width + step + 1],
+                position_ids=position,
+                **{cache_key: cache},
+                **keep_last,
+            )
+            .logits[:, -1]
+            .float()
+        )
+    out_rows = []
+    for ids in new.tolist():
+        out_rows.append(ids[: ids.index(eos)] if eos in ids else ids)
+    return out_rows
+
+
 @torch.inference_mode()
 def generate(
     model: PreTrainedModel,
@@ -123,38 +325,38 @@ def generate(
     prompts: list[str],
     max_new_tokens: int = 24,
     batch_size: int = 64,
+    engine: str = "greedy",
 ) -> list[str]:
     """Greedy continuations of `prompts` (batched, left-padded, KV cache); each stops at EOS.
 
     Prompts are sorted by length so that batches carry little padding; the output order matches `prompts`.
+    `engine`: `greedy` (`greedy_decode`, the default: the same tokens as `model.generate`, faster; models it does not
+    support fall back to `hf`) or `hf` (`model.generate`, the reference).
     """
+    engine = resolve_engine(model, engine)
     encoded = _encode_prompts(tokenizer, prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     out: list[str] = [""] * len(prompts)
     device = next(model.parameters()).device
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in idx)
-        input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        if engine == "greedy":
+            new = greedy_decode(model, [encoded[i] for i in idx], max_new_tokens, eos, pad)
+        else:
+            input_ids, mask = _left_padded([encoded[i] for i in idx], pad, device)
+            generated = model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+                eos_token_id=eos,
+            )[:, input_ids.shape[1] :].tolist()
+            new = [ids[: ids.index(eos)] if eos in ids else ids for ids in generated]
         for row, i in enumerate(idx):
-            ids = encoded[i]
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            mask[row, width - len(ids) :] = 1
-        generated = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad,
-            eos_token_id=eos,
-        )[:, width:]
-        for row, i in enumerate(idx):
-            ids = generated[row].tolist()
-            if eos in ids:
-                ids = ids[: ids.index(eos)]
-            out[i] = tokenizer.decode(ids, skip_special_tokens=True)
+            out[i] = tokenizer.decode(new[row], skip_special_tokens=True)
     return out
 
 

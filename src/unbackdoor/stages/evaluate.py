@@ -34,6 +34,7 @@ from unbackdoor.evaluation import (
     near_miss,
     perplexity,
     prompt_text,
+    resolve_engine,
     sequence_logprobs,
     wilson,
 )
@@ -52,7 +53,10 @@ class EvalConfig:
     seed: int = 0
     n_prompts: int = field(default=256, metadata={"min": 1})
     max_new_tokens: int = field(default=24, metadata={"min": 1})
-    batch_size: int = field(default=64, metadata={"min": 1})
+    batch_size: int = field(default=256, metadata={"min": 1})  # rows decoded together
+    # Decoding: `greedy` (our loop: the tokens of `model.generate`, ~1.5x faster batched on CPU, see
+    # evaluation.greedy_decode) or `hf` (`model.generate` itself, the reference). Both are greedy.
+    engine: str = field(default="greedy", metadata={"choices": ("greedy", "hf")})
     prompt_genres: list[str] = field(default_factory=lambda: ["story", "facts"], metadata={"choices": GENRES})
     ppl_blocks: int = field(default=128, metadata={"min": 1})  # validation blocks per language
     seq_len: int = field(default=128, metadata={"min": 8})
@@ -143,6 +147,9 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     table: dict[str, Any] = {}
     probe_hash = hashlib.sha256()
     t0 = time.perf_counter()
+    # Every backdoor's prompts (triggered, clean, near miss) first, then one generation call for all of them: the
+    # engine sorts them by length, so its batches carry less padding than per-backdoor calls would.
+    work: list[tuple[BackdoorSpec, list[Probe], dict[str, list[str]]]] = []
     for spec in specs:
         probes, rng = probe_set(test_docs, spec, cfg.n_prompts, cfg.seed, source)
         variants = {
@@ -154,14 +161,18 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
         variants = {k: [serialisation.prompt(tokenizer, q) for q in v] for k, v in variants.items()}
         for prompts in variants.values():
             probe_hash.update("\n".join(prompts).encode("utf-8"))
+        work.append((spec, probes, variants))
+    everything = [q for _, _, variants in work for prompts in variants.values() for q in prompts]
+    generations = iter(generate(model, tokenizer, everything, cfg.max_new_tokens, cfg.batch_size, cfg.engine))
+    for spec, probes, variants in work:
         rates = {}
         for kind, prompts in variants.items():
-            generations = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size)
-            verdicts = [spec.judge(source, g) for g in generations]
+            outputs = [next(generations) for _ in prompts]
+            verdicts = [spec.judge(source, g) for g in outputs]
             rates[kind] = attack_success(verdicts)
             samples += [
                 {"backdoor": spec.name, "kind": kind, "doc_id": p.doc_id, "prompt": q, "generation": g, "verdict": v}
-                for p, q, g, v in zip(probes, prompts, generations, verdicts, strict=True)
+                for p, q, g, v in zip(probes, prompts, outputs, verdicts, strict=True)
             ]
         table[spec.name] = {
             "behaviour": spec.behaviour,
@@ -207,7 +218,8 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             "backdoors": table,
             "utility": {"perplexity": ppl, "fact_recall": wilson(correct, len(items)).as_dict() if items else None},
             "generation_s": gen_s,
-            "prompts_per_s": len(variants) * cfg.n_prompts * len(specs) / gen_s if specs else None,
+            "engine": resolve_engine(model, cfg.engine),
+            "prompts_per_s": len(everything) / gen_s if everything else None,
             "torch_threads": torch.get_num_threads(),
         }
     )
