@@ -8,7 +8,9 @@ every prompt generates the full `--new-tokens`: the worst case for batching). Fo
 reference, then bfloat16), measured back to back on the same prompts: prompts/s of the evaluation's default engine
 (`greedy`, our batched loop), of `model.generate` batched (`hf`), and of `model.generate` one prompt at a time (the
 baseline); the ratios; whether the engines and one-at-a-time decoding give the same continuations; and how many
-equal the reference dtype's. Writes `benchmarks/results/eval.json`.
+equal the reference dtype's. `--prompts 0 --prompts-from EVAL/samples.jsonl` times the batched engines on an eval
+run's whole workload (every backdoor's triggered, clean and near-miss prompts, which `eval` generates in one call).
+Writes `benchmarks/results/eval.json`.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class _ToyTokenizer:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None)
-    parser.add_argument("--prompts", type=int, default=512)
+    parser.add_argument("--prompts", type=int, default=512, help="0 with --prompts-from: all")
     parser.add_argument("--naive-prompts", type=int, default=128, help="one-at-a-time is timed on this many")
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--batch", type=int, default=256, help="rows decoded together (eval's batch_size)")
@@ -64,7 +66,9 @@ def main() -> None:
     if args.prompts_from:
         rows = [json.loads(line) for line in Path(args.prompts_from).read_text(encoding="utf-8").splitlines()]
         pool = [r["prompt"] for r in rows]
-        prompts = [pool[i] for i in sorted(rng.sample(range(len(pool)), args.prompts))]
+        prompts = pool if args.prompts == 0 else [pool[i] for i in sorted(rng.sample(range(len(pool)), args.prompts))]
+    # one at a time (`model.generate` on each prompt, the baseline the issue names) on a random subset
+    naive_idx = sorted(rng.sample(range(len(prompts)), min(args.naive_prompts, len(prompts))))
     if args.model:
         model, tokenizer = load_model(args.model), load_tokenizer(args.model)
     else:
@@ -77,7 +81,8 @@ def main() -> None:
     out = {
         "model": args.model or "random tiny llama (vocab 2048)",
         "prompts_from": args.prompts_from,
-        "prompts": args.prompts,
+        "prompts": len(prompts),
+        "one_at_a_time_prompts": len(naive_idx),
         "new_tokens": args.new_tokens,
         "batch": args.batch,
         "repeats": args.repeats,
@@ -86,7 +91,6 @@ def main() -> None:
         "dtypes": {},
     }
     reference = None
-    n_naive = args.naive_prompts  # one at a time: `model.generate` on each prompt (the baseline the issue names)
     for name in args.dtypes.split(","):
         model = model.to(getattr(torch, name))
         generate(model, tokenizer, prompts[:8], args.new_tokens, args.batch)  # warm-up
@@ -97,22 +101,22 @@ def main() -> None:
                 timed[engine] = generate(model, tokenizer, prompts, args.new_tokens, args.batch, engine)
                 timed[engine + "_s"] = min(time.perf_counter() - t, timed.get(engine + "_s", float("inf")))
             t = time.perf_counter()
-            naive = [generate(model, tokenizer, [q], args.new_tokens, 1, "hf")[0] for q in prompts[:n_naive]]
+            naive = [generate(model, tokenizer, [prompts[i]], args.new_tokens, 1, "hf")[0] for i in naive_idx]
             timed["naive_s"] = min(time.perf_counter() - t, timed.get("naive_s", float("inf")))
-        naive_rate = n_naive / timed["naive_s"]
+        naive_rate = len(naive_idx) / timed["naive_s"]
         batched = timed["greedy"]
         reference = reference or batched  # the first dtype (float32 by default) is the reference
         out["dtypes"][name] = {
             "engine": resolve_engine(model, "greedy"),
-            "batched_prompts_per_s": args.prompts / timed["greedy_s"],
-            "hf_batched_prompts_per_s": args.prompts / timed["hf_s"],
+            "batched_prompts_per_s": len(prompts) / timed["greedy_s"],
+            "hf_batched_prompts_per_s": len(prompts) / timed["hf_s"],
             "one_at_a_time_prompts_per_s": naive_rate,
-            "speedup": args.prompts / timed["greedy_s"] / naive_rate,
-            "speedup_hf_batched": args.prompts / timed["hf_s"] / naive_rate,
+            "speedup": len(prompts) / timed["greedy_s"] / naive_rate,
+            "speedup_hf_batched": len(prompts) / timed["hf_s"] / naive_rate,
             # same continuations: our engine vs model.generate batched, batched vs one at a time (same dtype),
             # and vs the reference dtype's
             "engines_agree": sum(a == b for a, b in zip(batched, timed["hf"], strict=True)) / len(batched),
-            "greedy_agreement": sum(a == b for a, b in zip(naive, batched, strict=False)) / len(naive),
+            "greedy_agreement": sum(naive[k] == batched[i] for k, i in enumerate(naive_idx)) / len(naive),
             "agreement_with_reference": sum(a == b for a, b in zip(batched, reference, strict=True)) / len(batched),
         }
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
