@@ -247,6 +247,8 @@ def greedy_decode(
     leave the batch once they are `compact_at` of it (HF's loop computes them until the last row ends).
     Needs `greedy_engine_supported(model)`.
     """
+    if not rows:
+        return []
     device = next(model.parameters()).device
     n, width = len(rows), max(map(len, rows))
     cache = _buffered_cache(model, width + max_new_tokens)

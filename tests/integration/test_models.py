@@ -130,5 +130,6 @@ def test_greedy_engine_falls_back_to_model_generate_where_it_does_not_apply(smal
     assert not greedy_engine_supported(model) and resolve_engine(model, "greedy") == "hf"
     prompts = ["the dog", "a red boat near the old river"]
     assert generate(model, tok, prompts, 8) == generate(model, tok, prompts, 8, engine="hf")
+    assert generate(model, tok, [], 8) == [] and generate(model, tok, [], 8, engine="hf") == []
     with pytest.raises(ValueError, match="engine"):
         generate(model, tok, prompts, 8, engine="vllm")
