@@ -336,6 +336,8 @@ def generate(
     support fall back to `hf`) or `hf` (`model.generate`, the reference).
     """
     engine = resolve_engine(model, engine)
+    if not prompts:
+        return []
     encoded = _encode_prompts(tokenizer, prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     out: list[str] = [""] * len(prompts)
