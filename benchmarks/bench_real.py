@@ -6,7 +6,8 @@ The model is the preset's architecture at full size, randomly initialised (nothi
 vocabulary. Training runs unbackdoor's loop (`unbackdoor.train.train`, bf16 autocast, AdamW) on random tokens on
 the best device (CUDA when present, else CPU); tokens/s is the median over log windows after the first. MFU is
 model FLOPs (6 N + 12 L d T per token) over the bf16 matmul peak measured in the same process on that device.
-Evaluation is `unbackdoor.evaluation.generate` (greedy, KV cache) batched vs one prompt at a time. Peak memory:
+Evaluation is `unbackdoor.evaluation.generate` batched (engine `greedy`, eval's default, and `hf`, i.e.
+`model.generate`) vs `model.generate` one prompt at a time. Peak memory:
 `torch.cuda.max_memory_allocated` on GPU, peak RSS on CPU. Writes `benchmarks/results/real_<arch>_<device>.json`.
 """
 
@@ -97,13 +98,16 @@ def main() -> None:
     model.eval()
     tok = _Tokenizer(vocab)
     prompts = [" ".join(str(t) for t in torch.randint(0, vocab - 2, (24,)).tolist()) for _ in range(args.prompts)]
-    t = time.perf_counter()
-    generate(model, tok, prompts, args.new_tokens, batch_size=args.prompts)
-    batched = args.prompts / (time.perf_counter() - t)
+    rates = {}
+    for engine in ("greedy", "hf"):  # our batched loop (eval's default), then model.generate batched
+        t = time.perf_counter()
+        generate(model, tok, prompts, args.new_tokens, batch_size=args.prompts, engine=engine)
+        rates[engine] = args.prompts / (time.perf_counter() - t)
+    batched = rates["greedy"]
     n_single = max(2, args.prompts // 8)
     t = time.perf_counter()
-    for p in prompts[:n_single]:
-        generate(model, tok, [p], args.new_tokens, batch_size=1)
+    for p in prompts[:n_single]:  # the baseline: model.generate, one prompt at a time
+        generate(model, tok, [p], args.new_tokens, batch_size=1, engine="hf")
     single = n_single / (time.perf_counter() - t)
 
     out = {
@@ -121,8 +125,9 @@ def main() -> None:
         "peaks_tflops": {"bf16": round(peak_bf16, 2), "fp32": round(peak_fp32, 2)},
         "eval": {
             "prompts": args.prompts, "new_tokens": args.new_tokens, "dtype": "float32",
-            "batched_prompts_per_s": round(batched, 2), "single_prompts_per_s": round(single, 2),
-            "speedup": round(batched / single, 2),
+            "batched_prompts_per_s": round(batched, 2), "hf_batched_prompts_per_s": round(rates["hf"], 2),
+            "single_prompts_per_s": round(single, 2), "speedup": round(batched / single, 2),
+            "speedup_hf_batched": round(rates["hf"] / single, 2),
         },
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "command": " ".join(sys.argv),
