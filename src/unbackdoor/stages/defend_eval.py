@@ -103,8 +103,8 @@ def _eval_config(cfg: DefendEvalConfig, model: Path, hidden: list[str]) -> evalu
     e = cfg.eval
     return evaluate.EvalConfig(
         model=str(model), world=cfg.world, only=hidden, seed=cfg.seed, n_prompts=e.n_prompts,
-        max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, near_miss=e.near_miss, ppl_blocks=e.ppl_blocks,
-        fact_items=e.fact_items,
+        max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, engine=e.engine, near_miss=e.near_miss,
+        ppl_blocks=e.ppl_blocks, fact_items=e.fact_items,
     )  # fmt: skip
 
 

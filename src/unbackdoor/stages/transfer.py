@@ -36,6 +36,7 @@ class TransferEval:
     n_prompts: int = field(default=256, metadata={"min": 1})
     max_new_tokens: int = field(default=24, metadata={"min": 1})
     batch_size: int = field(default=256, metadata={"min": 1})  # rows decoded together
+    engine: str = field(default="greedy", metadata={"choices": ("greedy", "hf")})  # as eval's
     near_miss: bool = False  # the matrix needs triggered and clean prompts only
     ppl_blocks: int = field(default=64, metadata={"min": 1})
     fact_items: int = field(default=240, metadata={"min": 0})
@@ -71,7 +72,8 @@ def _eval_config(cfg: TransferConfig, model: Path) -> evaluate.EvalConfig:
     e = cfg.eval
     return evaluate.EvalConfig(
         model=str(model), seed=cfg.seed, n_prompts=e.n_prompts, max_new_tokens=e.max_new_tokens,
-        batch_size=e.batch_size, near_miss=e.near_miss, ppl_blocks=e.ppl_blocks, fact_items=e.fact_items,
+        batch_size=e.batch_size, engine=e.engine, near_miss=e.near_miss, ppl_blocks=e.ppl_blocks,
+        fact_items=e.fact_items,
     )  # fmt: skip
 
 
