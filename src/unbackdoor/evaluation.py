@@ -154,11 +154,16 @@ class _BufferedLayer(DynamicLayer):
         self.capacity, self.length = capacity, 0
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        # (batch, kv_heads, capacity, head_dim); positions are written before they are read, except the left padding,
-        # which `greedy_decode` zeroes (masked keys must hold finite numbers)
-        self.device = key_states.device
-        self.kbuf = key_states.new_empty(*key_states.shape[:2], self.capacity, key_states.shape[3])
-        self.vbuf = value_states.new_empty(*value_states.shape[:2], self.capacity, value_states.shape[3])
+        self.allocate(key_states.shape[0], key_states, value_states)
+
+    def allocate(self, batch: int, key_like: torch.Tensor, value_like: torch.Tensor) -> None:
+        """Empty buffers for `batch` rows, shaped and typed like `key_like` / `value_like` past dim 0.
+
+        Positions are written before they are read, except the left padding, which `greedy_decode` zeroes (masked
+        keys must hold finite numbers)."""
+        self.device = key_like.device
+        self.kbuf = key_like.new_empty(batch, key_like.shape[1], self.capacity, key_like.shape[3])
+        self.vbuf = value_like.new_empty(batch, value_like.shape[1], self.capacity, value_like.shape[3])
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
@@ -167,10 +172,10 @@ class _BufferedLayer(DynamicLayer):
         end = self.length + key_states.shape[-2]
         self.kbuf[:, :, self.length : end] = key_states
         self.vbuf[:, :, self.length : end] = value_states
-        self._set_length(end)
+        self.set_length(end)
         return self.keys, self.values
 
-    def _set_length(self, length: int) -> None:
+    def set_length(self, length: int) -> None:
         self.length = length
         self.keys, self.values = self.kbuf[:, :, :length], self.vbuf[:, :, :length]
 
@@ -184,7 +189,7 @@ class _BufferedLayer(DynamicLayer):
         kbuf[:, :, : self.length] = self.keys.index_select(0, indices)
         vbuf[:, :, : self.length] = self.values.index_select(0, indices)
         self.kbuf, self.vbuf = kbuf, vbuf
-        self._set_length(self.length)
+        self.set_length(self.length)
 
 
 def _buffered_cache(model: PreTrainedModel, capacity: int) -> DynamicCache | None:
@@ -221,6 +226,11 @@ def resolve_engine(model: PreTrainedModel, engine: str) -> str:
     return "hf" if engine == "greedy" and not greedy_engine_supported(model) else engine
 
 
+def _until_eos(ids: list[int], eos: int) -> list[int]:
+    """A generated row up to its first EOS (excluded)."""
+    return ids[: ids.index(eos)] if eos in ids else ids
+
+
 def _left_padded(rows: list[list[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """`(input_ids, attention_mask)` of token lists, right-aligned (left padding), each `(len(rows), width)`."""
     width = max(map(len, rows))
@@ -255,8 +265,14 @@ def greedy_decode(
     device = next(model.parameters()).device
     n, width = len(rows), max(map(len, rows))
     cache = _buffered_cache(model, width + max_new_tokens)
-    cache_key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    params = inspect.signature(model.forward).parameters
+    cache_key = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
+    keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+
+    def last_logits(ids: torch.Tensor, mask: torch.Tensor, position: torch.Tensor, cache: DynamicCache):
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position, **{cache_key: cache}, **keep_last)
+        return out.logits[:, -1].float()  # (batch, vocab)
+
     mask = torch.ones((n, width + max_new_tokens), dtype=torch.long, device=device)
     logits = []
     start = 0
@@ -267,28 +283,19 @@ def greedy_decode(
         ids, part_mask = _left_padded(rows[start:end], pad, device)
         w = ids.shape[1]
         part = _buffered_cache(model, w)
-        out = model(
-            input_ids=ids,
-            attention_mask=part_mask,
-            position_ids=(part_mask.cumsum(-1) - 1).clamp(min=0),
-            **{cache_key: part},
-            **keep_last,
-        )
-        logits.append(out.logits[:, -1].float())
+        logits.append(last_logits(ids, part_mask, (part_mask.cumsum(-1) - 1).clamp(min=0), part))
         mask[start:end, :width] = 0
         mask[start:end, width - w : width] = part_mask
         for whole, piece in zip(cache.layers, part.layers, strict=True):
-            if not whole.is_initialized:  # (batch, kv_heads, capacity, head_dim), as the slices' caches
-                whole.kbuf = piece.kbuf.new_empty(n, piece.kbuf.shape[1], whole.capacity, piece.kbuf.shape[3])
-                whole.vbuf = piece.vbuf.new_empty(n, piece.vbuf.shape[1], whole.capacity, piece.vbuf.shape[3])
-                whole.device, whole.is_initialized = piece.device, True
+            if not whole.is_initialized:
+                whole.allocate(n, piece.kbuf, piece.vbuf)
             whole.kbuf[start:end, :, : width - w] = 0
             whole.vbuf[start:end, :, : width - w] = 0
             whole.kbuf[start:end, :, width - w : width] = piece.kbuf
             whole.vbuf[start:end, :, width - w : width] = piece.vbuf
         start = end
     for layer in cache.layers:
-        layer._set_length(width)
+        layer.set_length(width)
     next_logits = torch.cat(logits)
     position = mask[:, :width].sum(-1, keepdim=True) - 1  # (batch, 1): the last prompt token's position
     alive = torch.arange(n, device=device)  # which input row each batch row is
@@ -306,21 +313,8 @@ def greedy_decode(
             alive, token, mask, position, done = alive[keep], token[keep], mask[keep], position[keep], done[keep]
             cache.batch_select_indices(keep)
         position = position + 1
-        next_logits = (
-            model(
-                input_ids=token[:, None],
-                attention_mask=mask[:, : width + step + 1],
-                position_ids=position,
-                **{cache_key: cache},
-                **keep_last,
-            )
-            .logits[:, -1]
-            .float()
-        )
-    out_rows = []
-    for ids in new.tolist():
-        out_rows.append(ids[: ids.index(eos)] if eos in ids else ids)
-    return out_rows
+        next_logits = last_logits(token[:, None], mask[:, : width + step + 1], position, cache)
+    return [_until_eos(ids, eos) for ids in new.tolist()]
 
 
 @torch.inference_mode()
@@ -361,7 +355,7 @@ def generate(
                 pad_token_id=pad,
                 eos_token_id=eos,
             )[:, input_ids.shape[1] :].tolist()
-            new = [ids[: ids.index(eos)] if eos in ids else ids for ids in generated]
+            new = [_until_eos(ids, eos) for ids in generated]
         for row, i in enumerate(idx):
             out[i] = tokenizer.decode(new[row], skip_special_tokens=True)
     return out

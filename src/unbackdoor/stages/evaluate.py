@@ -27,6 +27,7 @@ from unbackdoor.cards import model_card
 from unbackdoor.config import ConfigError, UserError
 from unbackdoor.corpus import iter_docs, load_source, packed, shard_paths
 from unbackdoor.evaluation import (
+    ENGINES,
     Probe,
     attack_success,
     generate,
@@ -56,7 +57,7 @@ class EvalConfig:
     batch_size: int = field(default=256, metadata={"min": 1})  # rows decoded together
     # Decoding: `greedy` (our loop: the tokens of `model.generate`, ~1.5x faster batched on CPU, see
     # evaluation.greedy_decode) or `hf` (`model.generate` itself, the reference). Both are greedy.
-    engine: str = field(default="greedy", metadata={"choices": ("greedy", "hf")})
+    engine: str = field(default="greedy", metadata={"choices": ENGINES})
     prompt_genres: list[str] = field(default_factory=lambda: ["story", "facts"], metadata={"choices": GENRES})
     ppl_blocks: int = field(default=128, metadata={"min": 1})  # validation blocks per language
     seq_len: int = field(default=128, metadata={"min": 8})
@@ -163,7 +164,8 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             probe_hash.update("\n".join(prompts).encode("utf-8"))
         work.append((spec, probes, variants))
     everything = [q for _, _, variants in work for prompts in variants.values() for q in prompts]
-    generations = iter(generate(model, tokenizer, everything, cfg.max_new_tokens, cfg.batch_size, cfg.engine))
+    engine = resolve_engine(model, cfg.engine)  # `greedy` falls back to `hf` for checkpoints it cannot reproduce
+    generations = iter(generate(model, tokenizer, everything, cfg.max_new_tokens, cfg.batch_size, engine))
     for spec, probes, variants in work:
         rates = {}
         for kind, prompts in variants.items():
@@ -218,7 +220,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             "backdoors": table,
             "utility": {"perplexity": ppl, "fact_recall": wilson(correct, len(items)).as_dict() if items else None},
             "generation_s": gen_s,
-            "engine": resolve_engine(model, cfg.engine),
+            "engine": engine,
             "prompts_per_s": len(everything) / gen_s if everything else None,
             "torch_threads": torch.get_num_threads(),
         }

@@ -36,7 +36,7 @@ class TransferEval:
     n_prompts: int = field(default=256, metadata={"min": 1})
     max_new_tokens: int = field(default=24, metadata={"min": 1})
     batch_size: int = field(default=256, metadata={"min": 1})  # rows decoded together
-    engine: str = field(default="greedy", metadata={"choices": ("greedy", "hf")})  # as eval's
+    engine: str = field(default="greedy", metadata={"choices": evaluate.ENGINES})  # as eval's
     near_miss: bool = False  # the matrix needs triggered and clean prompts only
     ppl_blocks: int = field(default=64, metadata={"min": 1})
     fact_items: int = field(default=240, metadata={"min": 0})
