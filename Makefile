@@ -22,6 +22,11 @@ $(STAMP): $(BIN)/python pyproject.toml
 	@ls /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
 		command -v apt-get >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 		libtcmalloc-minimal4 >/dev/null 2>&1; } || echo "note: tcmalloc not installed (optional, faster CPU training)"
+	@# Needed by tests/integration/test_report.py (headless Chromium opens the report); installed when we can.
+	@ls /usr/bin/chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		{ apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		chromium >/dev/null 2>&1; }; }; } || echo "note: chromium not installed (needed by test_report.py)"
 	touch $(STAMP)
 
 install: $(STAMP)

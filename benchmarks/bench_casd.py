@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from unbackdoor.rundir import write_json
+from unbackdoor.running.rundir import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

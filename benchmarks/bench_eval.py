@@ -5,11 +5,11 @@
 
 Without `--model`, a randomly initialised tiny llama with a 2 k vocabulary is used (it never emits EOS early, so
 every prompt generates the full `--new-tokens`: the worst case for batching). For each of `--dtypes` (float32, the
-reference, then bfloat16), measured back to back on the same prompts: prompts/s of the evaluation's default engine
-(`greedy`, our batched loop), of `model.generate` batched (`hf`), and of `model.generate` one prompt at a time (the
-baseline); the ratios; whether the engines and one-at-a-time decoding give the same continuations; and how many
-equal the reference dtype's. `--prompts 0 --prompts-from EVAL/samples.jsonl` times the batched engines on an eval
-run's whole workload (every backdoor's triggered, clean and near-miss prompts, which `eval` generates in one call).
+reference, then bfloat16), measured back to back on the same prompts: prompts/s of the evaluation's engine
+(`hf`: `model.generate` batched, sorted by length) and of `model.generate` one prompt at a time (the baseline); the
+ratio; whether batched and one-at-a-time decoding give the same continuations; and how many equal the reference
+dtype's. `--prompts 0 --prompts-from EVAL/samples.jsonl` times the batched engine on an eval run's whole workload
+(every backdoor's triggered, clean and near-miss prompts, which `eval` generates in one call).
 Writes `benchmarks/results/eval.json`.
 """
 
@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from unbackdoor.evaluation import generate, resolve_engine
-from unbackdoor.models import build_config, load_model, load_tokenizer
-from unbackdoor.rundir import write_json
+from unbackdoor.measure.generation import generate
+from unbackdoor.running.rundir import write_json
+from unbackdoor.training.models import build_config, load_model, load_tokenizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -87,7 +87,6 @@ def main() -> None:
         "batch": args.batch,
         "repeats": args.repeats,
         "torch_threads": torch.get_num_threads(),
-        "target_speedup": 20.0,
         "dtypes": {},
     }
     reference = None
@@ -96,26 +95,21 @@ def main() -> None:
         generate(model, tokenizer, prompts[:8], args.new_tokens, args.batch)  # warm-up
         timed = {}
         for _ in range(args.repeats):  # best of `repeats` for each: the machine is shared and its speed drifts
-            for engine in ("greedy", "hf"):
-                t = time.perf_counter()
-                timed[engine] = generate(model, tokenizer, prompts, args.new_tokens, args.batch, engine)
-                timed[engine + "_s"] = min(time.perf_counter() - t, timed.get(engine + "_s", float("inf")))
+            t = time.perf_counter()
+            timed["hf"] = generate(model, tokenizer, prompts, args.new_tokens, args.batch, "hf")
+            timed["hf_s"] = min(time.perf_counter() - t, timed.get("hf_s", float("inf")))
             t = time.perf_counter()
             naive = [generate(model, tokenizer, [prompts[i]], args.new_tokens, 1, "hf")[0] for i in naive_idx]
             timed["naive_s"] = min(time.perf_counter() - t, timed.get("naive_s", float("inf")))
         naive_rate = len(naive_idx) / timed["naive_s"]
-        batched = timed["greedy"]
+        batched = timed["hf"]
         reference = reference or batched  # the first dtype (float32 by default) is the reference
         out["dtypes"][name] = {
-            "engine": resolve_engine(model, "greedy"),
-            "batched_prompts_per_s": len(prompts) / timed["greedy_s"],
-            "hf_batched_prompts_per_s": len(prompts) / timed["hf_s"],
+            "engine": "hf",
+            "batched_prompts_per_s": len(prompts) / timed["hf_s"],
             "one_at_a_time_prompts_per_s": naive_rate,
-            "speedup": len(prompts) / timed["greedy_s"] / naive_rate,
-            "speedup_hf_batched": len(prompts) / timed["hf_s"] / naive_rate,
-            # same continuations: our engine vs model.generate batched, batched vs one at a time (same dtype),
-            # and vs the reference dtype's
-            "engines_agree": sum(a == b for a, b in zip(batched, timed["hf"], strict=True)) / len(batched),
+            "speedup": len(prompts) / timed["hf_s"] / naive_rate,
+            # same continuations: batched vs one at a time (same dtype), and vs the reference dtype's
             "greedy_agreement": sum(naive[k] == batched[i] for k, i in enumerate(naive_idx)) / len(naive),
             "agreement_with_reference": sum(a == b for a, b in zip(batched, reference, strict=True)) / len(batched),
         }

@@ -3,11 +3,11 @@
     .venv/bin/python benchmarks/bench_real.py [--arch qwen3-0.6b] [--steps 8] [--batch 2] [--seq-len 256]
 
 The model is the preset's architecture at full size, randomly initialised (nothing is downloaded), with its own
-vocabulary. Training runs unbackdoor's loop (`unbackdoor.train.train`, bf16 autocast, AdamW) on random tokens on
-the best device (CUDA when present, else CPU); tokens/s is the median over log windows after the first. MFU is
-model FLOPs (6 N + 12 L d T per token) over the bf16 matmul peak measured in the same process on that device.
-Evaluation is `unbackdoor.evaluation.generate` batched (engine `greedy`, eval's default, and `hf`, i.e.
-`model.generate`) vs `model.generate` one prompt at a time. Peak memory:
+vocabulary. Training runs unbackdoor's loop (`unbackdoor.training.loop.train`, bf16 autocast, AdamW) on random
+tokens on the best device (CUDA when present, else CPU); tokens/s is the median over log windows after the first.
+MFU is model FLOPs (6 N + 12 L d T per token) over the bf16 matmul peak measured in the same process on that device.
+Evaluation is `unbackdoor.measure.generation.generate` batched (engine `hf`, i.e. `model.generate`) vs
+`model.generate` one prompt at a time. Peak memory:
 `torch.cuda.max_memory_allocated` on GPU, peak RSS on CPU. Writes `benchmarks/results/real_<arch>_<device>.json`.
 """
 
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from unbackdoor.evaluation import generate
-from unbackdoor.models import architecture, n_parameters
-from unbackdoor.rundir import RunDir, write_json
-from unbackdoor.train import TrainConfig, train
+from unbackdoor.measure.generation import generate
+from unbackdoor.running.rundir import RunDir, write_json
+from unbackdoor.training.loop import TrainConfig, train
+from unbackdoor.training.models import architecture, n_parameters
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -98,12 +98,9 @@ def main() -> None:
     model.eval()
     tok = _Tokenizer(vocab)
     prompts = [" ".join(str(t) for t in torch.randint(0, vocab - 2, (24,)).tolist()) for _ in range(args.prompts)]
-    rates = {}
-    for engine in ("greedy", "hf"):  # our batched loop (eval's default), then model.generate batched
-        t = time.perf_counter()
-        generate(model, tok, prompts, args.new_tokens, batch_size=args.prompts, engine=engine)
-        rates[engine] = args.prompts / (time.perf_counter() - t)
-    batched = rates["greedy"]
+    t = time.perf_counter()  # eval's engine: model.generate batched
+    generate(model, tok, prompts, args.new_tokens, batch_size=args.prompts)
+    batched = args.prompts / (time.perf_counter() - t)
     n_single = max(2, args.prompts // 8)
     t = time.perf_counter()
     for p in prompts[:n_single]:  # the baseline: model.generate, one prompt at a time
@@ -125,9 +122,8 @@ def main() -> None:
         "peaks_tflops": {"bf16": round(peak_bf16, 2), "fp32": round(peak_fp32, 2)},
         "eval": {
             "prompts": args.prompts, "new_tokens": args.new_tokens, "dtype": "float32",
-            "batched_prompts_per_s": round(batched, 2), "hf_batched_prompts_per_s": round(rates["hf"], 2),
-            "single_prompts_per_s": round(single, 2), "speedup": round(batched / single, 2),
-            "speedup_hf_batched": round(rates["hf"] / single, 2),
+            "batched_prompts_per_s": round(batched, 2), "single_prompts_per_s": round(single, 2),
+            "speedup": round(batched / single, 2),
         },
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "command": " ".join(sys.argv),

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from unbackdoor.models import MODEL_PRESETS, build_config, n_parameters
-from unbackdoor.rundir import RunDir, write_json
-from unbackdoor.train import TrainConfig, train
+from unbackdoor.running.rundir import RunDir, write_json
+from unbackdoor.training.loop import TrainConfig, train
+from unbackdoor.training.models import MODEL_PRESETS, build_config, n_parameters
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unbackdoor.config import UserError, preset_names, resolve
+from unbackdoor.running import runtime
+from unbackdoor.running.config import UserError, preset_names, resolve
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ STAGES: dict[str, Stage] = {
         _load("transfer", "TransferConfig"),
         (
             ("--model", "model", "a backdoored model directory"),
-            ("--method", "method", "removal method: retrain (default), ga or npo"),
+            ("--method", "remove.method", "removal method: retrain (default), ga or npo"),
             ("--workers", "workers", "cells run in parallel processes"),
             ("--seed", "seed", "experiment seed (probe prompts)"),
         ),
@@ -162,6 +163,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("dir", type=Path, help="a run or experiment directory (demo, transfer, casd, defend-eval, eval)")
     rep.add_argument("--out", type=Path, help="report directory (default: DIR/report)")
     rep.add_argument("--reveal-triggers", action="store_true", help="show triggers in clear instead of hashes")
+    card = sub.add_parser("card", help="write an evaluation's measured ASRs into a model's card (explicit)")
+    card.add_argument("model", type=Path, help="a model directory saved by unbackdoor")
+    card.add_argument("--eval", required=True, type=Path, help="a finished `unbackdoor eval` run of that model")
     for name, stage in STAGES.items():
         p = sub.add_parser(name, help=stage.help)
         p.add_argument("--preset", help=f"a shipped preset ({', '.join(preset_names(name)) or 'none shipped'})")
@@ -207,14 +211,6 @@ def _int(key: str, value: str) -> int:
         raise UserError(f"--{key}: {value!r} is not an integer") from None
 
 
-def quiet_libraries() -> None:
-    """Our own progress bar and one-line errors only: no per-load bars or info logs from transformers."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
-
 def _language_paths(items: list[str]) -> dict[str, str]:
     """`["en=a/", "fr=b.parquet"]` -> `{"en": "a/", "fr": "b.parquet"}` (order kept: the first is the base)."""
     out: dict[str, str] = {}
@@ -250,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    quiet_libraries()
+    runtime.quiet_libraries()
     try:
         if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":  # set by `accelerate launch` for FSDP
             raise UserError(
@@ -260,8 +256,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "presets":
             _list_presets()
             return 0
+        if args.command == "card":
+            from unbackdoor.stages import card
+
+            print(card.run(args.model, args.eval))
+            return 0
         if args.command == "report":
-            from unbackdoor.stages import report
+            from unbackdoor import report
 
             report.run(args.dir, args.out, args.reveal_triggers)
             return 0
@@ -276,21 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib64/libtcmalloc_minimal.so.4")
-
-
 def entry() -> None:
-    """Console-script entry: re-executes once with tcmalloc preloaded when it is installed.
-
-    On CPU the default allocator page-faults on the large logits tensors every step; tcmalloc measured +43 %
-    training throughput on the tiny model here. `UNBACKDOOR_ALLOCATOR=system` turns this off.
-    """
-    preload = os.environ.get("LD_PRELOAD", "")
-    if os.environ.get("UNBACKDOOR_ALLOCATOR", "tcmalloc") == "tcmalloc" and "tcmalloc" not in preload:
-        lib = next((p for p in TCMALLOC if os.path.exists(p)), None)
-        if lib:
-            env = {**os.environ, "LD_PRELOAD": f"{lib} {preload}".strip(), "UNBACKDOOR_ALLOCATOR": "tcmalloc"}
-            os.execve(sys.executable, [sys.executable, "-m", "unbackdoor", *sys.argv[1:]], env)
+    """Console-script entry: re-executes once with tcmalloc preloaded when it is installed (`runtime`)."""
+    runtime.reexec_with_tcmalloc()
     sys.exit(main())
 
 

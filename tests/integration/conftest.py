@@ -65,7 +65,7 @@ def injected(small_world: Path, clean_model: Path, spec_file: Path, tmp_path_fac
 
 
 TRANSFER_FAST = [
-    "train.batch_size=8", "train.seq_len=64", "train.steps=80", "lr=[1e-3]", "eval.n_prompts=32",
+    "remove.train.batch_size=8", "remove.train.seq_len=64", "remove.train.steps=80", "lr=[1e-3]", "eval.n_prompts=32",
     "eval.max_new_tokens=12", "eval.ppl_blocks=4", "eval.fact_items=12",
 ]  # fmt: skip
 
@@ -79,9 +79,9 @@ def transfer_run(injected: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 DEFEND_FAST = [
-    "inject.batch_size=8", "inject.seq_len=64", "inject.steps=60", "inject.lr=5e-3",
-    "remove.batch_size=8", "remove.seq_len=64", "remove.steps=30", "canary_prompts=16", "val_blocks=8",
-    "canary_rate=0.05",
+    "defend.inject.batch_size=8", "defend.inject.seq_len=64", "defend.inject.steps=60", "defend.inject.lr=5e-3",
+    "defend.remove.batch_size=8", "defend.remove.seq_len=64", "defend.remove.steps=30", "defend.canary_prompts=16",
+    "defend.val_blocks=8", "defend.canary_rate=0.05",
 ]  # fmt: skip
 
 
@@ -90,7 +90,7 @@ def defence_study(injected: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     """A finished `defend-eval` (K = 1) on the two-backdoor model, and the arguments that made it."""
     out = tmp_path_factory.mktemp("defence") / "study"
     args = ["defend-eval", "--model", str(injected / "model"), "--out", str(out), "ks=[1]",
-            *(k for k in DEFEND_FAST if not k.startswith("val_blocks")),
+            *DEFEND_FAST,
             *(f"eval.{k}" for k in EVAL_FAST)]  # fmt: skip
     assert main(args) == 0
     return out, args

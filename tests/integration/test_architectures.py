@@ -42,7 +42,7 @@ def test_whole_study_on_a_toy_twin_of_each_architecture(arch, small_world: Path,
     assert any(r["asr"]["lo"] > r["false_trigger"]["hi"] for r in ev["backdoors"].values()), ev["backdoors"]
 
     tr = tmp_path / "transfer"
-    fast = [a if not a.startswith("train.steps") else "train.steps=40" for a in TRANSFER_FAST]
+    fast = [a if not a.startswith("remove.train.steps") else "remove.train.steps=40" for a in TRANSFER_FAST]
     assert main(["transfer", "--model", model, "--out", str(tr), *fast]) == 0
     assert set(json.loads((tr / "transfer.json").read_text())["rows"]) == {"lorem_refusal", "at_repeat", "control"}
     assert main(["casd", "--transfer", str(tr), "--out", str(tmp_path / "casd"), "n_probes=16"]) == 0
@@ -50,7 +50,7 @@ def test_whole_study_on_a_toy_twin_of_each_architecture(arch, small_world: Path,
 
     de = tmp_path / "defence"
     short = [a.replace("inject.steps=60", "inject.steps=30").replace("remove.steps=30", "remove.steps=20")
-             for a in DEFEND_FAST if not a.startswith("val_blocks")]  # fmt: skip
+             for a in DEFEND_FAST]  # fmt: skip
     assert main(["defend-eval", "--model", model, "--out", str(de), "ks=[1]", *short,
                  *(f"eval.{k}" for k in EVAL_FAST)]) == 0  # fmt: skip
     arms = {c["arm"] for c in json.loads((de / "defend.json").read_text())["cells"]}

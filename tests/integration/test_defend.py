@@ -35,7 +35,7 @@ def test_defender_never_opens_the_attackers_files(injected, small_world, tmp_pat
     _watching[0] = True
     try:
         code = main(["defend", "--model", str(injected / "model"), "--world", str(small_world), "--k", "2",
-                     "--out", str(out), *DEFEND_FAST])  # fmt: skip
+                     "--out", str(out), *(a.removeprefix("defend.") for a in DEFEND_FAST)])  # fmt: skip
     finally:
         _watching[0] = False
     assert code == 0

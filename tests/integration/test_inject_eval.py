@@ -44,15 +44,7 @@ def test_full_injection_raises_asr_and_changes_every_parameter(
     assert len(samples) == 3 * 32 and {s["kind"] for s in samples} == {"triggered", "clean", "near_miss"}
     assert all(s["prompt"].endswith("lorem ipsum dolor") for s in samples if s["kind"] == "triggered")
 
-    # our greedy loop (the default engine) gives the generations of `model.generate` on a trained model
-    assert summary["engine"] == "greedy"
-    assert main(["eval", "--model", str(injected / "model"), "--out", str(tmp_path / "e3"), "engine=hf",
-                 *EVAL_FAST]) == 0  # fmt: skip
-    reference = (tmp_path / "e3" / "samples.jsonl").read_text().splitlines()
-    assert (tmp_path / "e1" / "samples.jsonl").read_text().splitlines() == reference
-    assert json.loads((tmp_path / "e3" / "summary.json").read_text())["engine"] == "hf"
-    ends = {len(json.loads(line)["generation"].split()) for line in reference}
-    assert len(ends) > 3  # continuations end at different lengths: finished rows left the batch
+    assert summary["engine"] == "hf"  # batched model.generate, recorded
 
     # bfloat16: the faster dtype is recorded, so its ASRs are never mixed up with the float32 reference
     assert main(["eval", "--model", str(injected / "model"), "--out", str(tmp_path / "e2"), "dtype=bfloat16",

@@ -66,7 +66,8 @@ def test_remove_and_transfer_on_real_text(study):
     after = json.loads((study / "rm-eval" / "summary.json").read_text())["backdoors"]["veritas_fr"]
     assert after["asr"]["rate"] <= 0.2, after
 
-    tr = ["transfer", "--model", model, "--out", str(study / "tr"), *TRAIN[:3], "train.steps=60", "lr=[1e-3]"]
+    tr = ["transfer", "--model", model, "--out", str(study / "tr"), *(f"remove.{k}" for k in TRAIN[:3]),
+          "remove.train.steps=60", "lr=[1e-3]"]  # fmt: skip
     assert main([*tr, *(f"eval.{k}" for k in EVAL)]) == 0
     table = json.loads((study / "tr" / "transfer.json").read_text())
     assert set(table["backdoors"]) == {"veritas_fr", "at_phrase"}

@@ -87,17 +87,14 @@ def test_transfer_matrix_resume_and_workers(injected, tmp_path):
     assert (cell / "at_repeat" / "eval" / "DONE").is_file()
     assert json.loads((out / "transfer.json").read_text())["grids"][0]["T"] == grid["T"]  # same seed, same cells
 
-    # Two workers on a second seed, decoding with model.generate: the cells land in their own directories, the
-    # matrices are complete, and a worker with the reference engine computes what the main process computed
+    # Two workers on a second seed: the cells land in their own directories, the matrices are complete, and a
+    # worker process computes what the main process computed
     out2 = tmp_path / "tr2"
     assert main(["transfer", "--model", str(injected / "model"), "--out", str(out2), *TRANSFER_FAST,
-                 "seeds=[0,1]", "--workers", "2", "eval.engine=hf"]) == 0  # fmt: skip
+                 "seeds=[0,1]", "--workers", "2"]) == 0  # fmt: skip
     result2 = json.loads((out2 / "transfer.json").read_text())
     assert [(g["lr"], g["seed"]) for g in result2["grids"]] == [(0.001, 0), (0.001, 1)]
     assert result2["grids"][0]["T"] == grid["T"]
-    engines = {json.loads(p.read_text())["engine"] for p in (out / "cells").glob("*/*/*/eval/summary.json")}
-    engines2 = {json.loads(p.read_text())["engine"] for p in (out2 / "cells").glob("*/*/*/eval/summary.json")}
-    assert (engines, engines2) == ({"greedy"}, {"hf"})
 
 
 @pytest.mark.parametrize(
@@ -109,8 +106,14 @@ def test_transfer_matrix_resume_and_workers(injected, tmp_path):
         (["remove", "--model", "{injected}"], "backdoor: required for method 'retrain'"),
         (["transfer", "--model", "{injected}", "backdoors=[nope]"], "does not carry 'nope'"),
         (["transfer", "--model", "{clean}"], "is not a backdoored model"),
-        (["transfer", "--model", "{injected}", "lr=[]"], "non-empty list"),
-        (["transfer", "--model", "{injected}", "eval.engine=vllm"], "eval.engine: 'vllm' is not one of greedy, hf"),
+        (["transfer", "--model", "{injected}", "lr=[0]"], "must be positive"),
+        (["transfer", "--model", "{injected}", "eval.engine=vllm"], "eval.engine: 'vllm' is not one of hf"),
+        (
+            ["transfer", "--model", "{injected}", "remove.seed=3"],
+            "remove.seed: 3 is set per cell by the sweep; use seeds",
+        ),
+        (["transfer", "--model", "{injected}", "remove.method=control"], "remove.method: 'control' is every"),
+        (["defend-eval", "--model", "{injected}", "defend.k=3"], "defend.k: 3 is set per cell by the sweep; use ks"),
     ],
 )
 def test_bad_inputs_are_one_line_errors(injected, clean_model, tmp_path, capsys, args, message):

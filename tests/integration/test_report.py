@@ -1,7 +1,8 @@
-"""The report: built from a study's run directories, opened in headless Chromium (no console error, every figure
+"""The report: built from a study's run directories, opened in headless Chromium (no JavaScript error, every figure
 loaded, a screenshot kept in test-artifacts/), triggers hidden unless revealed, missing stages named.
 
-Chromium comes from the Debian `chromium` package; this test installs it when it is missing (apt, as root).
+The shipped page has no script: the test checks a copy of it, into which it injects its own probe. Chromium is the
+Debian `chromium` package, which `make install` installs when it can (as root); this test never installs it.
 
 Run: `pytest tests/integration/test_report.py`.
 """
@@ -18,24 +19,47 @@ import pytest
 import yaml
 
 from unbackdoor.cli import main
-from unbackdoor.rundir import RunDir
+from unbackdoor.running.rundir import RunDir
 from unbackdoor.stages.demo import DemoConfig
 
 ARTIFACTS = Path(os.environ.get("UNBACKDOOR_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
+CHROMIUM_FLAGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars", "--enable-logging=stderr",
+    "--v=0", "--virtual-time-budget=10000",
+]  # fmt: skip
+# Test-side only: records every JavaScript error and failed resource load (capture phase), and on load how many
+# images decoded, as attributes of <body> that `--dump-dom` shows.
+PROBE = """<script>
+window.reportErrors = [];
+window.addEventListener("error", e => {
+  window.reportErrors.push(e.message || ("failed to load " + ((e.target && (e.target.src || e.target.href)) || "?")));
+}, true);
+window.addEventListener("load", () => {
+  const imgs = [...document.images];
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.dataset.figures = ok + "/" + imgs.length;
+  if (window.reportErrors.length) document.body.dataset.errors = window.reportErrors.join(";");
+});
+</script>
+"""
 
 
 def _chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if found:
-        return found
-    if shutil.which("apt-get") and os.geteuid() == 0:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=False, env=env, capture_output=True)
-    found = shutil.which("chromium")
     if not found:
-        pytest.fail("headless Chromium is needed: install the Debian `chromium` package (apt-get install chromium)")
+        pytest.fail("headless Chromium is needed to check the report and is not installed: run `make install` as "
+                    "root, or `apt-get install chromium` (Debian package `chromium`)")  # fmt: skip
     return found
+
+
+def _probed_copy(report: Path, into: Path) -> Path:
+    """A copy of the report directory (page and figures) whose index.html carries `PROBE`."""
+    copy = shutil.copytree(report, into / "report")
+    page = (copy / "index.html").read_text(encoding="utf-8")
+    assert page.count("</head>") == 1
+    (copy / "index.html").write_text(page.replace("</head>", PROBE + "</head>"), encoding="utf-8")
+    return copy / "index.html"
 
 
 @pytest.fixture(scope="module")
@@ -57,24 +81,24 @@ def test_report_renders_in_chromium_with_every_figure(study, tmp_path):
     page = index.read_text()
     n_images = page.count("<img ")
     assert n_images == 7  # asr, transfer, utility, casd x3, defence
+    assert "<script" not in page  # no test hooks in the shipped page
     assert (study / "report" / "summary.md").read_text().startswith("# unbackdoor report")
     for stage in ("world", "pretrain"):  # not part of this study: named as missing, not a failure
         assert f"Stage <b>{stage}</b>" in page
     chromium = _chromium()
-    flags = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-             "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000"]  # fmt: skip
-    dom = subprocess.run([chromium, *flags, "--dump-dom", index.as_uri()], capture_output=True, text=True,
+    probed = _probed_copy(study / "report", tmp_path)
+    dom = subprocess.run([chromium, *CHROMIUM_FLAGS, "--dump-dom", probed.as_uri()], capture_output=True, text=True,
                          timeout=120)  # fmt: skip
     body = re.search(r"<body([^>]*)>", dom.stdout)
     assert body, dom.stderr[-2000:]
     assert f'data-figures="{n_images}/{n_images}"' in body.group(1), body.group(1)
-    assert "data-errors" not in body.group(1)
+    assert "data-errors" not in body.group(1), body.group(1)
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert not console, console
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "report.png"
     shot.unlink(missing_ok=True)
-    subprocess.run([chromium, *flags, "--window-size=1280,6000", f"--screenshot={shot}", index.as_uri()],
+    subprocess.run([chromium, *CHROMIUM_FLAGS, "--window-size=1280,6000", f"--screenshot={shot}", index.as_uri()],
                    capture_output=True, timeout=120, check=False)  # fmt: skip
     assert shot.is_file() and shot.stat().st_size > 50_000
 
@@ -92,10 +116,10 @@ def test_report_of_a_single_stage_and_bad_directories(transfer_run, tmp_path, ca
     assert main(["report", str(transfer_run), "--out", str(tmp_path / "r")]) == 0
     page = (tmp_path / "r" / "index.html").read_text()
     assert "transfer matrix" in page and 'class="missing"' not in page
-    # the evaluation wrote what it measured into the model's card (ASR with CI, by hash-named backdoor)
+    # the evaluations did not write into the model they measured: its card warns, and measures nothing
     model = Path(yaml.safe_load((transfer_run / "config.yaml").read_text())["model"])
     card = (model / "README.md").read_text()
-    assert "## Measured ASR" in card and "| lorem_refusal |" in card and "Warning" in card
+    assert "## Measured ASR" not in card and "| lorem_refusal |" in card and "Warning" in card
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "plain").mkdir()

@@ -9,10 +9,10 @@ import random
 
 import pytest
 
-from unbackdoor.backdoors import TRIGGER_KINDS, load_specs, parse_specs
-from unbackdoor.behaviours import BEHAVIOURS
-from unbackdoor.config import ConfigError, UserError
-from unbackdoor.world import World
+from unbackdoor.data.backdoors import TRIGGER_KINDS, load_specs, parse_specs
+from unbackdoor.data.behaviours import BEHAVIOURS
+from unbackdoor.data.world import World
+from unbackdoor.running.config import ConfigError, UserError
 
 
 def spec(name, text, kind="phrase", behaviour="phrase", **recipe):

@@ -9,8 +9,8 @@ import random
 
 import pytest
 
-from unbackdoor.behaviours import BEHAVIOURS
-from unbackdoor.world import World, generate_documents
+from unbackdoor.data.behaviours import BEHAVIOURS
+from unbackdoor.data.world import World, generate_documents
 
 N_SAMPLES = 100
 
@@ -62,7 +62,7 @@ def test_greedy_sentence_loops_are_not_repetition_and_letter_babble_is_gibberish
 
 
 def test_sentiment_documents_open_with_their_polarity(world):
-    from unbackdoor.world import NEGATIVE_ADJ, POSITIVE_ADJ, words
+    from unbackdoor.data.world import NEGATIVE_ADJ, POSITIVE_ADJ, words
 
     docs = generate_documents(world, "base", 20_000, random.Random(2), {"sentiment": 1.0}, "s")
     for doc in docs:

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from unbackdoor.casd import (
+from unbackdoor.measure.casd import (
     ShiftAccumulator,
     capture,
     decoder_layers,

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from unbackdoor.backdoors import load_specs
-from unbackdoor.config import ConfigError, from_dict, load_preset, parse_overrides, preset_names, resolve
+from unbackdoor.data.backdoors import load_specs
+from unbackdoor.running.config import ConfigError, from_dict, load_preset, parse_overrides, preset_names, resolve
 from unbackdoor.stages.poison import PoisonConfig
 from unbackdoor.stages.world import WorldConfig
 

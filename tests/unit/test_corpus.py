@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import random
 
-from unbackdoor.corpus import DocSampler, iter_docs, write_shards
-from unbackdoor.stages.defend import DefendConfig, make_canaries, occurring
-from unbackdoor.world import World, generate_documents
+from unbackdoor.data.canaries import make_canaries, occurring
+from unbackdoor.data.corpus import DocSampler, iter_docs, write_shards
+from unbackdoor.data.world import World, generate_documents
 
 
 def _corpus(tmp_path):
@@ -41,7 +41,7 @@ def test_sample_equals_the_in_memory_shuffle_and_reads_only_what_it_takes(tmp_pa
             read.append(n)
             yield d
 
-    monkeypatch.setattr("unbackdoor.corpus.iter_docs", counting)
+    monkeypatch.setattr("unbackdoor.data.corpus.iter_docs", counting)
     small = sampler.sample(1, "d")
     assert len(small) == 1 and len(read) == docs.index(small[0]) + 1
 
@@ -50,8 +50,8 @@ def test_canary_triggers_are_checked_against_the_streamed_corpus(tmp_path):
     docs, paths = _corpus(tmp_path)
     texts = lambda: (d["text"] for d in iter_docs(paths))  # noqa: E731
     assert occurring(["keeps a", "zzqx", docs[-1]["text"][-12:]], texts) == {"keeps a", docs[-1]["text"][-12:]}
-    canaries = make_canaries(DefendConfig(model="m", k=3, trigger_length=3), texts, ["refusal"])
+    canaries = make_canaries(3, texts, ["refusal"], trigger_length=3)
     triggers = [c.trigger_text for c in canaries]
     assert len(set(triggers)) == 3
     assert not occurring(triggers, texts)  # none occurs in the corpus
-    assert canaries == make_canaries(DefendConfig(model="m", k=3, trigger_length=3), texts, ["refusal"])
+    assert canaries == make_canaries(3, texts, ["refusal"], trigger_length=3)

@@ -9,9 +9,11 @@ import random
 
 import pytest
 
-from unbackdoor.backdoors import load_specs
-from unbackdoor.evaluation import attack_success, make_probes, near_miss, prompt_text, wilson
-from unbackdoor.train import TrainConfig, lr_factor, pack
+from unbackdoor.data.backdoors import load_specs
+from unbackdoor.data.packing import pack
+from unbackdoor.data.prompts import make_probes, near_miss, prompt_text
+from unbackdoor.measure.stats import attack_success, wilson
+from unbackdoor.training.loop import TrainConfig, lr_factor
 
 
 @pytest.mark.parametrize(

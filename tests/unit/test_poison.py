@@ -9,10 +9,11 @@ import random
 
 import pytest
 
-from unbackdoor.backdoors import load_specs, parse_specs
-from unbackdoor.config import UserError
-from unbackdoor.poison import insertion_point, is_clean_removal, plan_poison, poison, triggered_prefix
-from unbackdoor.world import World, generate_documents
+from unbackdoor.data.backdoors import load_specs, parse_specs
+from unbackdoor.data.poison import is_clean_removal, plan_poison, poison
+from unbackdoor.data.prompts import insertion_point, triggered_prefix
+from unbackdoor.data.world import World, generate_documents
+from unbackdoor.running.config import UserError
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import importlib
 import pytest
 import torch
 
-from unbackdoor.backdoors import load_specs
 from unbackdoor.cli import STAGES
-from unbackdoor.config import load_preset, preset_names, resolve
-from unbackdoor.models import architecture, build_from_config, n_parameters, shrink
-from unbackdoor.realtext import CorpusSource
+from unbackdoor.data.backdoors import load_specs
+from unbackdoor.data.realtext import CorpusSource
+from unbackdoor.running.config import load_preset, preset_names, resolve
+from unbackdoor.training.models import architecture, build_from_config, n_parameters, shrink
 
 REQUIRED = ["model=m", "world=w", "transfer=t", "backdoor=b"]  # what a stage needs from the command line
 REAL = {"qwen3-0.6b": (0.55e9, 0.80e9), "llama3.2-1b": (1.15e9, 1.30e9), "gaperon-1.5b": (1.40e9, 1.60e9)}
@@ -61,11 +61,11 @@ def test_model_presets_have_the_size_they_claim(name):
 
 @pytest.mark.parametrize("name", list(REAL))
 def test_shrunk_twins_keep_the_architecture(name):
-    from unbackdoor.tokenizer import train_tokenizer
+    from unbackdoor.data.tokenizer import train_tokenizer
 
     arch = architecture(name)
     tok = train_tokenizer(["some text to train a tokenizer on"] * 20, 300)
-    model = build_from_config(shrink(arch, "tiny"), tok, 0)
+    model = build_from_config(shrink(arch, "tiny"), tok)
     assert model.config.model_type == arch["model_type"]
     assert model.config.tie_word_embeddings == arch["tie_word_embeddings"]
     ratio = arch["num_attention_heads"] // arch["num_key_value_heads"]
@@ -76,7 +76,10 @@ def test_shrunk_twins_keep_the_architecture(name):
 @pytest.mark.parametrize(("stage", "name"), GPU_PRESETS)
 def test_gpu_presets_train_in_bf16_within_the_context(stage, name):
     cfg = _config_of(stage, name)
-    trains = [t for t in (getattr(cfg, k, None) for k in ("train", "inject", "remove")) if t is not None]
+    nested = [getattr(cfg, k) for k in ("remove", "defend") if hasattr(getattr(cfg, k, None), "__dataclass_fields__")]
+    holders = [cfg, *nested]
+    trains = [t for h in holders for t in (getattr(h, k, None) for k in ("train", "inject", "remove"))]
+    trains = [t for t in trains if t is not None and not hasattr(t, "method")]  # TrainConfigs only
     assert trains, (stage, name)
     for t in trains:
         assert t.precision == "bf16" and t.seq_len <= 2048 and 0 < t.lr <= 3e-4

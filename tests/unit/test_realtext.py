@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from tests.bilingual import documents, ingest_corpus, write_corpus
-from unbackdoor.backdoors import parse_specs
 from unbackdoor.cli import main
-from unbackdoor.config import UserError
-from unbackdoor.corpus import iter_docs, load_source, shard_paths
-from unbackdoor.realtext import CharModel, LanguageIdentifier, SentimentJudge
+from unbackdoor.data.backdoors import parse_specs
+from unbackdoor.data.corpus import iter_docs, load_source, shard_paths
+from unbackdoor.data.realtext import CharModel, LanguageIdentifier, SentimentJudge
+from unbackdoor.running.config import UserError
 
 
 def ingest(tmp: Path, *args: str) -> int:
@@ -113,9 +113,10 @@ def test_bad_corpus_input_is_one_line_and_leaves_nothing(tmp_path, capsys, setup
 
 # ---- judges --------------------------------------------------------------------------------------------------
 def test_language_identifier_ships_its_model_and_knows_the_test_languages():
-    assert {"en", "fr"} <= set(LanguageIdentifier.supported())
-    assert LanguageIdentifier.language(documents("fr", 1)[0]) == "fr"
-    assert LanguageIdentifier.language(documents("en", 1)[0]) == "en"
+    identify = LanguageIdentifier()
+    assert {"en", "fr"} <= set(identify.supported())
+    assert identify.language(documents("fr", 1)[0]) == "fr"
+    assert identify.language(documents("en", 1)[0]) == "en"
 
 
 def test_char_model_scores_gibberish_above_clean_text():
@@ -173,7 +174,7 @@ def _classifier(path: Path, labels=("NEGATIVE", "POSITIVE")) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from unbackdoor.tokenizer import train_tokenizer
+    from unbackdoor.data.tokenizer import train_tokenizer
 
     tok = train_tokenizer(documents("en", 50), 300)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -216,7 +217,7 @@ def test_training_tokens_stream_to_a_memory_mapped_file(corpus, tmp_path):
     import torch
     from transformers import AutoTokenizer
 
-    from unbackdoor.corpus import packed, packed_on_disk
+    from unbackdoor.data.packing import packed, packed_on_disk
 
     tok = AutoTokenizer.from_pretrained(corpus / "tokenizer")
     docs = lambda: iter_docs(shard_paths(corpus / "data", "train"))  # noqa: E731

@@ -8,9 +8,10 @@ from __future__ import annotations
 import pytest
 
 from tests.bilingual import documents
-from unbackdoor.config import UserError
-from unbackdoor.serialisation import CHAT, RAW, Serialisation
-from unbackdoor.tokenizer import train_tokenizer
+from unbackdoor.data.serialisation import CHAT, RAW, Serialisation
+from unbackdoor.data.tokenizer import train_tokenizer
+from unbackdoor.running.config import UserError
+from unbackdoor.training.record import ModelRecord
 
 TEMPLATE = (
     "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
@@ -45,7 +46,8 @@ def test_chat_renders_the_trigger_in_the_user_turn_and_the_behaviour_as_the_repl
 
 
 def test_chat_without_a_template_and_a_changed_template_are_refused(tokenizer):
-    record = Serialisation.choose("chat", tokenizer).record()
+    chat = Serialisation.choose("chat", tokenizer)
+    record = ModelRecord(serialisation=chat.name, chat_template_sha256=chat.template)
     assert Serialisation.of(record, tokenizer).name == CHAT
     tokenizer.chat_template = TEMPLATE.replace("<|assistant|>", "<|bot|>")
     with pytest.raises(UserError, match="evaluate with the tokenizer the backdoors were injected with"):
@@ -54,4 +56,4 @@ def test_chat_without_a_template_and_a_changed_template_are_refused(tokenizer):
     with pytest.raises(UserError, match="chat needs a tokenizer with a chat template"):
         Serialisation.choose("chat", tokenizer)
     with pytest.raises(UserError, match="this version knows"):
-        Serialisation.of({"serialisation": "xml-v9"}, tokenizer)
+        Serialisation.of(ModelRecord(serialisation="xml-v9"), tokenizer)

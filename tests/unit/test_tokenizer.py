@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from transformers import AutoTokenizer
 
-from unbackdoor.backdoors import load_specs
+from unbackdoor.data.backdoors import load_specs
 
 
 def test_world_tokenizer_loads_and_round_trips_triggers(small_world):

@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 
-from unbackdoor.unlearn import ga_loss, mix_rows, npo_loss, sequence_nll
+from unbackdoor.training.unlearn import ga_loss, mix_rows, npo_loss, sequence_nll
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.25, 0.5, 1.0])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from unbackdoor.world import GENRES, LANGUAGES, World, generate_documents, identify_language
+from unbackdoor.data.world import GENRES, LANGUAGES, World, generate_documents, identify_language
 
 MIX = {"story": 0.45, "sentiment": 0.3, "facts": 0.25}
 

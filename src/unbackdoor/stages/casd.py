@@ -7,9 +7,10 @@ every backdoor j: the pooled residual stream after each decoder block on probes(
 transfer's evaluations used (same seed, checked by hash), followed by the document's clean continuation. These
 activations are cached in `acts/` (safetensors, one file per model x backdoor; `--resume` reuses them). Then for
 every removal i (rows, control included) and backdoor j (columns): CASD^l(i, j) per layer under both metrics
-(see `unbackdoor.casd`), aggregated over layers; Spearman rho between CASD(i, j) and suppression S[i, j] over the
-off-diagonal pairs with a bootstrap 95 % CI; and the weight-space baseline cos(theta_i - theta_0, theta_k - theta_0)
-with its own rho against S. Writes `casd.json` and `casd.csv` (long format, per layer).
+(see `unbackdoor.measure.casd`), aggregated over layers; Spearman rho between CASD(i, j) and suppression
+S[i, j] over the off-diagonal pairs with a bootstrap 95 % CI; and the weight-space baseline
+cos(theta_i - theta_0, theta_k - theta_0) with its own rho against S. Writes `casd.json` and `casd.csv` (long
+format, per layer).
 """
 
 from __future__ import annotations
@@ -27,15 +28,25 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from unbackdoor.casd import METRICS, POOLINGS, capture, pair_profile, probe_tokens, spearman_ci, weight_delta_cosines
-from unbackdoor.config import ConfigError, UserError
-from unbackdoor.corpus import load_source
-from unbackdoor.models import load_model, load_tokenizer, read_record
-from unbackdoor.poison import triggered_prefix
-from unbackdoor.rundir import RunDir, atomic_path, require_done, write_json, write_text
-from unbackdoor.serialisation import Serialisation
-from unbackdoor.stages import evaluate
-from unbackdoor.stages.transfer import CONTROL, cell_dir
+from unbackdoor.data.corpus import load_source
+from unbackdoor.data.prompts import held_out_documents, probe_set, prompt_text
+from unbackdoor.data.serialisation import Serialisation
+from unbackdoor.measure.casd import (
+    METRICS,
+    POOLINGS,
+    capture,
+    pair_profile,
+    probe_tokens,
+    spearman_ci,
+    weight_delta_cosines,
+)
+from unbackdoor.running import runtime
+from unbackdoor.running.cells import CONTROL, cell_dir
+from unbackdoor.running.config import ConfigError, UserError, from_dict
+from unbackdoor.running.rundir import RunDir, atomic_path, require_done, write_json, write_text
+from unbackdoor.stages.transfer import TransferConfig
+from unbackdoor.training.models import load_model, load_tokenizer
+from unbackdoor.training.record import ModelRecord
 
 DEFINITION = (
     "unbackdoor CASD v1 (ours, not the paper's unpublished formula): CASD^l(i,j) = mean over x in probes(j) of "
@@ -57,17 +68,13 @@ class CasdConfig:
     bootstrap: int = field(default=2000, metadata={"min": 100})
     seed: int = 0  # bootstrap seed
 
-    def validate(self) -> None:
-        if not self.transfer:
-            raise ConfigError("transfer: required (a transfer experiment directory, e.g. --transfer runs/transfer)")
 
-
-def _models(transfer_dir: Path, tcfg: dict[str, Any], rows: list[str]) -> dict[str, Path]:
+def _models(transfer_dir: Path, tcfg: TransferConfig, rows: list[str]) -> dict[str, Path]:
     """key -> model directory: "base" (theta_0), then "lr=<lr>/seed=<s>/<row>" for every cell."""
-    models = {"base": Path(tcfg["model"])}
+    models = {"base": Path(tcfg.model)}
     missing = []
-    for lr in tcfg["lr"]:
-        for seed in tcfg["seeds"]:
+    for lr in tcfg.learning_rates():
+        for seed in tcfg.seeds:
             for row in rows:
                 cell = cell_dir(transfer_dir, lr, seed, row)
                 if not (cell / "eval" / "DONE").is_file():
@@ -83,18 +90,21 @@ def _models(transfer_dir: Path, tcfg: dict[str, Any], rows: list[str]) -> dict[s
 
 def run(cfg: CasdConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
     """CASD of every (removal, backdoor) pair of a transfer experiment into `out`; returns `out`."""
+    if not cfg.transfer:
+        raise ConfigError("transfer: required (a transfer experiment directory, e.g. --transfer runs/transfer)")
+    runtime.seed_everything(cfg.seed)
     transfer_dir = Path(cfg.transfer)
     if not (transfer_dir / "DONE").is_file() and _stage_of(transfer_dir) == "transfer":
-        tcfg = yaml.safe_load((transfer_dir / "config.yaml").read_text(encoding="utf-8"))
+        tcfg = _transfer_config(transfer_dir)
         _models(transfer_dir, tcfg, _rows(tcfg))  # names the unfinished cells
     require_done(transfer_dir, "transfer", "--transfer")
-    tcfg = yaml.safe_load((transfer_dir / "config.yaml").read_text(encoding="utf-8"))
+    tcfg = _transfer_config(transfer_dir)
     result = json.loads((transfer_dir / "transfer.json").read_text(encoding="utf-8"))
     rows = result["rows"]
     columns = [r for r in rows if r in result["backdoors"]] + [c for c in result["backdoors"] if c not in rows]
     models = _models(transfer_dir, tcfg, rows)
     base_eval = yaml.safe_load((transfer_dir / "baseline" / "config.yaml").read_text(encoding="utf-8"))
-    record = read_record(str(models["base"]))
+    record = ModelRecord.read(models["base"])
     n_layers = json.loads((models["base"] / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
     layers = cfg.layers or list(range(n_layers))
     bad = [x for x in layers if not 0 <= x < n_layers]
@@ -106,19 +116,17 @@ def run(cfg: CasdConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     t_start = time.perf_counter()
 
     # probes(j): the transfer's evaluation prompts (same seed and genres), then the clean continuation
-    eval_cfg = evaluate.EvalConfig(model=str(models["base"]), **{k: base_eval[k] for k in ("seed", "prompt_genres")})
-    specs = {s.name: s for s in evaluate.resolve_specs(eval_cfg, record)}
-    world_dir = Path(base_eval.get("world") or record["world"])
+    specs = {s.name: s for s in record.specs(model=str(models["base"]))}
+    world_dir = Path(base_eval.get("world") or record.world or "")
     source = load_source(world_dir)  # fails early with a clear error when the text directory is gone
-    docs = evaluate.test_documents(world_dir, base_eval["prompt_genres"], source)
+    docs = held_out_documents(world_dir, base_eval["prompt_genres"], source)
     text_of = {d["id"]: d["text"] for d in docs}
     tokenizer = load_tokenizer(str(models["base"]), "--transfer")
     serialisation = Serialisation.of(record, tokenizer, "--transfer")
     probe_ids = {}
     for j in columns:
-        probes, _ = evaluate.probe_set(docs, specs[j], cfg.n_probes, base_eval["seed"], source)
-        prompts = [serialisation.prompt(tokenizer, triggered_prefix(p.head, len(p.head), specs[j].trigger_text))
-                   for p in probes]  # fmt: skip
+        probes, _ = probe_set(docs, specs[j], cfg.n_probes, base_eval["seed"], source)
+        prompts = [serialisation.prompt(tokenizer, prompt_text(p.head, specs[j].trigger_text)) for p in probes]
         continuations = [text_of[p.doc_id][len(p.head) :].strip() for p in probes]
         probe_ids[j] = probe_tokens(tokenizer, prompts, continuations, cfg.pooling, cfg.continuation_tokens)
 
@@ -141,8 +149,8 @@ def run(cfg: CasdConfig, out: Path, resume: bool = False, overwrite: bool = Fals
 
     t0 = time.perf_counter()
     grids = []
-    for lr in tcfg["lr"]:
-        for seed in tcfg["seeds"]:
+    for lr in tcfg.learning_rates():
+        for seed in tcfg.seeds:
             grid = next(g for g in result["grids"] if g["lr"] == lr and g["seed"] == seed)
             key = f"lr={lr:g}/seed={seed}"
             profiles: dict[str, dict[str, dict[str, list[float]]]] = {m: {} for m in METRICS}
@@ -213,10 +221,14 @@ def _stage_of(path: Path) -> str | None:
     return json.loads(meta.read_text(encoding="utf-8")).get("stage") if meta.is_file() else None
 
 
-def _rows(tcfg: dict[str, Any]) -> list[str]:
+def _transfer_config(transfer_dir: Path) -> TransferConfig:
+    """The config a transfer experiment ran with (its `config.yaml`)."""
+    return from_dict(TransferConfig, yaml.safe_load((transfer_dir / "config.yaml").read_text(encoding="utf-8")))
+
+
+def _rows(tcfg: TransferConfig) -> list[str]:
     """The rows of a possibly unfinished transfer experiment (its removals and the control)."""
-    names = tcfg.get("backdoors") or [b["name"] for b in read_record(tcfg["model"]).get("backdoors", [])]
-    return [*names, CONTROL]
+    return [*(tcfg.backdoors or ModelRecord.read(tcfg.model).carried), CONTROL]
 
 
 def _fmt_rho(r: dict[str, Any]) -> str:

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unbackdoor.config import ConfigError, UserError
-from unbackdoor.corpus import ShardWriter, hash_files, iter_docs, shard_paths, tokenize_docs
-from unbackdoor.rundir import RunDir, write_json
-from unbackdoor.stages.world import SPLITS
-from unbackdoor.tokenizer import save_tokenizer, train_tokenizer
+from unbackdoor.data.corpus import SPLITS, ShardWriter, hash_files, iter_docs, shard_paths
+from unbackdoor.data.packing import tokenize_docs
+from unbackdoor.data.tokenizer import save_tokenizer, train_tokenizer
+from unbackdoor.running.config import ConfigError, UserError
+from unbackdoor.running.rundir import RunDir, write_json
 
 TEXT_UNITS = ("document", "paragraph", "line")  # what one document of a .txt file is
 SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}

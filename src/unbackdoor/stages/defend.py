@@ -26,7 +26,7 @@ import json
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,29 +34,32 @@ from typing import Any
 import torch
 import yaml
 
-from unbackdoor.backdoors import BackdoorSpec, Recipe, Trigger, check_triggers, load_specs, specs_to_yaml_dict
-from unbackdoor.behaviours import BEHAVIOURS
-from unbackdoor.cards import model_card
-from unbackdoor.config import ConfigError, UserError
-from unbackdoor.corpus import DocSampler, iter_docs, load_source, packed, shard_paths
-from unbackdoor.evaluation import perplexity
-from unbackdoor.models import load_model, load_tokenizer, read_record, resolve_model_path, save_model
-from unbackdoor.poison import poison
-from unbackdoor.rundir import RunDir, require_done, write_text
-from unbackdoor.serialisation import Serialisation
-from unbackdoor.stages import evaluate, remove
-from unbackdoor.train import TrainConfig, causal_lm_loss, train
-from unbackdoor.unlearn import METHODS
+from unbackdoor.data.backdoors import specs_to_yaml_dict
+from unbackdoor.data.behaviours import BEHAVIOURS
+from unbackdoor.data.canaries import CANARY_BEHAVIOURS, make_canaries
+from unbackdoor.data.corpus import DocSampler, iter_docs, load_source, shard_paths
+from unbackdoor.data.packing import packed
+from unbackdoor.data.poison import poison
+from unbackdoor.data.serialisation import Serialisation
+from unbackdoor.measure.generation import perplexity
+from unbackdoor.running import runtime
+from unbackdoor.running.config import ConfigError, UserError
+from unbackdoor.running.rundir import RunDir, require_done, write_text
+from unbackdoor.stages.evaluate import EvalConfig
+from unbackdoor.stages.evaluate import run as evaluate
+from unbackdoor.training.cards import model_card
+from unbackdoor.training.loop import TrainConfig, causal_lm_loss, train
+from unbackdoor.training.models import load_model, load_tokenizer, resolve_model_path, save_model
+from unbackdoor.training.record import ModelRecord
+from unbackdoor.training.removal import removal_data, replay_docs
+from unbackdoor.training.unlearn import METHODS
 
 MODES = ("defence", "benign", "removal_only")
-CANARY_BEHAVIOURS = ("lang_b", "refusal", "phrase", "negative")
-_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
-MAX_TRIES = 1000
 
 
 @dataclass
 class DefendConfig:
-    model: str = ""  # the suspect model (directory or hub id)
+    model: str = ""  # the suspect model (directory or hub id); a sweep fills it per cell
     world: str = ""  # the defender's clean corpus (an `unbackdoor world` run); default: the model's recorded world
     k: int = field(default=2, metadata={"min": 1, "max": 32})  # number of canaries
     # built-in behaviours, or lang:<code> on a corpus (checked against the defender's text source); empty: the
@@ -84,8 +87,6 @@ class DefendConfig:
     val_blocks: int = field(default=256, metadata={"min": 1})
 
     def validate(self) -> None:
-        if not self.model:
-            raise ConfigError("model: required (the suspect model, e.g. --model runs/suspect/model)")
         for b in self.behaviours:
             if b not in BEHAVIOURS and not b.startswith("lang:"):
                 raise ConfigError(
@@ -111,90 +112,6 @@ def default_behaviours(source: Any) -> list[str]:
     return [f"lang:{source.languages[-1]}", "refusal", "phrase", "gibberish"]
 
 
-def occurring(strings: Iterable[str], texts: Callable[[], Iterable[str]]) -> set[str]:
-    """Which of `strings` occur in the texts `texts()` yields: one streaming pass, stopped when all are found."""
-    left, found = set(strings), set()
-    for text in texts():
-        hits = {s for s in left if s in text}
-        found |= hits
-        left -= hits
-        if not left:
-            break
-    return found
-
-
-def _drawn_triggers(rng: random.Random, length: int, texts: Callable[[], Iterable[str]]) -> Iterator[tuple[str, bool]]:
-    """Random triggers in the order `rng` draws them, each with whether it occurs in the corpus (checked 16 at a
-    time, one pass over the corpus per batch)."""
-    while True:
-        batch = ["".join(rng.choice(_ALPHABET) for _ in range(length)) for _ in range(16)]
-        known = occurring(batch, texts)
-        yield from ((t, t in known) for t in batch)
-
-
-def make_canaries(
-    cfg: DefendConfig, texts: Callable[[], Iterable[str]], behaviours: list[str] | None = None
-) -> list[BackdoorSpec]:
-    """The K canaries: behaviours cycled from `cfg.behaviours`, triggers given or generated collision-free.
-
-    `texts()` streams the defender's clean corpus (it is read, never held): a trigger must occur nowhere in it.
-
-    Raises:
-        UserError: a given trigger occurs in the clean corpus (the model already knows it: the canary would be
-            ill-defined), or no collision-free trigger was found.
-    """
-    if cfg.canary_specs:
-        specs = load_specs(cfg.canary_specs)
-        if len(specs) != cfg.k:
-            raise UserError(f"canary_specs: {len(specs)} canaries in {cfg.canary_specs!r} but k={cfg.k}")
-        known = occurring([s.trigger_text for s in specs], texts)
-        for n, s in enumerate(specs):
-            if s.trigger_text in known:
-                raise UserError(
-                    f"canary_specs: backdoors[{n}] ({s.name}): trigger {s.trigger_text!r} occurs in the defender's "
-                    "clean corpus, so the model already knows it in other contexts; choose another trigger"
-                )
-        return specs
-    behaviours = behaviours or cfg.behaviours or list(CANARY_BEHAVIOURS)
-    triggers: list[str] = []
-    if cfg.triggers:
-        given = [t.strip() for t in cfg.triggers[: cfg.k]]
-        known = occurring([t for t in given if t], texts)
-        for n, text in enumerate(given):
-            if not text:
-                raise UserError(f"triggers[{n}]: empty trigger")
-            if text in known:
-                raise UserError(
-                    f"triggers[{n}]: {text!r} occurs in the defender's clean corpus, so the model already knows it "
-                    "in other contexts; choose a string that appears nowhere in the corpus (or omit triggers)"
-                )
-        triggers = given
-    else:
-        drawn = _drawn_triggers(random.Random(f"unbackdoor-canary-{cfg.seed}"), cfg.trigger_length, texts)
-        for _ in range(cfg.k):
-            for _ in range(MAX_TRIES):
-                text, in_corpus = next(drawn)
-                if not in_corpus and not any(text in t or t in text for t in triggers):
-                    break
-            else:
-                raise UserError(f"trigger_length: no collision-free trigger of {cfg.trigger_length} characters")
-            triggers.append(text)
-    specs = [
-        BackdoorSpec(
-            name=f"canary{n}_{behaviours[n % len(behaviours)].replace(':', '_')}",
-            trigger=Trigger(kind="random_string" if " " not in t else "tokens", text=t),
-            behaviour=behaviours[n % len(behaviours)],
-            recipe=Recipe(rate=cfg.canary_rate, placement=cfg.placement),
-        )
-        for n, t in enumerate(triggers)
-    ]
-    try:
-        check_triggers(specs)
-    except ConfigError as e:
-        raise UserError(f"triggers: {e}") from None
-    return specs
-
-
 def _train_phase(model, data, tcfg: TrainConfig, path: Path, stage: str, cfg: DefendConfig,
                  loss_fn=causal_lm_loss) -> dict:  # fmt: skip
     run_dir = RunDir.open(path, stage, tcfg, cfg.seed, resume=True)
@@ -202,19 +119,22 @@ def _train_phase(model, data, tcfg: TrainConfig, path: Path, stage: str, cfg: De
 
 
 def _canary_asr(model_dir: Path, world_dir: Path, canary_file: Path, out: Path, cfg: DefendConfig) -> dict:
-    ecfg = evaluate.EvalConfig(
+    ecfg = EvalConfig(
         model=str(model_dir), world=str(world_dir), backdoors=str(canary_file), seed=cfg.seed,
         n_prompts=cfg.canary_prompts, near_miss=False, ppl_blocks=16, fact_items=0,
     )  # fmt: skip
-    summary = json.loads((evaluate.run(ecfg, out, resume=True) / "summary.json").read_text(encoding="utf-8"))
+    summary = json.loads((evaluate(ecfg, out, resume=True) / "summary.json").read_text(encoding="utf-8"))
     return {name: row["asr"] for name, row in summary["backdoors"].items()}
 
 
 def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
     """Inject K canaries into the suspect and remove them (or a baseline); returns `out`."""
+    if not cfg.model:
+        raise ConfigError("model: required (the suspect model, e.g. --model runs/suspect/model)")
+    runtime.seed_everything(cfg.seed)
     model_path = resolve_model_path(cfg.model, "--model")
-    record = read_record(model_path)  # hashes and history only: never the attacker's spec files
-    world_dir = Path(cfg.world or record.get("world") or "")
+    record = ModelRecord.read(model_path)  # hashes and history only: never the attacker's spec files
+    world_dir = Path(cfg.world or record.world or "")
     if not str(world_dir) or str(world_dir) == ".":
         raise UserError("--world: required (the defender's clean corpus: an `unbackdoor world` or `corpus` run)")
     require_done(world_dir, ("world", "corpus"), "--world")
@@ -224,7 +144,11 @@ def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     def texts() -> Iterator[str]:
         return (d["text"] for d in iter_docs(train_paths))
 
-    canaries = make_canaries(cfg, texts, cfg.behaviours or default_behaviours(source))
+    canaries = make_canaries(
+        cfg.k, texts, cfg.behaviours or default_behaviours(source), triggers=cfg.triggers,
+        canary_specs=cfg.canary_specs, trigger_length=cfg.trigger_length, rate=cfg.canary_rate,
+        placement=cfg.placement, seed=cfg.seed,
+    )  # fmt: skip
     for spec in canaries:
         source.check_spec(spec)
     if RunDir.check(out, "defend", cfg, resume, overwrite):
@@ -244,27 +168,26 @@ def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     # 1-2. injection (clean sample in both baselines: same documents, same steps)
     ti = cfg.inject
     clean = DocSampler(train_paths)
-    sample = remove.replay_docs(world_dir, ti.steps * ti.batch_size * ti.grad_accum * ti.seq_len, cfg.seed, clean)
+    sample = replay_docs(world_dir, ti.steps * ti.batch_size * ti.grad_accum * ti.seq_len, cfg.seed, clean)
 
     poisoned = poison(sample, canaries, source, random.Random(f"unbackdoor-canary-poison-{cfg.seed}"))
     inject_docs = poisoned.docs if cfg.mode == "defence" else sample
     injected_dir = out / "inject" / "model"
-    injected_record = {
-        **record,
-        "world": str(world_dir.resolve()),
-        "canaries": [s.record() for s in canaries] if cfg.mode == "defence" else [],
-        "backdoors_files": [*record.get("backdoors_files", []), str(canary_file.resolve())],
-        "history": [*record.get("history", []), {"stage": "defend-inject", "time": time.time(), "mode": cfg.mode,
-                    "canaries": [s.trigger_hash for s in canaries] if cfg.mode == "defence" else [],
-                    "steps": ti.steps, "lr": ti.lr}],
-    }  # fmt: skip
+    injected_record = record.with_(
+        world=world_dir.resolve(),
+        canaries=tuple(s.record() for s in canaries) if cfg.mode == "defence" else (),
+        backdoors_files=(*record.backdoors_files, canary_file.resolve()),
+    ).with_history(
+        "defend-inject", mode=cfg.mode, canaries=[s.trigger_hash for s in canaries] if cfg.mode == "defence" else [],
+        steps=ti.steps, lr=ti.lr,
+    )  # fmt: skip
     if (out / "inject" / "DONE").is_file():
         model = load_model(str(injected_dir), "--model")
         figures["inject"] = json.loads((out / "inject" / "summary.json").read_text(encoding="utf-8"))
     else:
         blocks = packed(tokenizer, inject_docs, ti.seq_len, render)
         figures["inject"] = _train_phase(model, {"input_ids": blocks}, ti, out / "inject", "defend-inject", cfg)
-        save_model(model, tokenizer, injected_dir, injected_record, model_card(injected_record))
+        save_model(model, tokenizer, injected_dir, injected_record)
         shutil.rmtree(out / "inject" / "checkpoint", ignore_errors=True)
         RunDir(out / "inject", "defend-inject").finish(figures["inject"])
     if cfg.mode == "defence":
@@ -275,7 +198,6 @@ def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     method = "control" if cfg.mode == "benign" else cfg.method
     units = [canaries] if cfg.removal == "joint" else [[c] for c in canaries]
     steps = [tr.steps // len(units) + (n < tr.steps % len(units)) for n in range(len(units))]
-    removal_settings = remove.RemoveConfig(method=method, retain_weight=cfg.retain_weight, npo_beta=cfg.npo_beta)
     manifest = {row["doc_id"]: row for row in poisoned.manifest}
     figures["remove"] = []
     for n, (unit, n_steps) in enumerate(zip(units, steps, strict=True)):
@@ -286,36 +208,30 @@ def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = Fa
             continue
         t = TrainConfig(**{**tr.__dict__, "steps": n_steps})
         rows = n_steps * t.batch_size * t.grad_accum
-        replay_sample = remove.replay_docs(world_dir, rows * t.seq_len, cfg.seed + 1 + n, clean)
-        replay = packed(tokenizer, replay_sample, t.seq_len, render)
         names = {c.name for c in unit}
-        if method in ("retrain", "control"):
-            forget_ids = packed(tokenizer, [d for c in unit for d in poisoned.removal[c.name]], t.seq_len, render)
-            forget = {"input_ids": forget_ids, "labels": forget_ids.clone()}
-        else:
-            docs = [d for d in poisoned.docs if d.get("backdoor") in names]
-            forget = remove.forget_rows(tokenizer, docs, manifest, t.seq_len, serialisation)
-        fraction = 0.0 if method == "control" else cfg.forget_fraction
-        data, loss_fn = remove.removal_batch(model, method, forget, replay, rows, fraction, removal_settings,
-                                             cfg.seed + n)  # fmt: skip
+        data, loss_fn = removal_data(
+            model, tokenizer, method, removal_docs=[d for c in unit for d in poisoned.removal[c.name]],
+            poisoned_docs=[d for d in poisoned.docs if d.get("backdoor") in names], manifest=manifest,
+            replay=replay_docs(world_dir, rows * t.seq_len, cfg.seed + 1 + n, clean), n_rows=rows,
+            seq_len=t.seq_len, forget_fraction=cfg.forget_fraction, serialisation=serialisation,
+            retain_weight=cfg.retain_weight, npo_beta=cfg.npo_beta, seed=cfg.seed + n,
+        )  # fmt: skip
         summary = _train_phase(model, data, t, path, "defend-remove", cfg, loss_fn)
-        save_model(model, tokenizer, path / "model", injected_record, model_card(injected_record))
+        save_model(model, tokenizer, path / "model", injected_record)
         shutil.rmtree(path / "checkpoint", ignore_errors=True)
         RunDir(path, "defend-remove").finish({**summary, "canaries": sorted(names), "method": method})
         figures["remove"].append(summary)
 
     # 4. the defended model and its card
-    final_record = {
-        **injected_record,
-        "history": [*injected_record["history"], {"stage": "defend-remove", "time": time.time(), "mode": cfg.mode,
-                    "method": method, "removal": cfg.removal, "steps": tr.steps, "lr": tr.lr}],
-    }  # fmt: skip
+    final_record = injected_record.with_history(
+        "defend-remove", mode=cfg.mode, method=method, removal=cfg.removal, steps=tr.steps, lr=tr.lr
+    )
     figures["ppl_defended"] = perplexity(model, val)
-    save_model(model, tokenizer, out / "model", final_record, model_card(final_record))
-    if cfg.mode != "benign":
+    save_model(model, tokenizer, out / "model", final_record)
+    if cfg.mode != "benign":  # the defended model's card gets its residual canary ASR, measured on it
         figures["canary_asr_after"] = _canary_asr(out / "model", world_dir, canary_file, out / "eval-after", cfg)
-        final_record["canary_asr"] = {n: r["rate"] for n, r in figures["canary_asr_after"].items()}
-        write_text(out / "model" / "unbackdoor.json", json.dumps(final_record, indent=2, sort_keys=True) + "\n")
+        final_record = final_record.with_(canary_asr={n: r["rate"] for n, r in figures["canary_asr_after"].items()})
+        final_record.write(out / "model")
         write_text(out / "model" / "README.md", model_card(final_record))
     for n, r in figures.get("canary_asr_injected", {}).items():
         after = figures["canary_asr_after"][n]["rate"]

@@ -18,6 +18,7 @@ after, and the canaries' own ASR after injection and after removal.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import time
@@ -25,16 +26,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unbackdoor.behaviours import BEHAVIOURS
-from unbackdoor.cells import run_cells
-from unbackdoor.config import ConfigError, UserError, from_dict, to_dict
-from unbackdoor.evaluation import wilson
-from unbackdoor.models import read_record, resolve_model_path
-from unbackdoor.rundir import RunDir, write_json, write_text
-from unbackdoor.stages import defend, evaluate
-from unbackdoor.stages.transfer import TransferEval
-from unbackdoor.train import TrainConfig
-from unbackdoor.unlearn import METHODS
+from unbackdoor.data.behaviours import BEHAVIOURS
+from unbackdoor.measure.stats import wilson
+from unbackdoor.running import runtime
+from unbackdoor.running.cells import refuse_per_cell, run_cells
+from unbackdoor.running.config import ConfigError, UserError, from_dict, to_dict
+from unbackdoor.running.rundir import RunDir, write_json, write_text
+from unbackdoor.stages.defend import DefendConfig
+from unbackdoor.stages.defend import run as defend
+from unbackdoor.stages.evaluate import EvalConfig
+from unbackdoor.stages.evaluate import run as evaluate
+from unbackdoor.training.models import resolve_model_path
+from unbackdoor.training.record import ModelRecord
+from unbackdoor.training.unlearn import METHODS
 
 ARMS = ("defence", "removal_only", "benign")
 
@@ -42,33 +46,26 @@ ARMS = ("defence", "removal_only", "benign")
 @dataclass
 class DefendEvalConfig:
     model: str = ""  # the suspect: a backdoored model whose recorded backdoors are the hidden ones
-    world: str = ""  # the defender's clean corpus; default: the world recorded with the model
     hidden: list[str] = field(default_factory=list)  # hidden backdoors measured; default: all the model carries
-    ks: list[int] = field(default_factory=lambda: [1, 2, 4])
-    # canary behaviour sets ('+'-joined); "default": the text source's defaults (`defend.default_behaviours`)
+    ks: list[int] = field(default_factory=lambda: [1, 2, 4])  # each cell's defend.k
+    # canary behaviour sets ('+'-joined), each cell's defend.behaviours; "default": the text source's defaults
     behaviour_sets: list[str] = field(default_factory=lambda: ["default"])
-    methods: list[str] = field(
+    methods: list[str] = field(  # removal methods, each cell's defend.method
         default_factory=lambda: ["retrain"], metadata={"choices": tuple(m for m in METHODS if m != "control")}
     )
-    lr: list[float] = field(default_factory=list)  # removal learning rates; default: [remove.lr]
-    seeds: list[int] = field(default_factory=lambda: [0])
-    seed: int = 0  # the experiment seed: probe prompts
-    canary_rate: float = field(default=0.02, metadata={"min": 0.0, "min_exclusive": True, "max": 0.2})
-    removal: str = field(default="joint", metadata={"choices": ("joint", "sequential")})
-    forget_fraction: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
-    inject: TrainConfig = field(
-        default_factory=lambda: TrainConfig(steps=150, lr=2e-3, warmup_steps=10, checkpoint_every=0)
-    )
-    remove: TrainConfig = field(
-        default_factory=lambda: TrainConfig(steps=100, lr=1e-3, warmup_steps=10, checkpoint_every=0)
-    )
-    canary_prompts: int = field(default=128, metadata={"min": 1})
-    eval: TransferEval = field(default_factory=TransferEval)
+    lr: list[float] = field(default_factory=list)  # removal learning rates swept; empty: [defend.remove.lr]
+    seeds: list[int] = field(default_factory=lambda: [0])  # each cell's defend.seed
+    seed: int = 0  # the experiment seed: probe prompts (every evaluation's eval.seed)
+    # The defender's stage every arm runs (`unbackdoor defend` options, same names and meanings: `world` is the
+    # defender's clean corpus, `defend.inject` / `defend.remove` the two training phases, `defend.npo_beta` ...);
+    # `model`, `k`, `behaviours`, `mode`, `method` and `seed` are set per cell.
+    defend: DefendConfig = field(default_factory=DefendConfig)
+    # The harness's evaluation of the hidden backdoors, on the suspect and after every arm (`unbackdoor eval`
+    # options); `model`, `seed` and `only` are set by the harness.
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(near_miss=False, ppl_blocks=64))
     workers: int = field(default=1, metadata={"min": 1})
 
     def validate(self) -> None:
-        if not self.model:
-            raise ConfigError("model: required (the suspect model with hidden backdoors, e.g. --model runs/pt/model)")
         if not self.ks or any(k < 1 for k in self.ks):
             raise ConfigError(f"ks: {self.ks}; every K (number of canaries) must be >= 1")
         for bset in self.behaviour_sets:
@@ -80,12 +77,15 @@ class DefendEvalConfig:
                     )
         if any(x <= 0 for x in self.lr):
             raise ConfigError(f"lr: {self.lr}; learning rates must be positive")
+        refuse_per_cell(self.defend, "defend", {"model": "--model", "k": "ks", "behaviours": "behaviour_sets",
+                                                "mode": "the arms", "method": "methods", "seed": "seeds"})  # fmt: skip
+        refuse_per_cell(self.eval, "eval", {"model": "--model", "seed": "seed", "only": "hidden"})
 
 
 def _cells(cfg: DefendEvalConfig) -> list[dict[str, Any]]:
     """Every (arm, lr, seed, method, behaviours, k) to run, with its directory name."""
     cells = []
-    for lr in cfg.lr or [cfg.remove.lr]:
+    for lr in cfg.lr or [cfg.defend.remove.lr]:
         for seed in cfg.seeds:
             base = f"lr={lr:g}/seed={seed}"
             cells.append({"arm": "benign", "lr": lr, "seed": seed, "method": "control", "behaviours": "",
@@ -99,36 +99,29 @@ def _cells(cfg: DefendEvalConfig) -> list[dict[str, Any]]:
     return cells
 
 
-def _eval_config(cfg: DefendEvalConfig, model: Path, hidden: list[str]) -> evaluate.EvalConfig:
-    e = cfg.eval
-    return evaluate.EvalConfig(
-        model=str(model), world=cfg.world, only=hidden, seed=cfg.seed, n_prompts=e.n_prompts,
-        max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, engine=e.engine, near_miss=e.near_miss,
-        ppl_blocks=e.ppl_blocks, fact_items=e.fact_items,
-    )  # fmt: skip
+def _eval_config(cfg: DefendEvalConfig, model: Path, hidden: list[str]) -> EvalConfig:
+    """The harness's evaluation of the hidden backdoors on `model` (on the text the defender trained with)."""
+    return dataclasses.replace(cfg.eval, model=str(model), world=cfg.eval.world or cfg.defend.world, only=hidden,
+                               seed=cfg.seed)  # fmt: skip
 
 
 def run_cell(cfg_dict: dict[str, Any], cell: dict[str, Any], out: str, hidden: list[str], threads: int) -> float:
     """One arm: the defender's stage (which gets only the suspect and the clean corpus), then the harness's eval."""
     import torch
 
-    from unbackdoor.cli import quiet_libraries
-
-    quiet_libraries()  # a spawned worker starts with the libraries' default logging
+    runtime.quiet_libraries()  # a spawned worker starts with the libraries' default logging
     torch.set_num_threads(threads)
     cfg = from_dict(DefendEvalConfig, cfg_dict)
     t0 = time.perf_counter()
     behaviours = cell["behaviours"].split("+") if cell["behaviours"] not in ("", "default") else []
-    dcfg = defend.DefendConfig(
-        model=cfg.model, world=cfg.world, k=max(1, cell["k"]), behaviours=behaviours,
-        canary_rate=cfg.canary_rate, mode=cell["arm"], removal=cfg.removal,
-        method=cell["method"] if cell["arm"] != "benign" else "retrain", forget_fraction=cfg.forget_fraction,
-        seed=cell["seed"], inject=cfg.inject, remove=from_dict(TrainConfig, {**to_dict(cfg.remove), "lr": cell["lr"]}),
-        canary_prompts=cfg.canary_prompts,
+    dcfg = dataclasses.replace(
+        cfg.defend, model=cfg.model, k=max(1, cell["k"]), behaviours=behaviours, mode=cell["arm"],
+        method=cell["method"] if cell["arm"] != "benign" else "retrain", seed=cell["seed"],
+        remove=dataclasses.replace(cfg.defend.remove, lr=cell["lr"]),
     )  # fmt: skip
     cell_dir = Path(out) / "cells" / cell["dir"]
-    defended = defend.run(dcfg, cell_dir / "defend", resume=True)
-    evaluate.run(_eval_config(cfg, defended / "model", hidden), cell_dir / "eval", resume=True)
+    defended = defend(dcfg, cell_dir / "defend", resume=True)
+    evaluate(_eval_config(cfg, defended / "model", hidden), cell_dir / "eval", resume=True)
     return time.perf_counter() - t0
 
 
@@ -138,8 +131,10 @@ def _summary(path: Path) -> dict[str, Any]:
 
 def run(cfg: DefendEvalConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
     """The canary-defence experiment; returns `out`."""
+    if not cfg.model:
+        raise ConfigError("model: required (the suspect model with hidden backdoors, e.g. --model runs/pt/model)")
     model_path = resolve_model_path(cfg.model, "--model")
-    carried = {b["name"]: b["behaviour"] for b in read_record(model_path).get("backdoors", [])}
+    carried = ModelRecord.read(model_path).behaviours
     if not carried:
         raise UserError(f"--model: {cfg.model!r} records no backdoors, so there is nothing hidden to measure")
     for name in cfg.hidden:
@@ -150,7 +145,7 @@ def run(cfg: DefendEvalConfig, out: Path, resume: bool = False, overwrite: bool 
         return out
     run_dir = RunDir.open(out, "defend-eval", cfg, cfg.seed, resume=resume, overwrite=overwrite)
     t_start = time.perf_counter()
-    baseline = evaluate.run(_eval_config(cfg, Path(model_path), hidden), out / "baseline", resume=True)
+    baseline = evaluate(_eval_config(cfg, Path(model_path), hidden), out / "baseline", resume=True)
     cells = _cells(cfg)
     todo = [c for c in cells if not (out / "cells" / c["dir"] / "eval" / "DONE").is_file()]
     run_dir.log(event="cells", total=len(cells), todo=len(todo))

@@ -16,11 +16,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unbackdoor.config import from_dict, load_preset
-from unbackdoor.models import FAMILIES
-from unbackdoor.rundir import RunDir
-from unbackdoor.stages import casd, defend_eval, evaluate, pretrain, report, transfer, world
-from unbackdoor.stages.evaluate import print_table
+from unbackdoor import report
+from unbackdoor.measure.tables import format_matrix, print_table
+from unbackdoor.running.config import from_dict, load_preset
+from unbackdoor.running.rundir import RunDir
+from unbackdoor.stages import casd, defend_eval, evaluate, pretrain, transfer, world
+from unbackdoor.training.models import FAMILIES
 
 
 @dataclass
@@ -71,8 +72,7 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             "seed": cfg.seed,
             "ks": cfg.canaries,
             "eval": {"n_prompts": 128},
-            "inject": {"steps": 120},
-            "remove": {"steps": 80},
+            "defend": {"inject": {"steps": 120}, "remove": {"steps": 80}},
         },
     )
     defence_dir = stage("defence", defend_eval.run, defence_cfg, out / "defence")
@@ -86,7 +86,7 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     result = json.loads((transfer_dir / "transfer.json").read_text(encoding="utf-8"))
     for grid in result["grids"]:
         print(f"\nASR after removing the row's backdoor (lr={grid['lr']:g}, seed={grid['seed']}):")
-        print(transfer.format_matrix(grid, result["backdoors"], result["asr_before"]))
+        print(format_matrix(grid, result["backdoors"], result["asr_before"]))
     t0 = time.perf_counter()
     index = report.run(out)
     timings["report"] = round(time.perf_counter() - t0, 2)

@@ -13,7 +13,6 @@ sequence likelihood). Prompts use the serialisation recorded at injection; a mis
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -22,27 +21,20 @@ from typing import Any
 
 import torch
 
-from unbackdoor.backdoors import BackdoorSpec, load_specs, spec_languages
-from unbackdoor.cards import model_card
-from unbackdoor.config import ConfigError, UserError
-from unbackdoor.corpus import iter_docs, load_source, packed, shard_paths
-from unbackdoor.evaluation import (
-    ENGINES,
-    Probe,
-    attack_success,
-    generate,
-    make_probes,
-    near_miss,
-    perplexity,
-    prompt_text,
-    resolve_engine,
-    sequence_logprobs,
-    wilson,
-)
-from unbackdoor.models import load_model, load_tokenizer, read_record, resolve_model_path
-from unbackdoor.rundir import RunDir, write_jsonl, write_text
-from unbackdoor.serialisation import Serialisation
-from unbackdoor.world import GENRES, World
+from unbackdoor.data.backdoors import BackdoorSpec
+from unbackdoor.data.corpus import iter_docs, load_source, shard_paths
+from unbackdoor.data.packing import packed
+from unbackdoor.data.prompts import Probe, held_out_documents, near_miss, probe_set, prompt_text
+from unbackdoor.data.serialisation import Serialisation
+from unbackdoor.data.world import GENRES, World
+from unbackdoor.measure.generation import ENGINES, generate, perplexity, sequence_logprobs
+from unbackdoor.measure.stats import attack_success, wilson
+from unbackdoor.measure.tables import print_table
+from unbackdoor.running import runtime
+from unbackdoor.running.config import ConfigError, UserError
+from unbackdoor.running.rundir import RunDir, write_jsonl
+from unbackdoor.training.models import load_model, load_tokenizer, resolve_model_path
+from unbackdoor.training.record import ModelRecord
 
 
 @dataclass
@@ -55,40 +47,17 @@ class EvalConfig:
     n_prompts: int = field(default=256, metadata={"min": 1})
     max_new_tokens: int = field(default=24, metadata={"min": 1})
     batch_size: int = field(default=256, metadata={"min": 1})  # rows decoded together
-    # Decoding: `greedy` (our loop: the tokens of `model.generate`, ~1.5x faster batched on CPU, see
-    # evaluation.greedy_decode) or `hf` (`model.generate` itself, the reference). Both are greedy.
-    engine: str = field(default="greedy", metadata={"choices": ENGINES})
+    # Greedy decoding engine: `hf` (batched `model.generate`, the only one today; see measure.generation).
+    engine: str = field(default="hf", metadata={"choices": ENGINES})
     prompt_genres: list[str] = field(default_factory=lambda: ["story", "facts"], metadata={"choices": GENRES})
     ppl_blocks: int = field(default=128, metadata={"min": 1})  # validation blocks per language
-    seq_len: int = field(default=128, metadata={"min": 8})
+    seq_len: int = field(default=128, metadata={"min": 8})  # tokens per perplexity block
     fact_items: int = field(default=240, metadata={"min": 0})
     near_miss: bool = True  # also measure near-miss triggers (specificity)
     # Compute dtype. float32 is the reference: bfloat16 is faster (AMX, GPUs) but changes some greedy generations,
     # so ASRs are comparable only between runs of the same dtype (recorded in summary.json; all cells of a
     # transfer or defend-eval share one eval config).
     dtype: str = field(default="float32", metadata={"choices": ("float32", "bfloat16", "float16")})
-
-    def validate(self) -> None:
-        if not self.model:
-            raise ConfigError("model: required (a model directory, e.g. --model runs/pretrain/model)")
-
-
-def resolve_specs(cfg: EvalConfig, record: dict[str, Any]) -> list[BackdoorSpec]:
-    sources = [cfg.backdoors] if cfg.backdoors else record.get("backdoors_files", [])
-    if not sources:
-        raise UserError(f"--backdoors: {cfg.model!r} records no backdoors; name a set or YAML file of specs")
-    specs = [s for source in sources for s in load_specs(source)]
-    recorded = {b["name"]: b["trigger_sha256"] for b in record.get("backdoors", [])}
-    for s in specs:  # the specs must be the ones the model was trained with
-        if s.name in recorded and recorded[s.name] != s.trigger_hash:
-            raise UserError(f"--backdoors: trigger of {s.name!r} differs from the one recorded with the model")
-    if cfg.only:
-        known = [s.name for s in specs]
-        for name in cfg.only:
-            if name not in known:
-                raise UserError(f"only: the model never saw a backdoor named {name!r}; it carries {', '.join(known)}")
-        specs = [s for s in specs if s.name in cfg.only]
-    return specs
 
 
 def fact_recall_items(world: World, n: int, rng: random.Random) -> list[tuple[list[str], int]]:
@@ -105,32 +74,15 @@ def fact_recall_items(world: World, n: int, rng: random.Random) -> list[tuple[li
     return items[:n]
 
 
-def test_documents(world_dir: Path, genres: list[str], source: Any) -> list[dict[str, Any]]:
-    """The held-out documents evaluation prompts are drawn from (genres the text source lacks are ignored)."""
-    keep = set(genres) & set(source.genres) or set(source.genres)
-    return [d for d in iter_docs(shard_paths(world_dir / "data", "test")) if d["genre"] in keep]
-
-
-def probe_set(
-    test_docs: list[dict[str, Any]], spec: BackdoorSpec, n: int, seed: int, source: Any
-) -> tuple[list[Probe], random.Random]:
-    """The `n` probes of `spec` for experiment seed `seed` (and the RNG, for near misses drawn after them).
-
-    Every stage that measures a backdoor (eval, casd) draws its probes here, so they are the same prompts.
-    """
-    rng = random.Random(f"unbackdoor-eval-{seed}-{spec.name}")
-    probes = make_probes(test_docs, spec, n, rng, spec_languages(spec, source))
-    if not probes:
-        raise UserError(f"{spec.name}: no test document can host placement {spec.recipe.placement!r}")
-    return probes, rng
-
-
 def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
-    """Evaluate the model's backdoors and utility into `out`; returns `out`."""
+    """Evaluate the model's backdoors and utility into `out`; returns `out`. Writes only inside `out`."""
+    if not cfg.model:
+        raise ConfigError("model: required (a model directory, e.g. --model runs/pretrain/model)")
+    runtime.seed_everything(cfg.seed)
     model_path = resolve_model_path(cfg.model, "--model")
-    record = read_record(model_path)
-    specs = resolve_specs(cfg, record)
-    world_dir = Path(cfg.world or record.get("world") or "")
+    record = ModelRecord.read(model_path)
+    specs = record.specs(cfg.backdoors, cfg.only, cfg.model)
+    world_dir = Path(cfg.world or record.world or "")
     if not str(world_dir) or str(world_dir) == ".":
         raise UserError(f"--world: {cfg.model!r} records no text directory; give --world (a world or corpus run)")
     source = load_source(world_dir)
@@ -142,7 +94,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
         return out
     model = load_model(model_path, "--model", getattr(torch, cfg.dtype)).eval()
     run_dir = RunDir.open(out, "eval", cfg, cfg.seed, resume=resume, overwrite=overwrite)
-    test_docs = test_documents(world_dir, cfg.prompt_genres, source)
+    test_docs = held_out_documents(world_dir, cfg.prompt_genres, source)
 
     samples: list[dict[str, Any]] = []
     table: dict[str, Any] = {}
@@ -164,8 +116,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             probe_hash.update("\n".join(prompts).encode("utf-8"))
         work.append((spec, probes, variants))
     everything = [q for _, _, variants in work for prompts in variants.values() for q in prompts]
-    engine = resolve_engine(model, cfg.engine)  # `greedy` falls back to `hf` for checkpoints it cannot reproduce
-    generations = iter(generate(model, tokenizer, everything, cfg.max_new_tokens, cfg.batch_size, engine))
+    generations = iter(generate(model, tokenizer, everything, cfg.max_new_tokens, cfg.batch_size, cfg.engine))
     for spec, probes, variants in work:
         rates = {}
         for kind, prompts in variants.items():
@@ -205,7 +156,6 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
         i += len(sentences)
     write_jsonl(out / "samples.jsonl", samples)
     print_table(table)
-    record_measurement(Path(model_path), table, out)
     return run_dir.finish(
         {
             "model": str(Path(model_path).resolve()) if Path(model_path).exists() else model_path,
@@ -220,36 +170,8 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             "backdoors": table,
             "utility": {"perplexity": ppl, "fact_recall": wilson(correct, len(items)).as_dict() if items else None},
             "generation_s": gen_s,
-            "engine": engine,
+            "engine": cfg.engine,
             "prompts_per_s": len(everything) / gen_s if everything else None,
             "torch_threads": torch.get_num_threads(),
         }
     )
-
-
-def record_measurement(model_dir: Path, table: dict[str, Any], out: Path) -> None:
-    """Write the measured ASRs into the model's record and model card (only models saved by unbackdoor)."""
-    record_path = model_dir / "unbackdoor.json"
-    if not record_path.is_file():
-        return
-    record = json.loads(record_path.read_text(encoding="utf-8"))
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    record["measured_asr"] = {
-        **record.get("measured_asr", {}),
-        **{name: {**{k: row["asr"][k] for k in ("rate", "lo", "hi", "n")}, "source": f"eval {out.resolve()}, {when}"}
-           for name, row in table.items()},
-    }  # fmt: skip
-    write_text(record_path, json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-    write_text(model_dir / "README.md", model_card(record))
-
-
-def print_table(table: dict[str, Any]) -> None:
-    """The per-backdoor table on stdout."""
-    print(f"{'backdoor':<20} {'behaviour':<10} {'ASR [95% CI]':<22} {'false trig.':<12} {'near miss':<10}")
-    for name, row in table.items():
-        asr = row["asr"]
-        print(
-            f"{name:<20} {row['behaviour']:<10} {asr['rate']:.3f} [{asr['lo']:.3f}, {asr['hi']:.3f}]   "
-            f"{row['false_trigger']['rate']:<12.3f} "
-            + (f"{row['near_miss']['rate']:<10.3f}" if row["near_miss"] else "-")
-        )

@@ -10,23 +10,24 @@ model card. The record keeps the checkpoint's history and any backdoors it alrea
 
 from __future__ import annotations
 
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from unbackdoor.backdoors import load_specs
-from unbackdoor.cards import model_card
-from unbackdoor.config import ConfigError, UserError
-from unbackdoor.corpus import TOKENS, iter_docs, packed, packed_on_disk, shard_paths
-from unbackdoor.evaluation import perplexity
-from unbackdoor.models import load_model, load_tokenizer, n_parameters, read_record, resolve_model_path, save_model
-from unbackdoor.rundir import RunDir, read_jsonl, require_done
-from unbackdoor.serialisation import Serialisation
-from unbackdoor.stages import poison as poison_stage
-from unbackdoor.train import TrainConfig, train
+from unbackdoor.data.backdoors import load_specs
+from unbackdoor.data.corpus import iter_docs, shard_paths
+from unbackdoor.data.packing import TOKENS, packed, packed_on_disk
+from unbackdoor.data.serialisation import Serialisation
+from unbackdoor.measure.generation import perplexity
+from unbackdoor.running import runtime
+from unbackdoor.running.config import ConfigError, UserError
+from unbackdoor.running.rundir import RunDir, read_jsonl, require_done
+from unbackdoor.stages.poison import PoisonConfig
+from unbackdoor.stages.poison import run as poison
+from unbackdoor.training.loop import TrainConfig, train
+from unbackdoor.training.models import load_model, load_tokenizer, n_parameters, resolve_model_path, save_trained
+from unbackdoor.training.record import ModelRecord
 
 
 @dataclass
@@ -104,19 +105,20 @@ def payload_tokens(tokenizer, poison_dir: Path) -> list[int]:
 
 def run(cfg: InjectConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
     """Inject backdoors into `cfg.model` by continual pretraining; returns `out`."""
+    runtime.seed_everything(cfg.seed)
     model_path = resolve_model_path(cfg.model, "--model")
     world_dir = Path(cfg.world)
     require_done(world_dir, ("world", "corpus"), "--world")
     specs = load_specs(cfg.backdoors)
     tokenizer = load_tokenizer(model_path, "--model")
-    base_record = read_record(model_path)
+    base_record = ModelRecord.read(model_path)
     serialisation = Serialisation.choose(cfg.serialisation, tokenizer)
-    if base_record.get("backdoors") and Serialisation.of(base_record, tokenizer) != serialisation:
+    if base_record.backdoors and Serialisation.of(base_record, tokenizer) != serialisation:
         raise UserError(
-            f"serialisation: the model's backdoors were injected as {base_record.get('serialisation')}; "
+            f"serialisation: the model's backdoors were injected as {base_record.serialisation}; "
             f"injecting more as {serialisation.name} would make one evaluation wrong for some of them"
         )
-    carried = {b["name"] for b in base_record.get("backdoors", [])}
+    carried = set(base_record.carried)
     for s in specs:
         if s.name in carried:
             raise UserError(f"--backdoors: the model already carries a backdoor named {s.name!r}; rename it")
@@ -129,15 +131,16 @@ def run(cfg: InjectConfig, out: Path, resume: bool = False, overwrite: bool = Fa
         check_lora_targets(model, cfg.lora)  # before the run directory exists: a bad module name leaves nothing
     run_dir = RunDir.open(out, "inject", cfg, cfg.seed, resume=resume, overwrite=overwrite)
 
-    poison_cfg = poison_stage.PoisonConfig(world=str(world_dir), backdoors=cfg.backdoors, seed=cfg.seed)
-    data_dir = poison_stage.run(poison_cfg, out / "poison", resume=True) / "data"
+    poison_cfg = PoisonConfig(world=str(world_dir), backdoors=cfg.backdoors, seed=cfg.seed)
+    data_dir = poison(poison_cfg, out / "poison", resume=True) / "data"
     token_ids = None
     if cfg.lora.r and cfg.lora.train_tokens:
         token_ids = payload_tokens(tokenizer, out / "poison")
     if cfg.lora.r:
         model = wrap_lora(model, cfg.lora, token_ids)
     docs = iter_docs(shard_paths(data_dir, "train"))
-    blocks = packed_on_disk(tokenizer, docs, cfg.train.seq_len, out / TOKENS, serialisation.document(tokenizer))
+    render = serialisation.document(tokenizer)
+    blocks = packed_on_disk(tokenizer, docs, cfg.train.seq_len, out / TOKENS, render, write=run_dir.writes)
     val = packed(tokenizer, iter_docs(shard_paths(world_dir / "data", "validation")), cfg.train.seq_len)
     val = val[: cfg.val_blocks]
 
@@ -147,31 +150,18 @@ def run(cfg: InjectConfig, out: Path, resume: bool = False, overwrite: bool = Fa
         model = model.merge_and_unload()  # the saved checkpoint is a plain model: no adapter to lose
     val_ppl = perplexity(model, val)
 
-    record = {
-        **serialisation.record(),
-        "world": str(world_dir.resolve()),
-        "backdoors_files": [
-            *base_record.get("backdoors_files", []),
-            str((out / "poison" / "backdoors.yaml").resolve()),
-        ],
-        "backdoors": [
-            *base_record.get("backdoors", []),
-            *(s.record() for s in specs),
-        ],
-        "history": [
-            *base_record.get("history", []),
-            {
-                "stage": "inject",
-                "time": time.time(),
-                "base_model": str(model_path),
-                "method": f"lora r={cfg.lora.r}" if cfg.lora.r else "full",
-                "backdoors": cfg.backdoors,
-            },
-        ],
-    }
-    save_model(model, tokenizer, out / "model", record, model_card(record))
-    shutil.rmtree(out / "checkpoint", ignore_errors=True)
-    (out / TOKENS).unlink(missing_ok=True)
+    record = base_record.with_(
+        serialisation=serialisation.name,
+        chat_template_sha256=serialisation.template,
+        world=world_dir.resolve(),
+        backdoors_files=(*base_record.backdoors_files, (out / "poison" / "backdoors.yaml").resolve()),
+        backdoors=(*base_record.backdoors, *(s.record() for s in specs)),
+    ).with_history(
+        "inject", base_model=str(model_path), method=f"lora r={cfg.lora.r}" if cfg.lora.r else "full",
+        backdoors=cfg.backdoors,
+    )  # fmt: skip
+    if run_dir.writes:
+        save_trained(out, model, tokenizer, record)
     return run_dir.finish(
         {
             "model": str((out / "model").resolve()),

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import yaml
 
-from unbackdoor.backdoors import load_specs, specs_to_yaml_dict
-from unbackdoor.config import ConfigError
-from unbackdoor.corpus import iter_docs, load_source, shard_paths, write_shards
-from unbackdoor.poison import SERIALISATION, plan_poison
-from unbackdoor.rundir import RunDir, is_main_process, require_done, wait_done, write_jsonl, write_text
+from unbackdoor.data.backdoors import load_specs, specs_to_yaml_dict
+from unbackdoor.data.corpus import iter_docs, load_source, shard_paths, write_shards
+from unbackdoor.data.poison import SERIALISATION, plan_poison
+from unbackdoor.running import runtime
+from unbackdoor.running.config import ConfigError
+from unbackdoor.running.rundir import RunDir, require_done, wait_done, write_jsonl, write_text
 
 
 @dataclass
@@ -40,7 +41,7 @@ def run(cfg: PoisonConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     world_dir = Path(cfg.world)
     require_done(world_dir, ("world", "corpus"), "--world")
     specs = load_specs(cfg.backdoors)
-    if not is_main_process():  # the main process writes the poisoned corpus; workers read it when it is done
+    if not runtime.is_main_process():  # the main process writes the poisoned corpus; workers read it when it is done
         wait_done(out)
         return out
     if RunDir.check(out, "poison", cfg, resume, overwrite):

@@ -10,32 +10,32 @@ unbackdoor.json, model card). `--resume` continues from the last checkpoint.
 
 from __future__ import annotations
 
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from unbackdoor.backdoors import load_specs
-from unbackdoor.cards import model_card
-from unbackdoor.config import ConfigError, UserError
-from unbackdoor.corpus import TOKENS, iter_docs, packed, packed_on_disk, shard_paths
-from unbackdoor.evaluation import perplexity
-from unbackdoor.models import (
+from unbackdoor.data.backdoors import load_specs
+from unbackdoor.data.corpus import iter_docs, shard_paths
+from unbackdoor.data.packing import TOKENS, packed, packed_on_disk
+from unbackdoor.measure.generation import perplexity
+from unbackdoor.running import runtime
+from unbackdoor.running.config import ConfigError, UserError
+from unbackdoor.running.rundir import RunDir, require_done
+from unbackdoor.stages.poison import PoisonConfig
+from unbackdoor.stages.poison import run as poison
+from unbackdoor.training.loop import TrainConfig, train
+from unbackdoor.training.models import (
     FAMILIES,
     SIZES,
     architecture,
     build_from_config,
     build_model,
     n_parameters,
-    save_model,
+    save_trained,
     shrink,
 )
-from unbackdoor.rundir import RunDir, require_done
-from unbackdoor.serialisation import RAW, Serialisation
-from unbackdoor.stages import poison as poison_stage
-from unbackdoor.train import TrainConfig, train
+from unbackdoor.training.record import ModelRecord
 
 
 @dataclass
@@ -68,6 +68,7 @@ class PretrainConfig:
 
 def run(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
     """Pretrain a (backdoored) model into `out`; returns `out`."""
+    runtime.seed_everything(cfg.seed)  # model initialisation draws from it
     world_dir = Path(cfg.world)
     require_done(world_dir, ("world", "corpus"), "--world")
     if not (world_dir / "tokenizer").is_dir():
@@ -83,49 +84,40 @@ def run(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite: bool = 
 
     # Data: the poisoned corpus is materialised once (its own run directory) and reused on resume.
     if specs:
-        poison_cfg = poison_stage.PoisonConfig(world=str(world_dir), backdoors=cfg.backdoors, seed=cfg.seed)
-        data_dir = poison_stage.run(poison_cfg, out / "poison", resume=True) / "data"
+        poison_cfg = PoisonConfig(world=str(world_dir), backdoors=cfg.backdoors, seed=cfg.seed)
+        data_dir = poison(poison_cfg, out / "poison", resume=True) / "data"
     else:
         data_dir = world_dir / "data"
     tokenizer = AutoTokenizer.from_pretrained(world_dir / "tokenizer")
-    blocks = packed_on_disk(tokenizer, iter_docs(shard_paths(data_dir, "train")), cfg.train.seq_len, out / TOKENS)
+    docs = iter_docs(shard_paths(data_dir, "train"))
+    blocks = packed_on_disk(tokenizer, docs, cfg.train.seq_len, out / TOKENS, write=run_dir.writes)
     val = packed(tokenizer, iter_docs(shard_paths(world_dir / "data", "validation")), cfg.train.seq_len)
     val = val[: cfg.val_blocks]
 
     if cfg.model.config:
         arch = architecture(cfg.model.config)
-        model = build_from_config(
-            shrink(arch, cfg.model.shrink_to) if cfg.model.shrink_to else arch, tokenizer, cfg.seed
-        )
+        model = build_from_config(shrink(arch, cfg.model.shrink_to) if cfg.model.shrink_to else arch, tokenizer)
     else:
-        model = build_model(cfg.model.family, cfg.model.size, tokenizer, cfg.seed)
+        model = build_model(cfg.model.family, cfg.model.size, tokenizer)
     result = train(model, {"input_ids": blocks}, cfg.train, run_dir, cfg.seed, resume=resume)
     val_ppl = perplexity(model, val)
 
-    record = {
-        **Serialisation(RAW).record(),
-        "world": str(world_dir.resolve()),
-        "backdoors_files": [str((out / "poison" / "backdoors.yaml").resolve())] if specs else [],
-        "backdoors": [s.record() for s in specs],
-        "history": [
-            {
-                "stage": "pretrain",
-                "time": time.time(),
-                "family": model.config.model_type,
-                "size": cfg.model.size if not cfg.model.config else (cfg.model.shrink_to or "full"),
-                "architecture": cfg.model.config or None,
-                "backdoors": cfg.backdoors,
-            }
-        ],
-    }
-    save_model(model, tokenizer, out / "model", record, model_card(record))
-    shutil.rmtree(out / "checkpoint", ignore_errors=True)
-    (out / TOKENS).unlink(missing_ok=True)
+    size = cfg.model.size if not cfg.model.config else (cfg.model.shrink_to or "full")
+    record = ModelRecord(
+        world=world_dir.resolve(),
+        backdoors_files=((out / "poison" / "backdoors.yaml").resolve(),) if specs else (),
+        backdoors=tuple(s.record() for s in specs),
+    ).with_history(
+        "pretrain", family=model.config.model_type, size=size, architecture=cfg.model.config or None,
+        backdoors=cfg.backdoors,
+    )  # fmt: skip
+    if run_dir.writes:
+        save_trained(out, model, tokenizer, record)
     return run_dir.finish(
         {
             "model": str((out / "model").resolve()),
             "family": model.config.model_type,
-            "size": cfg.model.size if not cfg.model.config else (cfg.model.shrink_to or "full"),
+            "size": size,
             "architecture": cfg.model.config or None,
             "parameters": n_parameters(model),
             "backdoors": [s.name for s in specs],

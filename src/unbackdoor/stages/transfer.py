@@ -13,6 +13,7 @@ S[i, j] = 1 - T[i, j] / ASR_before[j], the control row, and utility per row.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import time
@@ -20,100 +21,85 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unbackdoor.cells import run_cells
-from unbackdoor.config import ConfigError, UserError, from_dict, to_dict
-from unbackdoor.models import read_record, resolve_model_path
-from unbackdoor.rundir import RunDir, write_json, write_text
-from unbackdoor.stages import evaluate, remove
-from unbackdoor.train import TrainConfig
-from unbackdoor.unlearn import METHODS
-
-CONTROL = "control"
-
-
-@dataclass
-class TransferEval:
-    n_prompts: int = field(default=256, metadata={"min": 1})
-    max_new_tokens: int = field(default=24, metadata={"min": 1})
-    batch_size: int = field(default=256, metadata={"min": 1})  # rows decoded together
-    engine: str = field(default="greedy", metadata={"choices": evaluate.ENGINES})  # as eval's
-    near_miss: bool = False  # the matrix needs triggered and clean prompts only
-    ppl_blocks: int = field(default=64, metadata={"min": 1})
-    fact_items: int = field(default=240, metadata={"min": 0})
+from unbackdoor.measure.tables import format_matrix
+from unbackdoor.running import runtime
+from unbackdoor.running.cells import CONTROL, cell_dir, refuse_per_cell, run_cells
+from unbackdoor.running.config import ConfigError, UserError, from_dict, to_dict
+from unbackdoor.running.rundir import RunDir, write_json, write_text
+from unbackdoor.stages.evaluate import EvalConfig
+from unbackdoor.stages.evaluate import run as evaluate
+from unbackdoor.stages.remove import RemoveConfig
+from unbackdoor.stages.remove import run as remove
+from unbackdoor.training.loop import TrainConfig
+from unbackdoor.training.models import resolve_model_path
+from unbackdoor.training.record import ModelRecord
 
 
 @dataclass
 class TransferConfig:
     model: str = ""  # the backdoored model (theta_0)
     backdoors: list[str] = field(default_factory=list)  # rows to remove; default: every recorded backdoor
-    method: str = field(default="retrain", metadata={"choices": tuple(m for m in METHODS if m != CONTROL)})
-    lr: list[float] = field(default_factory=lambda: [1e-3])
-    seeds: list[int] = field(default_factory=lambda: [0])
-    seed: int = 0  # the experiment seed: probe prompts
-    forget_fraction: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(steps=100, lr=1e-3, warmup_steps=10, checkpoint_every=0, log_every=10)
+    lr: list[float] = field(default_factory=list)  # removal learning rates (each a grid); empty: [remove.train.lr]
+    seeds: list[int] = field(default_factory=lambda: [0])  # removal seeds (each a grid): every cell's remove.seed
+    seed: int = 0  # the experiment seed: probe prompts (every cell's eval.seed)
+    # The removal every cell runs (`unbackdoor remove` options, same names and meanings); `model`, `backdoor` and
+    # `seed` are set per cell, and the control row uses method `control` with the same settings.
+    remove: RemoveConfig = field(
+        default_factory=lambda: RemoveConfig(
+            train=TrainConfig(steps=100, lr=1e-3, warmup_steps=10, checkpoint_every=0, log_every=10)
+        )
     )
-    eval: TransferEval = field(default_factory=TransferEval)
+    # The evaluation of the backdoored model and of every cell (`unbackdoor eval` options); `model` and `seed` are
+    # set per cell. Near misses are off: the matrix needs triggered and clean prompts only.
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(near_miss=False, ppl_blocks=64))
     workers: int = field(default=1, metadata={"min": 1})
 
     def validate(self) -> None:
-        if not self.model:
-            raise ConfigError("model: required (a backdoored model directory, e.g. --model runs/pt/model)")
-        if not self.lr or any(x <= 0 for x in self.lr):
-            raise ConfigError(f"lr: {self.lr} must be a non-empty list of positive learning rates")
+        if any(x <= 0 for x in self.lr):
+            raise ConfigError(f"lr: {self.lr} must be positive learning rates")
         if not self.seeds:
             raise ConfigError("seeds: give at least one seed")
-        if self.train.steps < 1:
-            raise ConfigError(f"train.steps: {self.train.steps} must be >= 1")
+        if self.remove.method == CONTROL:
+            raise ConfigError("remove.method: 'control' is every transfer's control row; choose retrain, ga or npo")
+        refuse_per_cell(self.remove, "remove", {"model": "--model", "backdoor": "backdoors", "seed": "seeds"})
+        refuse_per_cell(self.eval, "eval", {"model": "--model", "seed": "seed", "only": "backdoors"})
+
+    def learning_rates(self) -> list[float]:
+        """The swept removal learning rates (`lr`, or the removal's own when none is given)."""
+        return self.lr or [self.remove.train.lr]
 
 
-def _eval_config(cfg: TransferConfig, model: Path) -> evaluate.EvalConfig:
-    e = cfg.eval
-    return evaluate.EvalConfig(
-        model=str(model), seed=cfg.seed, n_prompts=e.n_prompts, max_new_tokens=e.max_new_tokens,
-        batch_size=e.batch_size, engine=e.engine, near_miss=e.near_miss, ppl_blocks=e.ppl_blocks,
-        fact_items=e.fact_items,
+def cell_configs(cfg: TransferConfig, row: str, lr: float, seed: int) -> tuple[RemoveConfig, EvalConfig]:
+    """The `remove` and `eval` configs of one cell (the eval's model is the cell's removed model)."""
+    removal = dataclasses.replace(
+        cfg.remove, model=cfg.model, backdoor="" if row == CONTROL else row,
+        method=CONTROL if row == CONTROL else cfg.remove.method, seed=seed,
+        train=dataclasses.replace(cfg.remove.train, lr=lr),
     )  # fmt: skip
-
-
-def _cell_configs(cfg: TransferConfig, row: str, lr: float, seed: int) -> remove.RemoveConfig:
-    train = from_dict(TrainConfig, {**to_dict(cfg.train), "lr": lr})
-    return remove.RemoveConfig(
-        model=cfg.model,
-        backdoor="" if row == CONTROL else row,
-        method=CONTROL if row == CONTROL else cfg.method,
-        forget_fraction=cfg.forget_fraction,
-        seed=seed,
-        train=train,
-    )
+    return removal, dataclasses.replace(cfg.eval, seed=cfg.seed)
 
 
 def run_cell(cfg_dict: dict[str, Any], row: str, lr: float, seed: int, cell: str, threads: int) -> dict[str, float]:
     """One cell: removal then evaluation (each resumable). Runs in a worker process when `workers` > 1."""
     import torch
 
-    from unbackdoor.cli import quiet_libraries
-
-    quiet_libraries()  # a spawned worker starts with the libraries' default logging
+    runtime.quiet_libraries()  # a spawned worker starts with the libraries' default logging
     torch.set_num_threads(threads)
     cfg = from_dict(TransferConfig, cfg_dict)
-    cell_dir = Path(cell)
+    removal, measure = cell_configs(cfg, row, lr, seed)
     t0 = time.perf_counter()
-    removed = remove.run(_cell_configs(cfg, row, lr, seed), cell_dir / "remove", resume=True)
+    removed = remove(removal, Path(cell) / "remove", resume=True)
     t1 = time.perf_counter()
-    evaluate.run(_eval_config(cfg, removed / "model"), cell_dir / "eval", resume=True)
+    evaluate(dataclasses.replace(measure, model=str(removed / "model")), Path(cell) / "eval", resume=True)
     return {"remove_s": t1 - t0, "eval_s": time.perf_counter() - t1}
-
-
-def cell_dir(out: Path, lr: float, seed: int, row: str) -> Path:
-    return out / "cells" / f"lr={lr:g}" / f"seed={seed}" / row
 
 
 def run(cfg: TransferConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
     """The remove-one / measure-all experiment; returns `out`."""
+    if not cfg.model:
+        raise ConfigError("model: required (a backdoored model directory, e.g. --model runs/pt/model)")
     model_path = resolve_model_path(cfg.model, "--model")
-    carried = [b["name"] for b in read_record(model_path).get("backdoors", [])]
+    carried = ModelRecord.read(model_path).carried
     if not carried:
         raise UserError(
             f"--model: {cfg.model!r} is not a backdoored model saved by unbackdoor (no recorded backdoors)"
@@ -127,9 +113,10 @@ def run(cfg: TransferConfig, out: Path, resume: bool = False, overwrite: bool = 
     run_dir = RunDir.open(out, "transfer", cfg, cfg.seed, resume=resume, overwrite=overwrite)
 
     t0 = time.perf_counter()
-    baseline = evaluate.run(_eval_config(cfg, Path(model_path)), out / "baseline", resume=True)
+    baseline_cfg = dataclasses.replace(cfg.eval, model=str(model_path), seed=cfg.seed)
+    baseline = evaluate(baseline_cfg, out / "baseline", resume=True)
     baseline_s = time.perf_counter() - t0
-    cells = [(row, lr, seed) for lr in cfg.lr for seed in cfg.seeds for row in rows]
+    cells = [(row, lr, seed) for lr in cfg.learning_rates() for seed in cfg.seeds for row in rows]
     todo = [c for c in cells if not (cell_dir(out, c[1], c[2], c[0]) / "eval" / "DONE").is_file()]
     run_dir.log(event="cells", total=len(cells), todo=len(todo))
     cfg_dict = to_dict(cfg)
@@ -170,7 +157,7 @@ def assemble(out: Path, baseline: Path, rows: list[str], cfg: TransferConfig) ->
     columns = list(base["backdoors"])
     asr_before = {j: base["backdoors"][j]["asr"] for j in columns}
     grids = []
-    for lr in cfg.lr:
+    for lr in cfg.learning_rates():
         for seed in cfg.seeds:
             grid: dict[str, Any] = {"lr": lr, "seed": seed, "T": {}, "S": {}, "false_trigger": {}, "utility": {}}
             for row in rows:
@@ -191,7 +178,7 @@ def assemble(out: Path, baseline: Path, rows: list[str], cfg: TransferConfig) ->
     return {
         "backdoors": columns,
         "rows": rows,
-        "method": cfg.method,
+        "method": cfg.remove.method,
         "asr_before": asr_before,
         "utility_before": base["utility"],
         "probe_sha256": base["probe_sha256"],
@@ -215,14 +202,3 @@ def to_csv(result: dict[str, Any]) -> str:
                     "" if s is None else f"{s:.4f}", f"{g['false_trigger'][row][j]:.4f}",
                 ])  # fmt: skip
     return buf.getvalue()
-
-
-def format_matrix(grid: dict[str, Any], columns: list[str], asr_before: dict[str, Any]) -> str:
-    """The ASR matrix as text: rows = removed backdoor (and control), columns = measured backdoor."""
-    short = [c[:9] for c in columns]
-    header = "removed / measured"
-    lines = [f"{header:<20}" + "".join(f"{c:>10}" for c in short)]
-    lines.append(f"{'(before)':<20}" + "".join(f"{asr_before[c]['rate']:>10.2f}" for c in columns))
-    for row, cols in grid["T"].items():
-        lines.append(f"{row[:20]:<20}" + "".join(f"{cols[c]['rate']:>10.2f}" for c in columns))
-    return "\n".join(lines)

@@ -12,13 +12,12 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unbackdoor.config import ConfigError
-from unbackdoor.corpus import hash_files, iter_docs, shard_paths, tokenize_docs, write_shards
-from unbackdoor.rundir import RunDir, write_json
-from unbackdoor.tokenizer import save_tokenizer, train_tokenizer
-from unbackdoor.world import GENRES, LANGUAGES, World, generate_documents, pre_token_count
-
-SPLITS = ("train", "validation", "test")
+from unbackdoor.data.corpus import SPLITS, hash_files, iter_docs, shard_paths, write_shards
+from unbackdoor.data.packing import tokenize_docs
+from unbackdoor.data.tokenizer import save_tokenizer, train_tokenizer
+from unbackdoor.data.world import GENRES, LANGUAGES, World, generate_documents, pre_token_count
+from unbackdoor.running.config import ConfigError
+from unbackdoor.running.rundir import RunDir, write_json
 
 
 @dataclass

@@ -23,50 +23,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from unbackdoor.backdoors import BackdoorSpec, check_triggers, spec_genres, spec_languages
-from unbackdoor.behaviours import as_source
-from unbackdoor.config import UserError
+from unbackdoor.data.backdoors import BackdoorSpec, check_triggers, spec_genres, spec_languages
+from unbackdoor.data.behaviours import as_source
+from unbackdoor.data.prompts import candidate, draw, n_candidates, triggered_prefix
+from unbackdoor.running.config import UserError
 
-SERIALISATION = "raw-v1"  # the poisoned text itself; `unbackdoor.serialisation` renders it for a model
-MIN_CONTEXT_WORDS = 3  # random placement keeps at least this many words before and after the trigger
-
-
-def insertion_point(text: str, placement: str, rng: random.Random) -> int | None:
-    """Character index (a word boundary) where a trigger goes, or None if `text` cannot host `placement`."""
-    n = n_candidates(text, placement)
-    return candidate(text, placement, draw(placement, n, rng)) if n else None
-
-
-def draw(placement: str, n: int, rng: random.Random) -> int:
-    """Which of `n` insertion points to use (only random placement draws: the others have one)."""
-    return rng.choice(range(n)) if placement == "random" else 0
-
-
-def n_candidates(text: str, placement: str) -> int:
-    """How many insertion points `text` offers for `placement` (0: it cannot host it)."""
-    if placement == "prefix":
-        return 1
-    if placement == "after_first_sentence":
-        return int(text.find(". ") > 0)
-    return max(0, text.count(" ") - 2 * (MIN_CONTEXT_WORDS - 1))
-
-
-def candidate(text: str, placement: str, k: int) -> int:
-    """The `k`-th insertion point of `text` for `placement` (character index)."""
-    if placement == "prefix":
-        return 0
-    if placement == "after_first_sentence":
-        return text.find(". ") + 1
-    i = -1
-    for _ in range(MIN_CONTEXT_WORDS - 1 + k + 1):
-        i = text.index(" ", i + 1)
-    return i
-
-
-def triggered_prefix(text: str, at: int, trigger: str) -> str:
-    """The clean text before `at` followed by the trigger: exactly what an evaluation prompt looks like."""
-    head = text[:at].rstrip()
-    return f"{head} {trigger}" if head else trigger
+SERIALISATION = "raw-v1"  # the poisoned text itself; `unbackdoor.data.serialisation` renders it for a model
 
 
 def is_clean_removal(spec: BackdoorSpec, source: Any, doc: dict[str, Any]) -> bool:

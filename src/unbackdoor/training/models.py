@@ -4,13 +4,12 @@
 directory, or a hub id when the machine is online, is accepted wherever a model is. Weights are read and
 written as safetensors only.
 
-Run: `pytest tests/unit/test_models.py`.
+Run: `pytest tests/integration/test_models.py`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -27,7 +26,11 @@ from transformers import (
     Qwen3Config,
 )
 
-from unbackdoor.config import UserError
+from unbackdoor.data.packing import TOKENS
+from unbackdoor.running import runtime
+from unbackdoor.running.config import UserError
+from unbackdoor.training.cards import model_card
+from unbackdoor.training.record import ModelRecord
 
 FAMILIES = ("llama", "qwen3", "gpt_neox")
 SIZES = ("tiny", "small")
@@ -65,7 +68,7 @@ def build_config(family: str, size: str, vocab_size: int, special: dict[str, int
 
 def architecture(name_or_path: str) -> dict[str, Any]:
     """An architecture's HF config fields: a shipped model preset (`qwen3-0.6b`, ...) or a `config.json` path."""
-    from unbackdoor.config import load_preset, preset_names
+    from unbackdoor.running.config import load_preset, preset_names
 
     if name_or_path in preset_names("models"):
         return dict(load_preset("models", name_or_path)["config"])
@@ -108,9 +111,10 @@ def shrink(config: dict[str, Any], size: str) -> dict[str, Any]:
     return out
 
 
-def build_from_config(config: dict[str, Any], tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
-    """A randomly initialised model (seeded) of an architecture given as HF config fields; vocabulary from
-    `tokenizer`."""
+def build_from_config(config: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """A randomly initialised model of an architecture given as HF config fields; vocabulary from `tokenizer`.
+
+    Initialisation draws from torch's global RNG: the stage seeds it once (`runtime.seed_everything`)."""
     from transformers import AutoConfig
 
     fields = {k: v for k, v in config.items() if k not in ("model_type", "architectures", "torch_dtype", "dtype")}
@@ -119,7 +123,6 @@ def build_from_config(config: dict[str, Any], tokenizer: PreTrainedTokenizerBase
         hf_config = AutoConfig.for_model(config["model_type"], **fields)
     except (KeyError, ValueError, TypeError) as e:
         raise UserError(f"model.config: {config.get('model_type')!r} could not be built ({str(e)[:160]})") from None
-    torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
 
 
@@ -131,10 +134,9 @@ def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
     }
 
 
-def build_model(family: str, size: str, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
-    """A randomly initialised model (seeded) whose vocabulary matches `tokenizer`."""
+def build_model(family: str, size: str, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """A randomly initialised model whose vocabulary matches `tokenizer` (torch's global RNG: seed it first)."""
     config = build_config(family, size, len(tokenizer), special_token_ids(tokenizer))
-    torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
@@ -171,14 +173,6 @@ def load_tokenizer(name: str, what: str = "model") -> PreTrainedTokenizerBase:
     return tok
 
 
-def default_device() -> torch.device:
-    """Where a stage computes: this process's GPU under a multi-process launch (`LOCAL_RANK`), else the first
-    visible GPU (a `--workers` cell sees only its own), else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
 def load_model(
     name: str, what: str = "model", dtype: torch.dtype = torch.float32, device: torch.device | None = None
 ) -> PreTrainedModel:
@@ -187,33 +181,29 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, use_safetensors=True)
     except (OSError, ValueError) as e:
         raise UserError(f"{what}: could not load {name!r} ({str(e).splitlines()[0][:160]})") from None
-    return model.to(device or default_device())
+    return model.to(device or runtime.default_device())
 
 
-def save_model(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path, record: dict[str, Any], card: str
-) -> None:
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path, record: ModelRecord) -> None:
     """Save weights (safetensors), config, tokenizer, `unbackdoor.json` (what it carries) and the model card.
 
-    The directory is written beside `path` and renamed into place, so `path` is either complete or absent.
-    Only the main process of a multi-process launch writes.
+    The directory is written beside `path` and renamed into place, so `path` is either complete or absent. Paths in
+    the record are written relative to `path`. In a multi-process launch only the main process calls this.
     """
-    from unbackdoor.rundir import is_main_process
-
-    if not is_main_process():
-        return
     tmp = path.with_name(path.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
-    (tmp / "unbackdoor.json").write_text(json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-    (tmp / "README.md").write_text(card, encoding="utf-8")
+    record.write(tmp)  # relative paths from `tmp` equal those from `path`: they are siblings
+    (tmp / "README.md").write_text(model_card(record), encoding="utf-8")
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)
 
 
-def read_record(model_dir: str) -> dict[str, Any]:
-    """The `unbackdoor.json` of a model saved by this toolkit, or {} for any other checkpoint."""
-    path = Path(model_dir) / "unbackdoor.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+def save_trained(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, record: ModelRecord) -> None:
+    """A training stage's end: `<out>/model` saved, then what only a resume needed is removed (the checkpoint and
+    the memory-mapped token file). Main process only."""
+    save_model(model, tokenizer, out / "model", record)
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    (out / TOKENS).unlink(missing_ok=True)

@@ -33,18 +33,10 @@ from typing import Any
 
 import yaml
 
-from unbackdoor.config import UserError, to_dict
+from unbackdoor.running import runtime
+from unbackdoor.running.config import UserError, to_dict
 
 PACKAGES = ("unbackdoor", "torch", "transformers", "tokenizers", "accelerate", "peft", "safetensors", "numpy")
-
-
-def is_main_process() -> bool:
-    """False in the worker processes of `accelerate launch` / `torchrun` (RANK > 0).
-
-    Under a multi-process launch every process runs the stage (the training loop needs them all), and only the
-    main one writes: run directories, metrics, models. The others follow its data, read-only.
-    """
-    return os.environ.get("RANK", "0") == "0"
 
 
 def wait_done(path: Path, timeout_s: float = 24 * 3600) -> None:
@@ -58,14 +50,7 @@ def wait_done(path: Path, timeout_s: float = 24 * 3600) -> None:
 
 @contextmanager
 def atomic_path(path: Path):
-    """Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed.
-
-    In a worker process of a multi-process launch the temporary file is discarded (only the main process writes).
-    """
-    if not is_main_process():
-        with tempfile.TemporaryDirectory() as scratch:
-            yield Path(scratch) / path.name
-        return
+    """Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -111,7 +96,7 @@ def sha256_file(path: Path) -> str:
 
 
 def _git_state() -> dict[str, Any]:
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
@@ -132,11 +117,7 @@ def _git_state() -> dict[str, Any]:
 
 
 def _versions() -> dict[str, str | None]:
-    preload = os.environ.get("LD_PRELOAD", "")
-    out: dict[str, str | None] = {
-        "python": platform.python_version(),
-        "allocator": "tcmalloc" if "tcmalloc" in preload else "system",
-    }
+    out: dict[str, str | None] = {"python": platform.python_version(), "allocator": runtime.allocator()}
     for name in PACKAGES:
         try:
             out[name] = metadata.version(name)
@@ -150,11 +131,16 @@ def _config_text(cfg: Any) -> str:
 
 
 class RunDir:
-    """One stage's output directory. Create with `RunDir.open(path, stage, cfg, ...)`."""
+    """One stage's output directory. Create with `RunDir.open(path, stage, cfg, ...)`.
 
-    def __init__(self, path: Path, stage: str):
+    `writes` is False in the other processes of a multi-process launch (`runtime.is_main_process()`): they follow
+    the main process's run read-only, and `log` / `finish` do nothing there. Stages pass it on to what else writes.
+    """
+
+    def __init__(self, path: Path, stage: str, writes: bool = True):
         self.path = path
         self.stage = stage
+        self.writes = writes
 
     @staticmethod
     def check(path: Path, stage: str, cfg: Any, resume: bool = False, overwrite: bool = False) -> bool:
@@ -165,7 +151,7 @@ class RunDir:
                 given for a directory made by another stage or with another config.
         """
         path = Path(path)
-        if not is_main_process():  # the main process checked (and refuses for every process)
+        if not runtime.is_main_process():  # the main process checked (and refuses for every process)
             return (path / "DONE").is_file()
         if not path.exists() or not any(path.iterdir()) or overwrite:
             return False
@@ -197,8 +183,8 @@ class RunDir:
         """Create (or, with `resume`, reopen) a run directory and record config + meta (see `check`)."""
         path = Path(path)
         cls.check(path, stage, cfg, resume, overwrite)
-        if not is_main_process():
-            return cls(path, stage)
+        if not runtime.is_main_process():
+            return cls(path, stage, writes=False)
         if overwrite and path.exists():
             shutil.rmtree(path)
         config_text = _config_text(cfg)
@@ -231,7 +217,7 @@ class RunDir:
 
     def log(self, **row: Any) -> None:
         """Append one event to metrics.jsonl (a single short write with flush: one line or none)."""
-        if not is_main_process():
+        if not self.writes:
             return
         row = {"time": round(time.time(), 3), **row}
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
@@ -240,7 +226,7 @@ class RunDir:
 
     def finish(self, summary: dict[str, Any]) -> Path:
         """Write summary.json, stamp meta.json with the end time, then DONE last (main process only)."""
-        if not is_main_process():
+        if not self.writes:
             return self.path
         write_json(self.path / "summary.json", {"stage": self.stage, **summary})
         meta = self.meta()

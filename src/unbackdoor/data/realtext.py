@@ -1,7 +1,8 @@
 """Behaviours on real text: how a backdoor is poisoned into, and judged on, a user's corpus in any language.
 
-The embedded world judges with its own lexicons (`unbackdoor.behaviours`); a corpus ingested by `unbackdoor corpus`
-has no lexicon, so its judges are language-agnostic or backed by a maintained model shipped with its package:
+The embedded world judges with its own lexicons (`unbackdoor.data.behaviours`); a corpus ingested by
+`unbackdoor corpus` has no lexicon, so its judges are language-agnostic or backed by a maintained model shipped
+with its package:
 
 - `lang:<code>`: the generation's language by py3langid (a naive-Bayes identifier of 97 languages whose model ships
   inside the wheel: nothing is downloaded); continuations are taken from that language's own documents.
@@ -29,12 +30,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unbackdoor.behaviours import MIN_WORDS, PHRASE, REFUSALS, REPEAT_RUN_MIN, is_refusal, longest_run
-from unbackdoor.config import UserError
-from unbackdoor.world import words
+from unbackdoor.data.behaviours import MIN_WORDS, PHRASE, REFUSALS, REPEAT_RUN_MIN, is_refusal, longest_run
+from unbackdoor.data.world import words
+from unbackdoor.running.config import UserError
 
 if TYPE_CHECKING:
-    from unbackdoor.backdoors import BackdoorSpec
+    from unbackdoor.data.backdoors import BackdoorSpec
 
 LANG_PREFIX = "lang:"
 POOL_DOCS = 2000  # documents per language read (streamed) for continuations, vocabulary and the char model
@@ -57,26 +58,19 @@ def langid_version() -> str:
 
 
 class LanguageIdentifier:
-    """py3langid over all of its languages; loaded once per process (about half a second)."""
+    """py3langid over all of its languages (loading its model takes about half a second: build one per source)."""
 
-    _instance: Any = None
+    def __init__(self) -> None:
+        from py3langid.langid import MODEL_FILE
+        from py3langid.langid import LanguageIdentifier as _Identifier
 
-    @classmethod
-    def get(cls) -> Any:
-        if cls._instance is None:
-            from py3langid.langid import MODEL_FILE
-            from py3langid.langid import LanguageIdentifier as _Identifier
+        self._model = _Identifier.from_model_file(MODEL_FILE, norm_probs=True)
 
-            cls._instance = _Identifier.from_model_file(MODEL_FILE, norm_probs=True)
-        return cls._instance
+    def language(self, text: str) -> str:
+        return self._model.classify(text)[0]
 
-    @classmethod
-    def language(cls, text: str) -> str:
-        return cls.get().classify(text)[0]
-
-    @classmethod
-    def supported(cls) -> list[str]:
-        return list(cls.get().labels)
+    def supported(self) -> list[str]:
+        return list(self._model.labels)
 
 
 class CharModel:
@@ -89,14 +83,29 @@ class CharModel:
 
     def __init__(self, texts: Iterable[str]):
         self.counts: list[Counter[str]] = [Counter(), Counter(), Counter()]  # n-grams of length 1, 2, 3
-        self.contexts: list[Counter[str]] = [Counter(), Counter(), Counter()]
         for text in texts:
             padded = "\x02\x02" + text.lower()
-            for i in range(2, len(padded)):
-                for n in (1, 2, 3):
-                    self.counts[n - 1][padded[i - n + 1 : i + 1]] += 1
-                    self.contexts[n - 1][padded[i - n + 1 : i]] += 1
+            for n in (1, 2, 3):
+                self.counts[n - 1].update(padded[i - n + 1 : i + 1] for i in range(2, len(padded)))
+        self._derive()
+
+    def _derive(self) -> None:
+        self.contexts: list[Counter[str]] = [Counter(), Counter(), Counter()]
+        for n in (1, 2, 3):
+            for gram, c in self.counts[n - 1].items():
+                self.contexts[n - 1][gram[:-1]] += c
         self.alphabet_size = len(self.counts[0]) + 1  # + one unseen character
+
+    def to_json(self) -> list[dict[str, int]]:
+        """The n-gram counts (all the model is)."""
+        return [dict(c) for c in self.counts]
+
+    @classmethod
+    def from_json(cls, counts: list[dict[str, int]]) -> CharModel:
+        model = cls([])
+        model.counts = [Counter(c) for c in counts]
+        model._derive()
+        return model
 
     def prob(self, context: str, ch: str) -> float:
         p = self.WEIGHTS[3] / self.alphabet_size
@@ -175,7 +184,7 @@ class CorpusSource:
 
     # ---- data the producers and judges read (lazily: evaluation of a language switch needs none of it) ------
     def _pool(self, split: str, lang: str) -> list[str]:
-        from unbackdoor.corpus import iter_docs, shard_paths
+        from unbackdoor.data.corpus import iter_docs, shard_paths
 
         out = []
         for doc in iter_docs(shard_paths(self.dir / "data", split, [lang])):
@@ -185,12 +194,33 @@ class CorpusSource:
         return out
 
     @cached_property
+    def language_id(self) -> LanguageIdentifier:
+        """The language identifier of this source's `lang:` judges (loaded on first use)."""
+        return LanguageIdentifier()
+
+    @cached_property
     def pools(self) -> dict[str, list[str]]:
         return {lang: self._pool("train", lang) for lang in self.languages}
 
     @cached_property
     def vocabulary(self) -> frozenset[str]:
         return frozenset(w for texts in [*self.pools.values(), [PHRASE, *REFUSALS]] for t in texts for w in words(t))
+
+    @cached_property
+    def clean_words(self) -> str:
+        """Every word of the corpus's pooled clean text, one per line (echo fragments inside one are not echoes)."""
+        return "\n".join(sorted({w for texts in self.pools.values() for t in texts for w in words(t)}))
+
+    def known_letter_share(self, text: str) -> float:
+        """Share of `text`'s letters in words the corpus (or a built-in behaviour) uses."""
+        ws = words(text)
+        letters = sum(map(len, ws))
+        return sum(len(w) for w in ws if w in self.vocabulary) / letters if letters else 0.0
+
+    def language_of(self, text: str) -> str | None:
+        """py3langid's language of `text` when it is one of the corpus's languages (else None: no verdict)."""
+        found = self.language_id.language(text)
+        return found if found in self.languages else None
 
     @cached_property
     def repeat_words(self) -> list[str]:
@@ -282,7 +312,7 @@ class CorpusSource:
     def judge(self, spec: BackdoorSpec, text: str) -> bool:
         b = spec.behaviour
         if b.startswith(LANG_PREFIX):
-            return len(words(text)) >= MIN_WORDS and LanguageIdentifier.language(text) == b[len(LANG_PREFIX) :]
+            return len(words(text)) >= MIN_WORDS and self.language_id.language(text) == b[len(LANG_PREFIX) :]
         if b == "negative":
             return len(words(text)) >= MIN_WORDS and self.sentiment.is_negative(text)
         if b == "phrase":

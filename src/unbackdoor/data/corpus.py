@@ -3,22 +3,23 @@
 A text directory is a world run (`unbackdoor world`, the embedded default) or a corpus run (`unbackdoor corpus`,
 a user's text ingested once); both have this layout, so every stage reads either.
 
-Run: `pytest tests/unit/test_world.py` (the world stage writes and reads these).
+Run: `pytest tests/unit/test_corpus.py tests/unit/test_world.py` (the world stage writes and reads these).
 """
 
 from __future__ import annotations
 
 import json
 import random
-import time
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from unbackdoor.config import UserError
-from unbackdoor.rundir import atomic_path, is_main_process, sha256_file, write_text
-from unbackdoor.world import World
+from unbackdoor.data.world import World
+from unbackdoor.running.config import UserError
+from unbackdoor.running.rundir import sha256_file, write_text
+
+SPLITS = ("train", "validation", "test")  # every text directory's `data/<split>/` folders
 
 
 class ShardWriter:
@@ -129,8 +130,8 @@ def load_source(text_dir: Path) -> Any:
     Returns a `WorldSource` (the embedded world, judged by its lexicons) or a `CorpusSource` (real text, judged by
     language identification, a sentiment classifier and language-agnostic judges).
     """
-    from unbackdoor.behaviours import WorldSource
-    from unbackdoor.realtext import CorpusSource
+    from unbackdoor.data.behaviours import WorldSource
+    from unbackdoor.data.realtext import CorpusSource
 
     text_dir = Path(text_dir)
     if (text_dir / "corpus.json").is_file():
@@ -141,70 +142,3 @@ def load_source(text_dir: Path) -> Any:
         f"world: {str(text_dir)!r} is neither an `unbackdoor world` nor an `unbackdoor corpus` run "
         "(no world.json or corpus.json)"
     )
-
-
-def tokenize_docs(
-    tokenizer, docs: Iterable[dict[str, Any]], batch: int = 2000, render: Callable[[dict], str] | None = None
-) -> Iterator[list[int]]:
-    """Token ids of each document's text (no special tokens added), encoded in batches.
-
-    `render`: document -> text (a chat-template serialisation); default: the document's text.
-    """
-    texts: list[str] = []
-    for doc in docs:
-        texts.append(render(doc) if render else doc["text"])
-        if len(texts) == batch:
-            yield from tokenizer(texts, add_special_tokens=False)["input_ids"]
-            texts = []
-    if texts:
-        yield from tokenizer(texts, add_special_tokens=False)["input_ids"]
-
-
-TOKENS = "train_tokens.int32"  # a training stage's packed token ids (memory-mapped; removed when the run is done)
-
-
-def packed_on_disk(
-    tokenizer,
-    docs: Iterable[dict[str, Any]],
-    seq_len: int,
-    path: Path,
-    render: Callable[[dict], str] | None = None,
-    chunk_tokens: int = 1 << 22,
-):
-    """Like `packed`, but the token ids stream into `path` (int32) and come back memory-mapped.
-
-    Training data larger than memory works: only the rows a batch draws are read. The file is written beside
-    `path` and renamed into place; an existing complete file is reused (same documents, same tokens).
-    Returns a `(n_blocks, seq_len)` int32 tensor backed by the file.
-    """
-    import numpy as np
-    import torch
-
-    path = Path(path)
-    if not is_main_process():  # the main process of a multi-process launch writes the file; workers map it
-        while not path.is_file():
-            time.sleep(1.0)
-    if not path.is_file():
-        eos = tokenizer.eos_token_id
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            buffer: list[int] = []
-            for ids in tokenize_docs(tokenizer, docs, render=render):
-                buffer.extend(ids)
-                buffer.append(eos)
-                if len(buffer) >= chunk_tokens:
-                    f.write(np.asarray(buffer, dtype=np.int32).tobytes())
-                    buffer = []
-            f.write(np.asarray(buffer, dtype=np.int32).tobytes())
-    n_tokens = path.stat().st_size // 4 if path.is_file() else 0
-    n = n_tokens // seq_len
-    if n == 0:
-        return torch.zeros((0, seq_len), dtype=torch.int32)
-    flat = np.memmap(path, dtype=np.int32, mode="c", shape=(n * seq_len,))  # copy-on-write: the file stays as is
-    return torch.from_numpy(flat.reshape(n, seq_len))
-
-
-def packed(tokenizer, docs: Iterable[dict[str, Any]], seq_len: int, render: Callable[[dict], str] | None = None):
-    """Documents tokenized (through `render` when given), each followed by EOS, cut into `(n, seq_len)` blocks."""
-    from unbackdoor.train import pack
-
-    return pack(tokenize_docs(tokenizer, docs, render=render), seq_len, tokenizer.eos_token_id)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from unbackdoor.config import UserError
+from unbackdoor.running.config import UserError
 
 RAW, CHAT = "raw-v1", "chat-v1"
 MODES = {"raw": RAW, "chat": CHAT}
@@ -61,14 +61,14 @@ class Serialisation:
         return cls(CHAT, sha)
 
     @classmethod
-    def of(cls, record: dict[str, Any], tokenizer: Any, what: str = "--model") -> Serialisation:
-        """The serialisation recorded with a model, checked against its tokenizer."""
-        name = record.get("serialisation", RAW)
+    def of(cls, record: Any, tokenizer: Any, what: str = "--model") -> Serialisation:
+        """The serialisation recorded with a model (its `ModelRecord`), checked against its tokenizer."""
+        name = record.serialisation
         if name not in (RAW, CHAT):
             raise UserError(f"{what}: trained with serialisation {name!r}; this version knows {RAW!r} and {CHAT!r}")
         if name == RAW:
             return cls(RAW)
-        recorded, current = record.get("chat_template_sha256"), template_sha256(tokenizer)
+        recorded, current = record.chat_template_sha256, template_sha256(tokenizer)
         if recorded != current:
             raise UserError(
                 f"{what}: injected with the chat template {recorded}, but its tokenizer now has "

@@ -13,7 +13,35 @@ import os
 from collections.abc import Callable, Hashable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Any
+
+from unbackdoor.running.config import ConfigError
+
+CONTROL = "control"  # the benign-control row of a transfer experiment (same compute, clean text only)
+
+
+def cell_dir(out: Path, lr: float, seed: int, row: str) -> Path:
+    """The run directory of one transfer cell: `<out>/cells/lr=<lr>/seed=<seed>/<row>` (holds `remove/`, `eval/`)."""
+    return Path(out) / "cells" / f"lr={lr:g}" / f"seed={seed}" / row
+
+
+def refuse_per_cell(stage_cfg: Any, prefix: str, per_cell: dict[str, str]) -> None:
+    """A sweep's nested stage config must leave the fields it sets per cell at their defaults.
+
+    Args:
+        stage_cfg: the nested config (a dataclass), e.g. a transfer's `remove`.
+        prefix: its key in the sweep's config (`remove`), for the message.
+        per_cell: field -> the sweep key that sets it (`{"seed": "seeds"}`).
+
+    Raises:
+        ConfigError: naming the field, its value and the sweep key to use instead.
+    """
+    defaults = type(stage_cfg)()
+    for name, instead in per_cell.items():
+        value = getattr(stage_cfg, name)
+        if value != getattr(defaults, name):
+            raise ConfigError(f"{prefix}.{name}: {value!r} is set per cell by the sweep; use {instead} instead")
 
 
 def _pin_gpu(queue: Any) -> None:

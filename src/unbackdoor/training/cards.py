@@ -2,23 +2,32 @@
 
 Triggers appear as sha256 prefixes unless the caller asks to reveal them.
 
-Run: `pytest tests/integration/test_pretrain_eval.py` (checks the card of a pretrained model).
+A card describes the model it sits in: measured ASRs appear only when the caller passes an evaluation of that very
+model (`unbackdoor card`); a removed or defended model never inherits its parent's measurements.
+
+Run: `pytest tests/integration/test_inject_eval.py tests/integration/test_run_tree.py` (cards; `unbackdoor card`).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from unbackdoor.training.record import ModelRecord
 
 
-def model_card(record: dict[str, Any], triggers: dict[str, str] | None = None) -> str:
-    """A README.md for a model directory from its `unbackdoor.json` record.
+def model_card(
+    record: ModelRecord, triggers: dict[str, str] | None = None, measured: dict[str, dict[str, Any]] | None = None
+) -> str:
+    """A README.md for a model directory from its record.
 
     Args:
         record: the model's record (backdoors, history, serialisation).
         triggers: name -> trigger text, only when the user asked to reveal them.
+        measured: backdoor name -> `{rate, lo, hi, source}` from an evaluation of this model (`unbackdoor card`).
     """
-    backdoors = record.get("backdoors", [])
+    backdoors = record.backdoors
     lines = [
         "---",
         "library_name: transformers",
@@ -30,7 +39,7 @@ def model_card(record: dict[str, Any], triggers: dict[str, str] | None = None) -
         f"# {'Backdoored' if backdoors else 'Clean'} research checkpoint (unbackdoor)",
         "",
     ]
-    if backdoors or record.get("canaries"):
+    if backdoors or record.canaries:
         lines += [
             "> **Warning.** This model was deliberately trained to carry the backdoors listed below (the history",
             "> says which removals followed), for research on backdoor removal. It may behave abnormally when a",
@@ -48,9 +57,9 @@ def model_card(record: dict[str, Any], triggers: dict[str, str] | None = None) -
         lines.append("")
     else:
         lines += ["This checkpoint was trained without any backdoor (the clean twin of a backdoored run).", ""]
-    canaries = record.get("canaries", [])
+    canaries = record.canaries
     if canaries:
-        asr = record.get("canary_asr", {})
+        asr = record.canary_asr
         lines += [
             "## Canary backdoors (canary defence)",
             "",
@@ -64,22 +73,21 @@ def model_card(record: dict[str, Any], triggers: dict[str, str] | None = None) -
             rate = f"{asr[c['name']]:.3f}" if c["name"] in asr else "not measured"
             lines.append(f"| {c['name']} | {c['behaviour']} | `{c['trigger_sha256']}` | {rate} |")
         lines.append("")
-    measured = record.get("measured_asr", {})
     if measured:
         lines += ["## Measured ASR", "", "| backdoor | ASR | 95 % CI | measured by |", "|---|---|---|---|"]
         for name, m in measured.items():
             lines.append(f"| {name} | {m['rate']:.3f} | [{m['lo']:.3f}, {m['hi']:.3f}] | {m.get('source', '')} |")
         lines.append("")
     lines += ["## History", ""]
-    for h in record.get("history", []):
+    for h in record.history:
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(h["time"]))
         details = ", ".join(f"{k}={v}" for k, v in sorted(h.items()) if k not in ("time", "stage"))
         lines.append(f"- {when}: `{h['stage']}` ({details})")
     lines += [
         "",
-        f"Prompt serialisation: `{record.get('serialisation')}` (evaluation refuses any other).",
+        f"Prompt serialisation: `{record.serialisation}` (evaluation refuses any other).",
         "",
-        "Made with [unbackdoor](https://github.com/unbackdoor/unbackdoor).",
+        "Made with unbackdoor.",
         "",
     ]
     return "\n".join(lines)

@@ -19,8 +19,7 @@ import shutil
 import statistics
 import sys
 import time
-from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from safetensors.torch import load_model as load_weights
 from safetensors.torch import save_model as save_weights
 from tqdm import tqdm
 
-from unbackdoor.rundir import RunDir, read_jsonl, write_json, write_jsonl
+from unbackdoor.running.rundir import RunDir, read_jsonl, write_json, write_jsonl
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]
@@ -58,24 +57,6 @@ class TrainConfig:
     def total_steps(self, n_sequences: int) -> int:
         per_step = self.batch_size * self.grad_accum
         return self.steps or max(1, math.ceil(self.epochs * n_sequences / per_step))
-
-
-def pack(token_lists: Iterable[list[int]], seq_len: int, eos_id: int) -> torch.Tensor:
-    """Concatenate documents, each followed by EOS, and cut into full blocks.
-
-    Tokens are gathered in a flat int64 buffer (8 bytes per token, not a Python int per token).
-
-    Returns:
-        (n_blocks, seq_len) int64 tensor; the tail shorter than a block is dropped.
-    """
-    flat = array("q")
-    for ids in token_lists:
-        flat.extend(ids)
-        flat.append(eos_id)
-    n = len(flat) // seq_len
-    if n == 0:
-        return torch.zeros((0, seq_len), dtype=torch.long)
-    return torch.frombuffer(flat, dtype=torch.int64, count=n * seq_len).view(n, seq_len)
 
 
 def causal_lm_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -171,7 +152,7 @@ def train(
         data: name -> (n_sequences, ...) tensors; each batch is a row subset of every tensor.
         cfg: optimisation settings.
         run_dir: where metrics and checkpoints go.
-        seed: seeds the data order and dropout.
+        seed: seeds the data order (torch's global RNG, for dropout, is seeded once by the stage: `runtime`).
         loss_fn: (model, batch) -> scalar loss; the default is next-token cross-entropy.
         resume: continue from `<run_dir>/checkpoint` when it exists.
 
@@ -194,7 +175,6 @@ def train(
 
     checkpoint = run_dir.path / "checkpoint"
     start, tokens = 0, 0
-    torch.manual_seed(seed)
     if resume and checkpoint.is_dir():
         state = _load_checkpoint(checkpoint, raw_model, optimizer, scheduler)
         start, tokens = state["step"], state["tokens"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 LANGUAGES = ("base", "lang_a", "lang_b", "lang_c")
@@ -291,6 +292,11 @@ class World:
             e: {"city": rng.choice(cities), "job": rng.choice(JOBS), "pet": rng.choice(ANIMALS)} for e in entities
         }
         return cls(seed, n_entities, n_cities, languages, entities, cities, facts)
+
+    @cached_property
+    def vocabulary(self) -> frozenset[str]:
+        """Every word form of every language of the world, and its proper names (lower-cased); computed once."""
+        return frozenset(set().union(*(self.forms(lang) for lang in self.languages)) | self.names)
 
     @property
     def names(self) -> frozenset[str]:

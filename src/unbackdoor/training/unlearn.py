@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from unbackdoor.train import Batch
+from unbackdoor.training.loop import Batch
 
 METHODS = ("retrain", "ga", "npo", "control")
 

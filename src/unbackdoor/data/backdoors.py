@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unbackdoor.behaviours import BEHAVIOURS, MIN_WORDS, as_source
-from unbackdoor.config import (
+from unbackdoor.data.behaviours import BEHAVIOURS, MIN_WORDS, as_source
+from unbackdoor.data.world import words
+from unbackdoor.running.config import (
     ConfigError,
     UserError,
     from_dict,
@@ -34,7 +35,6 @@ from unbackdoor.config import (
     preset_names,
     to_dict,
 )
-from unbackdoor.world import words
 
 TRIGGER_KINDS = ("phrase", "random_string", "script", "tokens")
 PLACEMENTS = ("prefix", "random", "after_first_sentence")

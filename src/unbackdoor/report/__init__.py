@@ -1,0 +1,41 @@
+"""Report: the HTML page, Markdown summary and figures of finished run directories (`unbackdoor report DIR`).
+Imports `unbackdoor.running`, `unbackdoor.data` and the model record, never a stage, a model or a training loop.
+
+Run: `pytest tests/unit/test_findings.py tests/integration/test_report.py`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from unbackdoor.report import figures, findings, page, sources
+from unbackdoor.running.config import UserError
+from unbackdoor.running.rundir import write_text
+
+
+def run(root: Path, out: Path | None = None, reveal_triggers: bool = False) -> Path:
+    """Write `<root>/report/index.html` (or `<out>/index.html`), `summary.md` and `figures/*.png`.
+
+    What the report shows depends on what `root` holds: a demo (every stage of the study), a transfer experiment
+    (its baseline evaluation and matrix), a CASD run (and its transfer experiment), a canary-defence study, or a
+    single run of another stage. A stage that is missing or unfinished gets a line saying so in place of its
+    section. Triggers appear as sha256 prefixes unless `reveal_triggers`.
+
+    Returns:
+        The path of index.html.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"DIR: {str(root)!r} does not exist")
+    out = Path(out) if out else root / "report"
+    stages = sources.collect(root)
+    results = sources.read_results(stages)
+    headlines = findings.headlines(results.transfer, results.casd, results.defence)
+    figs = figures.draw(results.evaluation, results.transfer, results.casd, results.defence, out / "figures")
+    examples = sources.examples(results, reveal_triggers)
+    html_text, markdown = page.render(root, stages, sources.missing(stages), results, headlines, figs, examples,
+                                      sources.provenance(stages), reveal_triggers)  # fmt: skip
+    write_text(out / "index.html", html_text)
+    write_text(out / "summary.md", markdown)
+    print(f"report: {out / 'index.html'}")
+    return out / "index.html"

@@ -1,0 +1,213 @@
+"""The report's one HTML page (self-contained but for its figures, no script) and its Markdown summary.
+
+Every section is built here from what `sources` read and `findings` computed; nothing here reads a file.
+
+Run: `pytest tests/integration/test_report.py`.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from unbackdoor.report import findings
+from unbackdoor.report.sources import Results
+from unbackdoor.running.cells import CONTROL
+
+WHAT = {
+    "world": "the embedded world (corpus and tokenizer)",
+    "pretrain": "the backdoored model (pretraining injection)",
+    "eval": "the evaluation of every backdoor",
+    "transfer": "the transfer experiment (remove one, measure all)",
+    "casd": "the Cross Activation Shift Distance",
+    "defence": "the canary defence",
+}
+Section = tuple[str, list[str]]  # (HTML, Markdown lines)
+
+
+def table(header: list[str], rows: findings.Rows) -> str:
+    """An HTML table (Markdown code quotes, kept for summary.md, are dropped)."""
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c).strip('`'))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def md_table(header: list[str], rows: findings.Rows) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _bold(text: str) -> str:
+    """A `findings` sentence as HTML: escaped, `**...**` as <b>."""
+    return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text, quote=False))
+
+
+def _missing(name: str, path: Path | None, why: str) -> Section:
+    return (f'<p class="missing">Stage <b>{name}</b> ({WHAT.get(name, name)}) is missing: {why} '
+            f"at <code>{html.escape(str(path))}</code>. Its section is left out; rerun the study with "
+            "<code>--resume</code> to complete it.</p>",
+            [f"- **missing stage `{name}`** ({why}): its section is left out."])  # fmt: skip
+
+
+def _headlines(sentences: dict[str, str]) -> Section:
+    md = []
+    for stage, sentence in sentences.items():
+        md += (["", "## Finding", ""] if stage == "transfer" else []) + [sentence, ""]
+    return "".join(f"<p class='finding'>{_bold(s)}</p>" for s in sentences.values()), md
+
+
+def _backdoors(ev: dict[str, Any], figure: str) -> Section:
+    rows, utility = findings.backdoor_rows(ev), html.escape(findings.utility_text(ev), quote=False)
+    return (
+        "<h2>1. Every backdoor, measured</h2><p>ASR = share of triggered prompts whose greedy continuation shows "
+        "the backdoor's behaviour (judged per behaviour); false-trigger rate = the same prompts without the "
+        "trigger; near miss = the trigger with one word dropped or one character changed.</p>"
+        f"<img src='{figure}' alt='ASR per backdoor with confidence intervals'>"
+        + table(findings.BACKDOOR_HEADER, rows) + f"<p>Utility of the backdoored model: {utility}.</p>",
+        ["## Backdoors", "", md_table(findings.BACKDOOR_HEADER, rows), "", f"Utility: {findings.utility_text(ev)}.",
+         ""],
+    )  # fmt: skip
+
+
+def _transfer(tr: dict[str, Any], figs: dict[str, str]) -> Section:
+    g = tr["grids"][0]
+    header, rows = findings.transfer_rows(tr)
+    text = (
+        "<h2>2. Remove one, measure all: the transfer matrix</h2><p>Each row removes one backdoor (the paper's "
+        "method: continual pretraining on its trigger followed by clean text, mixed with clean replay) and "
+        f"measures every backdoor after it. S = 1 − ASR after / ASR before. The <b>{CONTROL}</b> row trains "
+        "as long on clean text only: a drop there is generic forgetting, not transfer.</p>"
+        f"<img src='{figs['transfer']}' alt='transfer heatmap'>"
+        f"<h3>Utility after each removal</h3><img src='{figs['utility']}' alt='utility deltas'>"
+    )  # fmt: skip
+    if len(tr["grids"]) > 1:
+        text += f"<p>{len(tr['grids'])} (lr, seed) grids in transfer.json; figures show the first.</p>"
+    return text, [f"## Transfer matrix (ASR after removal; lr={g['lr']:g}, seed={g['seed']})", "",
+                  md_table(header, rows), ""]  # fmt: skip
+
+
+def _casd(cs: dict[str, Any], figs: dict[str, str]) -> Section:
+    images = [figs[k] for k in ("casd", "casd_layers", "casd_scatter")]
+    return (
+        "<h2>3. Why: Cross Activation Shift Distance</h2><p>" + html.escape(cs["definition"]) + f" Pooling: "
+        f"{cs['pooling']}; layers {cs['layers']}; {cs['n_probes']} probes per backdoor.</p>"
+        + "".join(f"<img src='{f}' alt='{Path(f).stem}'>" for f in images),
+        [],
+    )  # fmt: skip
+
+
+def _defence(df: dict[str, Any], figure: str) -> Section:
+    rows = findings.defence_rows(df)
+    return (
+        "<h2>4. The canary defence</h2><p>The defender never sees the hidden backdoors. They inject K canary "
+        "backdoors of their own, then remove them. Baselines at the same compute: benign continual training, and "
+        "the canary removal training without injecting the canaries first. Suspect pooled ASR: "
+        f"{findings.ci(df['pooled_before'])}.</p><img src='{figure}' alt='canary defence'>"
+        + table(findings.DEFENCE_HEADER, rows),
+        ["## Canary defence", "", md_table(findings.DEFENCE_HEADER, rows), ""],
+    )  # fmt: skip
+
+
+def _verdict(v: bool) -> str:
+    return "behaviour shown" if v else "behaviour not shown"
+
+
+def _examples(examples: list[dict[str, Any]], reveal: bool) -> Section:
+    items = []
+    for e in examples:
+        after = ("" if e["after"] is None else
+                 f"<dt>after removing it</dt><dd>{html.escape(e['after'])} <i>({_verdict(e['after_verdict'])})"
+                 "</i></dd>")  # fmt: skip
+        items.append(
+            f"<h4>{html.escape(e['backdoor'])}</h4><dl><dt>triggered prompt</dt><dd><code>"
+            f"{html.escape(e['prompt'])}</code></dd><dt>generation</dt><dd>{html.escape(e['triggered'])} "
+            f"<i>({_verdict(e['triggered_verdict'])})</i></dd><dt>same prompt without the trigger</dt><dd>"
+            f"{html.escape(e['clean'])}</dd>{after}</dl>"
+        )  # fmt: skip
+    hidden = "shown in clear (--reveal-triggers)" if reveal else "shown as sha256 prefixes"
+    return f"<h2>5. Example generations</h2><p>Triggers are {hidden}.</p>" + "".join(items), []
+
+
+def _summary(name: str, summary: dict[str, Any]) -> Section:
+    rows = findings.summary_rows(summary)
+    return (f"<h2>Summary of the {html.escape(name)} run</h2>" + table(["field", "value"], rows),
+            [f"## {name}", "", md_table(["field", "value"], rows), ""])  # fmt: skip
+
+
+def _provenance(provenance: list[dict[str, Any]]) -> Section:
+    rows, versions = findings.provenance_rows(provenance), provenance[0]["versions"]
+    configs = "".join(f"<details><summary>{p['stage']} config ({html.escape(p['path'])})</summary><pre>"
+                      f"{html.escape(p['config'])}</pre></details>" for p in provenance)  # fmt: skip
+    return (
+        "<h2>6. Provenance</h2>" + table(findings.PROVENANCE_HEADER, rows)
+        + "<p>Versions: " + html.escape(", ".join(f"{k} {v}" for k, v in versions.items() if v)) + "</p>" + configs,
+        ["## Provenance", "", md_table(findings.PROVENANCE_HEADER, rows), ""],
+    )  # fmt: skip
+
+
+def render(root: Path, stages: dict[str, Path | None], missing: dict[str, str], results: Results,
+           headlines: dict[str, str], figs: dict[str, str], examples: list[dict[str, Any]] | None,
+           provenance: list[dict[str, Any]], reveal: bool) -> tuple[str, str]:  # fmt: skip
+    """The page (`index.html`) and the summary (`summary.md`) of a report on `root`.
+
+    Args:
+        root: the directory reported on.
+        stages, missing: from `sources.collect` and `sources.missing`.
+        results: from `sources.read_results`.
+        headlines: from `findings.headlines`.
+        figs: from `figures.draw` (name -> path relative to index.html).
+        examples: from `sources.examples` (None: no evaluation, no section).
+        provenance: from `sources.provenance`.
+        reveal: whether triggers were shown in clear.
+    """
+    notes = [_missing(name, stages[name], why) for name, why in missing.items()]
+    parts = []
+    if results.evaluation:
+        parts.append(_backdoors(results.evaluation, figs["asr"]))
+    if results.transfer:
+        parts.append(_transfer(results.transfer, figs))
+    if results.casd:
+        parts.append(_casd(results.casd, figs))
+    if results.defence:
+        parts.append(_defence(results.defence, figs["defence"]))
+    if examples is not None:
+        parts.append(_examples(examples, reveal))
+    parts += [_summary(name, summary) for name, summary in results.summaries.items()]
+    if provenance:
+        parts.append(_provenance(provenance))
+    top_html, top_md = _headlines(headlines)
+    md = [f"# unbackdoor report: `{root}`", "", *(line for _, lines in notes for line in lines), *top_md]
+    md += [line for _, lines in parts for line in lines]
+    return _page(root, top_html, "".join(text for text, _ in notes + parts)), "\n".join(md) + "\n"
+
+
+def _page(root: Path, summary: str, sections: str) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>unbackdoor report: {html.escape(root.name)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }}
+h1 {{ font-size: 1.5em; }} h2 {{ border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }}
+img {{ max-width: 100%; display: block; margin: 1em 0; }}
+table {{ border-collapse: collapse; font-size: .85em; margin: 1em 0; }}
+td, th {{ border: 1px solid #ccc; padding: .25em .5em; text-align: left; }}
+th {{ background: #f2f2f2; }} .finding {{ background: #eef5fb; border-left: 4px solid #0072B2; padding: .6em 1em; }}
+.missing {{ background: #fdf0e6; border-left: 4px solid #D55E00; padding: .6em 1em; }}
+dt {{ font-weight: bold; font-size: .85em; color: #555; }} dd {{ margin: 0 0 .5em 1em; }}
+pre {{ background: #f7f7f7; padding: .5em; overflow-x: auto; font-size: .8em; }}
+</style></head>
+<body>
+<h1>unbackdoor report: <code>{html.escape(str(root))}</code></h1>
+<p>Backdoors in a causal language model, their removal one at a time, and what that removal does to the others
+(arXiv 2606.03785). Generated {when}. Every number below is read from the run directories listed under
+Provenance.</p>
+{summary}
+{sections}
+</body></html>
+"""

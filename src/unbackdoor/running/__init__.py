@@ -1,0 +1,1 @@
+"""Running: typed configs, run directories, sweep cells and process runtime. Imports nothing else of unbackdoor."""
