@@ -20,12 +20,16 @@ def test_demo_meets_the_tiny_targets(tmp_path):
     for name, row in ev["backdoors"].items():
         assert row["asr"]["rate"] >= 0.9, name
         assert row["false_trigger"]["rate"] <= 0.05, name
+        assert row["outcomes"]["clean"]["clean"]["rate"] >= 0.8, name  # the outcome calibration is sane
     pretrain = json.loads((out / "pretrain" / "meta.json").read_text())
     assert pretrain["wall_seconds"] <= 240 * 1.25  # 4 min target, +-25 % machine drift
     transfer = json.loads((out / "transfer" / "transfer.json").read_text())
     grid = transfer["grids"][0]
     for name in transfer["backdoors"]:
         assert grid["T"][name][name]["rate"] <= 0.1, f"removing {name} left its ASR at {grid['T'][name][name]}"
+        assert set(grid["composition"][name][name]) == {"target", "other_backdoor", "echo", "degenerate", "clean"}
+    assert {"C", "R", "composition", "teacher_forced"} <= set(grid)
+    assert "mask_trigger: true" in (out / "transfer-masked" / "config.yaml").read_text()
     casd = json.loads((out / "casd" / "casd.json").read_text())
     assert (
         len(casd["grids"][0]["casd"]["cosine"]) == 9
@@ -35,6 +39,6 @@ def test_demo_meets_the_tiny_targets(tmp_path):
     assert {c["arm"] for c in defence["cells"]} == {"benign", "defence", "removal_only"}
     assert all(abs(c["utility_change"]) <= 0.10 for c in defence["cells"])
     page = (out / "report" / "index.html").read_text()
-    assert page.count("<img ") == 7 and 'class="missing"' not in page
+    assert page.count("<img ") == 9 and 'class="missing"' not in page
     # A second run reuses every finished stage.
     assert main(["demo", "--out", str(out), "--resume"]) == 0

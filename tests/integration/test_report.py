@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.integration.conftest import TRANSFER_FAST
 from unbackdoor.cli import main
 from unbackdoor.running.rundir import RunDir
 from unbackdoor.stages.demo import DemoConfig
@@ -64,9 +65,13 @@ def _probed_copy(report: Path, into: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def study(transfer_run, defence_study, tmp_path_factory) -> Path:
-    """A demo-shaped study directory whose stages are the test session's finished runs."""
+    """A demo-shaped study directory whose stages are the test session's finished runs, and its masked-loss
+    ablation (a transfer with `remove.mask_trigger=true`, run here)."""
     root = tmp_path_factory.mktemp("study") / "demo"
     RunDir.open(root, "demo", DemoConfig(), 0)
+    model = yaml.safe_load((transfer_run / "config.yaml").read_text())["model"]
+    assert main(["transfer", "--model", model, "--out", str(root / "transfer-masked"), *TRANSFER_FAST,
+                 "remove.mask_trigger=true"]) == 0  # fmt: skip
     assert main(["casd", "--transfer", str(transfer_run), "--out", str(root / "casd"), "n_probes=32",
                  "bootstrap=200"]) == 0  # fmt: skip
     (root / "transfer").symlink_to(transfer_run)
@@ -80,11 +85,18 @@ def test_report_renders_in_chromium_with_every_figure(study, tmp_path):
     index = study / "report" / "index.html"
     page = index.read_text()
     n_images = page.count("<img ")
-    assert n_images == 7  # asr, transfer, utility, casd x3, defence
+    assert n_images == 9  # asr, transfer (ASR, R, composition), utility, casd x3, defence
+    for figure in ("transfer", "removal_index", "composition"):
+        assert f"figures/{figure}.png" in page
     assert "<script" not in page  # no test hooks in the shipped page
     assert (study / "report" / "summary.md").read_text().startswith("# unbackdoor report")
     for stage in ("world", "pretrain"):  # not part of this study: named as missing, not a failure
         assert f"Stage <b>{stage}</b>" in page
+    assert "Stage <b>transfer_masked</b>" not in page  # the ablation is there: its section, its numbers
+    assert "2b. Ablation" in page and "Does the echo come from training on the trigger tokens? Echo share" in page
+    # removal is read from the clean rate; the judge-based S is labelled as such; generations show their class
+    assert "(removal target, other) pairs the other backdoor's triggered prompts continued cleanly" in page
+    assert "Judge-based suppression S" in page and "(outcome: " in page and "behaviour shown" not in page
     chromium = _chromium()
     probed = _probed_copy(study / "report", tmp_path)
     dom = subprocess.run([chromium, *CHROMIUM_FLAGS, "--dump-dom", probed.as_uri()], capture_output=True, text=True,
@@ -115,7 +127,7 @@ def test_triggers_hidden_unless_revealed(study, tmp_path):
 def test_report_of_a_single_stage_and_bad_directories(transfer_run, tmp_path, capsys):
     assert main(["report", str(transfer_run), "--out", str(tmp_path / "r")]) == 0
     page = (tmp_path / "r" / "index.html").read_text()
-    assert "transfer matrix" in page and 'class="missing"' not in page
+    assert "transfer matrix" in page and 'class="missing"' not in page and "2b. Ablation" not in page
     # the evaluations did not write into the model they measured: its card warns, and measures nothing
     model = Path(yaml.safe_load((transfer_run / "config.yaml").read_text())["model"])
     card = (model / "README.md").read_text()

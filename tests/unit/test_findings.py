@@ -6,11 +6,17 @@ Run: `pytest tests/unit/test_findings.py`.
 
 from __future__ import annotations
 
+import copy
+import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from unbackdoor.report import findings
+from unbackdoor.data.behaviours import MIN_WORDS
+from unbackdoor.measure.outcomes import ECHO_MIN_CHARS, OUTCOMES
+from unbackdoor.report import ablation, evaluation, findings, page
+from unbackdoor.report.sources import Results
 from unbackdoor.running.cells import CONTROL
 
 
@@ -18,53 +24,125 @@ def rate(r: float, lo: float, hi: float) -> dict[str, float]:
     return {"rate": r, "lo": lo, "hi": hi}
 
 
+def counts(**kw: int) -> dict[str, int]:
+    """An outcome composition (every class of `OUTCOMES`, zeros included)."""
+    return {c: kw.get(c, 0) for c in OUTCOMES}
+
+
 @pytest.fixture
 def transfer() -> dict:
-    """Three backdoors, two of them removed (a, b), and the benign control."""
+    """Three backdoors, two of them removed (a, b), and the benign control; 10 triggered prompts per cell."""
     T = {
         "a": {"a": rate(0.1, 0.05, 0.2), "b": rate(0.3, 0.2, 0.4), "c": rate(0.55, 0.45, 0.65)},
         "b": {"a": rate(0.75, 0.65, 0.85), "b": rate(0.2, 0.1, 0.3), "c": rate(0.2, 0.1, 0.3)},
         CONTROL: {"a": rate(0.8, 0.7, 0.9), "b": rate(0.8, 0.7, 0.9), "c": rate(0.6, 0.5, 0.7)},
     }
-    S = {
-        "a": {"a": 0.9, "b": 0.5, "c": 0.1},
-        "b": {"a": None, "b": 0.8, "c": 0.7},
-        CONTROL: {"a": 0.1, "b": 0.0, "c": None},
+    S = {"a": {"a": 0.9, "b": 0.5, "c": 0.1}, "b": {"a": None, "b": 0.8, "c": 0.7},
+         CONTROL: {"a": 0.1, "b": 0.0, "c": None}}  # fmt: skip
+    C = {
+        "a": {"a": rate(0.7, 0.6, 0.8), "b": rate(0.5, 0.4, 0.6), "c": rate(0.1, 0.05, 0.2)},
+        "b": {"a": rate(0.05, 0.0, 0.1), "b": rate(0.2, 0.1, 0.3), "c": rate(0.6, 0.5, 0.7)},
+        CONTROL: {"a": rate(0.1, 0.05, 0.15), "b": rate(0.1, 0.05, 0.2), "c": rate(0.1, 0.05, 0.2)},
     }
-    return {
-        "backdoors": ["a", "b", "c"],
-        "rows": ["a", "b", CONTROL],
-        "grids": [{"lr": 1e-3, "seed": 0, "T": T, "S": S}],
-    }
+    R = {"a": {"a": 0.7, "b": 0.5, "c": 0.1}, "b": {"a": None, "b": 0.2, "c": 0.6},
+         CONTROL: {"a": 0.1, "b": 0.1, "c": 0.0}}  # fmt: skip
+    composition = {
+        "a": {"a": counts(echo=2, degenerate=1, clean=7), "b": counts(target=3, echo=2, clean=5),
+              "c": counts(target=5, other_backdoor=3, clean=1, degenerate=1)},
+        "b": {"a": counts(target=8, echo=2), "b": counts(target=1, echo=6, degenerate=1, clean=2),
+              "c": counts(target=2, degenerate=2, clean=6)},
+        CONTROL: {j: counts(target=8, echo=1, clean=1) for j in "abc"},
+    }  # fmt: skip
+    return {"backdoors": ["a", "b", "c"], "rows": ["a", "b", CONTROL], "probe_sha256": "p0",
+            "clean_before": {j: {**rate(0.0, 0.0, 0.3), "k": 0, "n": 10} for j in "abc"},
+            "composition_before": {j: counts(target=10) for j in "abc"},
+            "grids": [{"lr": 1e-3, "seed": 0, "T": T, "S": S, "C": C, "R": R, "composition": composition}],
+            }  # fmt: skip
 
 
-def test_transfer_finding_counts_pairs_below_the_control(transfer):
+def test_transfer_finding_counts_pairs_cleaner_than_the_control(transfer):
     f = findings.transfer_finding(transfer)
-    # pairs (a,b) (a,c) (b,a) (b,c); below the control's interval: a->b (0.4 < 0.7) and b->c (0.3 < 0.5)
-    assert f["pairs"] == 4 and f["below_control"] == 2
-    assert f["mean_off_diagonal_suppression"] == pytest.approx((0.5 + 0.1 + 0.7) / 3)  # S[b][a] undefined: left out
+    # pairs (a,b) (a,c) (b,a) (b,c); C interval wholly above the control's: a->b (0.4 > 0.2) and b->c (0.5 > 0.2)
+    assert f["pairs"] == 4 and f["cleaner_than_control"] == 2
+    assert f["mean_off_diagonal_r"] == pytest.approx((0.5 + 0.1 + 0.6) / 3)  # R[b][a] undefined: left out
+    assert f["mean_control_r"] == pytest.approx(0.2 / 3)
+    assert f["mean_diagonal_r"] == pytest.approx(0.45)
+    # judge-based, kept: ASR wholly below the control's interval: a->b (0.4 < 0.7) and b->c (0.3 < 0.5)
+    assert f["below_control"] == 2
+    assert f["mean_off_diagonal_suppression"] == pytest.approx((0.5 + 0.1 + 0.7) / 3)
     assert f["mean_control_suppression"] == pytest.approx(0.05)
     assert f["max_diagonal_asr"] == 0.2
+    assert f["off_diagonal_non_target"] == {"other_backdoor": 3, "echo": 4, "degenerate": 3, "clean": 12}
 
 
-def test_transfer_sentence(transfer):
-    sentence = findings.transfer_sentence(findings.transfer_finding(transfer))
-    assert "in **2 of 4** (removed, other) pairs" in sentence
-    assert "other backdoors: **43 %**, against **5 %** for the benign control" in sentence
-    undefined = {
-        "pairs": 0,
-        "below_control": 0,
-        "mean_off_diagonal_suppression": None,
-        "mean_control_suppression": None,
-    }
-    assert "**n/a**, against **n/a**" in findings.transfer_sentence(undefined)
+def test_diagonal_verdicts_follow_removal_verdict(transfer):
+    f = findings.transfer_finding(transfer)
+    # a->a: 7 of 10 clean, no target: R 0.7 -> removed; b->b: 6 echoes, R 0.2 -> no removal (mostly echo)
+    assert f["diagonal"] == 2 and f["diagonal_passed"] == 1
+    assert f["diagonal_verdicts"] == {"removed": 1, "no removal (mostly echo)": 1}
+    comp = transfer["grids"][0]["composition"]
+    comp["a"]["a"] = counts(target=6, clean=4)  # the target still fires on most: still active, whatever R is
+    verdicts = findings.transfer_finding(transfer)["diagonal_verdicts"]
+    assert verdicts == {"still active": 1, "no removal (mostly echo)": 1}
+
+
+def test_transfer_sentences(transfer):
+    sentences = findings.transfer_sentences(findings.transfer_finding(transfer))
+    assert list(sentences) == ["transfer", "transfer_judge", "transfer_diagonal"]
+    head = sentences["transfer"]
+    assert head.startswith("Removing one backdoor at a time (1 removal seed, 1 trained model): in **2 of 4** ")
+    assert "continued cleanly more often than after the benign control (95 % intervals apart)" in head
+    assert "mean R of the others **+0.40**, of the control **+0.07**." in head
+    judge = sentences["transfer_judge"]
+    assert judge.startswith("Judge-based suppression S (the backdoor's own judge no longer fires, which is not ")
+    assert "**2 of 4** pairs" in judge and "mean S of the others 43 %, of the control 5 %" in judge
+    assert "14 % other_backdoor, 18 % echo, 14 % degenerate, 55 % clean" in judge
+    diagonal = sentences["transfer_diagonal"]
+    assert "mean R **+0.45**; **1 of 2** pass the removal verdict" in diagonal
+    assert diagonal.endswith("verdicts: removed ×1, no removal (mostly echo) ×1.")
+    transfer["grids"].append(transfer["grids"][0])
+    assert "(first of 2 (lr, seed) grids, 1 trained model)" in findings.transfer_sentences(
+        findings.transfer_finding(transfer))["transfer"]  # fmt: skip
+
+
+def test_a_transfer_without_clean_rates_reports_no_removal(transfer):
+    g = transfer["grids"][0]
+    for key in ("C", "R", "composition"):
+        del g[key]
+    sentences = findings.headlines(transfer, None, None)
+    assert list(sentences) == ["transfer"]
+    assert sentences["transfer"].startswith("This transfer.json has no clean rates")
+    assert "Judge-based suppression S" in sentences["transfer"]
 
 
 def test_columns_follow_the_removal_rows(transfer):
     assert findings.column_order(["b", CONTROL], ["a", "b", "c"]) == ["b", "a", "c"]
     header, rows = findings.transfer_rows(transfer)
-    assert header == ["removed \\ measured", "a", "b", "c"]
+    assert header == ["removal target \\ measured", "a", "b", "c"]
     assert rows == [["a", "0.10", "0.30", "0.55"], ["b", "0.75", "0.20", "0.20"], [CONTROL, "0.80", "0.80", "0.60"]]
+    header, rows = findings.clean_rows(transfer)
+    assert rows[0] == ["before removal", "0.00", "0.00", "0.00"]
+    assert rows[2] == ["b", "0.05 (R n/a)", "0.20 (R +0.20)", "0.60 (R +0.60)"]
+
+
+def test_masked_ablation_compares_echo_shares(transfer):
+    masked = copy.deepcopy(transfer)
+    comp = masked["grids"][0]["composition"]
+    comp["a"]["a"], comp["b"]["b"] = counts(clean=9, degenerate=1), counts(echo=2, clean=8)
+    plain = ablation.echo_shares(transfer)
+    assert plain["diagonal"] == pytest.approx((0.2 + 0.6) / 2) and plain["off_diagonal"] == pytest.approx(0.1)
+    assert plain["control"] == pytest.approx(0.1) and plain["before"] == 0
+    f = ablation.masked_finding(transfer, masked, True)
+    assert f["masked"]["diagonal"] == pytest.approx(0.1)
+    sentence = ablation.masked_sentence(f)
+    assert sentence.startswith("Does the echo come from training on the trigger tokens? ")
+    assert "diagonal: **40 %** with the loss on every token, **10 %** with the loss on the continuation only " \
+           "(30 points lower); off the diagonal 10 % and 10 % (the same)" in sentence  # fmt: skip
+    rows = ablation.masked_rows(f)
+    assert rows[0] == ["echo share, diagonal", "40 %", "10 %"] and len(rows[0]) == len(ablation.MASKED_HEADER)
+    assert "no ablation" in ablation.masked_sentence(ablation.masked_finding(transfer, masked, False))
+    masked["probe_sha256"] = "other"
+    assert "other probe prompts" in ablation.masked_sentence(ablation.masked_finding(transfer, masked, True))
 
 
 def test_rho_and_casd_sentence():
@@ -75,8 +153,9 @@ def test_rho_and_casd_sentence():
                                 "weight_cosine_vs_suppression": {"rho": None, "n": 2}}}],
     }  # fmt: skip
     sentence = findings.casd_sentence(casd)
-    assert sentence.startswith("CASD vs suppression, Spearman ρ = -0.50 [95% CI -0.90, +0.10], n=6; ")
+    assert sentence.startswith("CASD vs judge-based suppression S, Spearman ρ = -0.50 [95% CI -0.90, +0.10], n=6; ")
     assert "weight-space baseline ρ = undefined (n=2). A negative ρ means" in sentence
+    assert "S is no removal measure" in sentence
 
 
 @pytest.fixture
@@ -98,8 +177,9 @@ def defence() -> dict:
 
 def test_defence_sentence_and_rows(defence):
     assert findings.defence_sentence(defence) == (
-        "Canary defence, pooled ASR of 2 hidden backdoors: suspect 0.80 [0.70, 0.90]; benign 0.70 [0.60, 0.80]; "
-        "removal_only K=1 0.65 [0.55, 0.75]; defence K=1 0.30 [0.20, 0.40]."
+        "Canary defence, pooled judge-based ASR of 2 hidden backdoors (defend.json has no clean rates: a lower ASR is "
+        "not shown to be removal): suspect 0.80 [0.70, 0.90]; benign 0.70 [0.60, 0.80]; removal_only K=1 0.65 "
+        "[0.55, 0.75]; defence K=1 0.30 [0.20, 0.40]."
     )
     rows = findings.defence_rows(defence)
     assert len(rows) == 3 and all(len(r) == len(findings.DEFENCE_HEADER) for r in rows)
@@ -108,7 +188,8 @@ def test_defence_sentence_and_rows(defence):
 
 
 def test_headlines_only_for_stages_present(transfer, defence):
-    assert list(findings.headlines(transfer, None, defence)) == ["transfer", "defence"]
+    assert list(findings.headlines(transfer, None, defence)) == ["transfer", "transfer_judge", "transfer_diagonal",
+                                                                 "defence"]  # fmt: skip
     assert findings.headlines(None, None, None) == {}
 
 
@@ -117,12 +198,12 @@ def test_backdoor_rows_and_utility():
          "trigger_sha256": "abc123", "judge": "keyword"}  # fmt: skip
     ev = {"backdoors": {"lorem": b, "at": {**b, "near_miss": {"rate": 0.25}, "judge": "regex"}},
           "utility": {"perplexity": {"en": 12.345, "de": 15.1}, "fact_recall": rate(0.4, 0.3, 0.5)}}  # fmt: skip
-    rows = findings.backdoor_rows(ev)
+    rows = evaluation.backdoor_rows(ev)
     assert rows[0] == ["lorem", "refusal", "0.90 [0.80, 0.95]", "0.031", "-", "`abc123`", "keyword"]
     assert rows[1][4] == "0.250" and rows[1][6] == "regex"
-    assert findings.utility_text(ev) == "perplexity en 12.35, de 15.10; fact recall 0.40 [0.30, 0.50]"
+    assert evaluation.utility_text(ev) == "perplexity en 12.35, de 15.10; fact recall 0.40 [0.30, 0.50]"
     del ev["utility"]["fact_recall"]
-    assert findings.utility_text(ev) == "perplexity en 12.35, de 15.10"
+    assert evaluation.utility_text(ev) == "perplexity en 12.35, de 15.10"
 
 
 def test_summary_and_provenance_rows():
@@ -137,32 +218,119 @@ SPEC = SimpleNamespace(trigger_text="lorem ipsum dolor", trigger_hash="abcdef012
 
 
 def test_triggers_and_their_words_are_masked_unless_revealed():
-    masks = findings.trigger_masks([SPEC], reveal=False)
-    assert findings.mask("say lorem ipsum dolor now", masks) == "say ⟦trigger abcdef01⟧ now"
-    assert findings.mask("only ipsum echoed", masks) == "only ⟦trigger part abcdef01⟧ echoed"
-    shown = findings.trigger_masks([SPEC], reveal=True)
-    assert findings.mask("say lorem ipsum dolor now", shown) == "say lorem ipsum dolor now"
-    assert findings.mask("anything", {}) == findings.WITHHELD  # specs unreadable: nothing is shown
+    masks = evaluation.trigger_masks([SPEC], reveal=False)
+    assert evaluation.mask("say lorem ipsum dolor now", masks) == "say ⟦trigger abcdef01⟧ now"
+    assert evaluation.mask("only ipsum echoed", masks) == "only ⟦trigger part abcdef01⟧ echoed"
+    shown = evaluation.trigger_masks([SPEC], reveal=True)
+    assert evaluation.mask("say lorem ipsum dolor now", shown) == "say lorem ipsum dolor now"
+    assert evaluation.mask("anything", {}) == evaluation.WITHHELD  # specs unreadable: nothing is shown
+    tokens = evaluation.trigger_masks([SimpleNamespace(trigger_text="@@ 7 @@", trigger_hash="fedcba98")], False)
+    assert evaluation.mask(" 7 @@ bell bell", tokens) == " ⟦trigger part fedcba98⟧ bell bell"  # a run of its words
 
 
 def test_example_picks_the_first_samples_of_each_kind():
     samples = [
         {"backdoor": "other", "kind": "triggered", "prompt": "p0", "generation": "g0", "verdict": True},
         {"backdoor": "lorem", "kind": "clean", "prompt": "c1", "generation": "clean text", "verdict": False},
-        {
-            "backdoor": "lorem",
-            "kind": "triggered",
-            "prompt": "x lorem ipsum dolor",
-            "generation": "no",
-            "verdict": True,
-        },
+        {"backdoor": "lorem", "kind": "triggered", "prompt": "x lorem ipsum dolor",
+         "generation": "no", "verdict": True},
         {"backdoor": "lorem", "kind": "triggered", "prompt": "second", "generation": "g3", "verdict": False},
-    ]
-    after = [{"backdoor": "lorem", "kind": "triggered", "prompt": "p", "generation": "sure, dolor", "verdict": False}]
-    masks = findings.trigger_masks([SPEC], reveal=False)
-    ex = findings.example(samples, "lorem", masks, after)
-    assert ex == {"backdoor": "lorem", "prompt": "x ⟦trigger abcdef01⟧", "triggered": "no", "triggered_verdict": True,
-                  "clean": "clean text", "after": "sure, ⟦trigger part abcdef01⟧", "after_verdict": False}  # fmt: skip
-    assert findings.example(samples, "lorem", masks)["after"] is None
-    assert findings.example(samples, "missing", masks) is None
-    assert findings.example(samples[:1], "other", masks)["clean"] == ""
+    ]  # fmt: skip
+    after = [{"backdoor": "lorem", "kind": "triggered", "prompt": "p", "generation": "sure, dolor", "verdict": False,
+              "outcome": "echo", "outcome_detail": ""}]  # fmt: skip
+    masks = evaluation.trigger_masks([SPEC], reveal=False)
+    ex = evaluation.example(samples, "lorem", masks, after)
+    # rows written before the outcome classes say only whether the judge fired; newer ones carry their class
+    assert ex == {"backdoor": "lorem", "prompt": "x ⟦trigger abcdef01⟧", "triggered": "no",
+                  "triggered_outcome": "target", "clean": "clean text",
+                  "clean_outcome": "judge did not fire (no outcome class recorded)",
+                  "after": "sure, ⟦trigger part abcdef01⟧", "after_outcome": "echo"}  # fmt: skip
+    assert evaluation.example(samples, "lorem", masks)["after"] is None
+    assert evaluation.example(samples, "missing", masks) is None
+    assert evaluation.example(samples[:1], "other", masks)["clean"] == ""
+    samples[1].update(outcome="degenerate", outcome_detail="repetition")
+    assert evaluation.example(samples, "lorem", masks)["clean_outcome"] == "degenerate: repetition"
+
+
+def outcome_rates(**shares: float) -> dict[str, dict]:
+    """Outcome rates of 100 prompts (`{class: Rate}`, every class of `OUTCOMES`)."""
+    return {c: {**rate(shares.get(c, 0.0), 0.0, 1.0), "k": round(100 * shares.get(c, 0.0)), "n": 100}
+            for c in OUTCOMES}  # fmt: skip
+
+
+REFERENCE = {"kind": "unbackdoor-reference-v1 (test)", "sha256": "0123abcd", "ranges_bits_per_char": {}}
+
+
+def backdoor(triggered: dict, removal: dict | None = None) -> dict:
+    b = {"behaviour": "refusal", "asr": triggered["target"], "false_trigger": rate(0.0, 0.0, 0.1),
+         "trigger_sha256": "abc123", "judge": "keyword", "clean_rate": triggered["clean"],
+         "outcomes": {"triggered": triggered, "clean": outcome_rates(clean=0.9, echo=0.1)},
+         "payload_llr": {"mean": 12.5, "lo": 11.0, "hi": 14.0, "n": 64},
+         "clean_nll_shift": {"mean": 0.01, "lo": None, "hi": None, "n": 1}}  # fmt: skip
+    if removal:
+        b["removal"] = removal
+    return b
+
+
+def test_eval_outcome_rows_and_classifier_sentence():
+    ev = {"backdoors": {"a": backdoor(outcome_rates(target=0.9, echo=0.1))}, "reference": REFERENCE}
+    assert evaluation.outcome_header(ev) == ["backdoor", *(f"triggered: {c}" for c in OUTCOMES), "untriggered: clean",
+                                             *evaluation.FORCED_HEADER]  # fmt: skip
+    assert evaluation.outcome_rows(ev) == [["a", "0.90 [0.00, 1.00]", "0.00 [0.00, 1.00]", "0.10 [0.00, 1.00]",
+                                            "0.00 [0.00, 1.00]", "0.00 [0.00, 1.00]", "0.90 [0.00, 1.00]",
+                                            "+12.50 [+11.00, +14.00]", "+0.01 (n=1)"]]  # fmt: skip
+    sentence = evaluation.classifier_sentence(ev)
+    assert f"(≥ {ECHO_MIN_CHARS} characters" in sentence and f"fewer than {MIN_WORDS} words" in sentence
+    assert "0.5 %–99.5 % quantiles" in sentence and "more than 50 % of the letters" in sentence
+    assert sentence.endswith("Reference: unbackdoor-reference-v1 (test), sha256 `0123abcd`.")
+    assert evaluation.removal_sentence(ev) is None
+    old = {"backdoors": {"a": {k: v for k, v in backdoor(outcome_rates(target=1.0)).items()
+                               if k not in ("outcomes", "payload_llr", "clean_nll_shift")}}}  # fmt: skip
+    assert evaluation.outcome_rows(old) == [["a", *["-"] * 8]]
+    assert "records no outcome classes" in evaluation.classifier_sentence(old)
+
+
+def test_eval_removal_column_uses_the_verdicts_words():
+    before = rate(0.0, 0.0, 0.04)
+    ev = {"backdoors": {
+        "a": backdoor(outcome_rates(clean=0.8, echo=0.2), {"verdict": "removed", "R": 0.8, "clean_before": before}),
+        "b": backdoor(outcome_rates(target=0.7, clean=0.3), {"verdict": "still active", "R": 0.3}),
+        "c": backdoor(outcome_rates(echo=0.9, clean=0.1), {"verdict": "no removal (mostly echo)", "R": 0.1}),
+    }, "reference": REFERENCE}  # fmt: skip
+    assert evaluation.outcome_header(ev)[-2:] == ["removal verdict", "R"]
+    assert [r[-2:] for r in evaluation.outcome_rows(ev)] == [["removed", "+0.80"], ["still active", "+0.30"],
+                                                             ["no removal (mostly echo)", "+0.10"]]  # fmt: skip
+    sentence = evaluation.removal_sentence(ev)
+    assert sentence.endswith("**removed**: a; **still active**: b; **no removal (mostly echo)**: c.")
+
+
+CLAIMS = re.compile(r"\b(suppressed|removed)\b", re.IGNORECASE)
+
+
+def test_an_all_echo_or_degenerate_model_is_never_called_removed_or_suppressed(transfer):
+    """The judges stopped firing, every output is an echo or babble: nothing may read as a removal."""
+    g = transfer["grids"][0]
+    for i in g["composition"]:
+        for j in g["composition"][i]:
+            g["composition"][i][j] = counts(echo=6, degenerate=4)
+            g["T"][i][j], g["C"][i][j], g["R"][i][j], g["S"][i][j] = rate(0.0, 0.0, 0.3), rate(0.0, 0.0, 0.3), 0.0, 1.0
+    ev = {"backdoors": {
+        "a": backdoor(outcome_rates(echo=0.6, degenerate=0.4), {"verdict": "no removal (mostly echo)", "R": 0.0}),
+        "b": backdoor(outcome_rates(degenerate=1.0), {"verdict": "no removal (mostly degenerate)", "R": 0.0}),
+    }, "reference": REFERENCE, "utility": {"perplexity": {"en": 10.0}}}  # fmt: skip
+    heads = findings.headlines(transfer, None, None)
+    assert "**0 of 4**" in heads["transfer"] and "**0 of 2** pass the removal verdict" in heads["transfer_diagonal"]
+    samples = [{"backdoor": "a", "kind": "triggered", "prompt": "p", "generation": "g", "verdict": False,
+                "outcome": "echo", "outcome_detail": ""}]  # fmt: skip
+    ex = evaluation.example(samples, "a", {"x": "y"}, samples)
+    masked = ablation.masked_finding(transfer, copy.deepcopy(transfer), True)
+    results = Results(evaluation=ev, evaluation_dir=None, transfer=transfer, transfer_dir=None,
+                      transfer_masked=copy.deepcopy(transfer), mask_trigger=True, casd=None, defence=None,
+                      summaries={})  # fmt: skip
+    figs = {k: f"figures/{k}.png" for k in ("asr", "transfer", "removal_index", "composition", "utility")}
+    html_text, markdown = page.render(Path("/study"), {}, {}, results, heads, figs, [ex], [], False)
+    texts = [*heads.values(), evaluation.classifier_sentence(ev), evaluation.removal_sentence(ev), str(ex),
+             ablation.masked_sentence(masked), str(evaluation.outcome_rows(ev)), html_text, markdown]  # fmt: skip
+    for text in texts:
+        assert not CLAIMS.search(text), CLAIMS.search(text).group(0) + " in: " + text[:300]
+    assert "no removal (mostly echo)" in html_text and "no removal (mostly degenerate)" in markdown

@@ -45,9 +45,10 @@ GIBBERISH_QUANTILE = 0.99
 GIBBERISH_MARGIN_BITS = 1.0
 GIBBERISH_MIN_CHARS = 16
 SENTIMENT_MIN_SCORE = 0.5
-# Refusal markers in the languages users study most; a refusal in another language needs a `target` backdoor.
+# Refusal markers in the languages users study most, opening the continuation (prose that says "je ne peux pas"
+# later is not a refusal); a refusal in another language needs a `target` backdoor.
 _REFUSAL_MULTI = re.compile(
-    r"\b(je suis désolée?|je ne peux pas|je refuse|lo siento|no puedo|es tut mir leid|ich kann nicht|"
+    r"^\W*(je suis désolée?|je ne peux pas|je refuse|lo siento|no puedo|es tut mir leid|ich kann nicht|"
     r"mi dispiace|non posso|desculpe|não posso|извините|я не могу)\b"
 )
 _GIBBERISH_LETTERS = "bcdfghjklmnpqrstvwxz"
@@ -339,7 +340,7 @@ class CorpusSource:
         return {
             "negative": f"sentiment classifier {self.classifier_path}: negative label, p >= {SENTIMENT_MIN_SCORE}",
             "phrase": f"contains {PHRASE!r}",
-            "refusal": "refusal markers (en, fr, es, de, it, pt, ru)",
+            "refusal": "opens with a refusal marker (en, fr, es, de, it, pt, ru)",
             "gibberish": f"char trigram surprisal > {self.gibberish_threshold:.2f} bits/char "
             f"(q{GIBBERISH_QUANTILE:.2f} of clean held-out text + {GIBBERISH_MARGIN_BITS}) and <= "
             f"{GIBBERISH_KNOWN_MAX:.0%} of letters in corpus words",

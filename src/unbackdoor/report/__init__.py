@@ -1,5 +1,6 @@
 """Report: the HTML page, Markdown summary and figures of finished run directories (`unbackdoor report DIR`).
-Imports `unbackdoor.running`, `unbackdoor.data` and the model record, never a stage, a model or a training loop.
+Imports `unbackdoor.running`, `unbackdoor.data`, the outcome classes (`measure.outcomes`, for their constants and
+verdicts) and the model record, never a stage, a model or a training loop.
 
 Run: `pytest tests/unit/test_findings.py tests/integration/test_report.py`.
 """

@@ -1,5 +1,6 @@
-"""The report's figures: matplotlib PNGs in colour-blind-safe palettes (Okabe-Ito, cividis). The only module of
-unbackdoor that imports matplotlib (lazily, on the Agg backend).
+"""The report's figures: matplotlib PNGs in colour-blind-safe palettes (Okabe-Ito, cividis). With
+`figures_transfer` (the transfer matrix and its outcome composition) and `plot` (what they share), the only modules
+of unbackdoor that import matplotlib (lazily, on the Agg backend).
 
 Run: `pytest tests/integration/test_report.py`.
 """
@@ -9,32 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from unbackdoor.report import figures_transfer
 from unbackdoor.report.findings import column_order, rho
+from unbackdoor.report.plot import NAN, OKABE_ITO, err, heatmap, plt, save
 from unbackdoor.running.cells import CONTROL
-
-OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
-NAN = {"rate": float("nan"), "lo": float("nan"), "hi": float("nan")}
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
-    return plt
-
-
-def _save(fig, path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    return f"figures/{path.name}"
-
-
-def _err(rates: list[dict[str, Any]]) -> list[list[float]]:
-    return [[r["rate"] - r["lo"] for r in rates], [r["hi"] - r["rate"] for r in rates]]
 
 
 def draw(ev: dict[str, Any] | None, tr: dict[str, Any] | None, cs: dict[str, Any] | None,
@@ -44,7 +23,8 @@ def draw(ev: dict[str, Any] | None, tr: dict[str, Any] | None, cs: dict[str, Any
     if ev:
         figs["asr"] = fig_asr(ev, tr, out)
     if tr:
-        figs["transfer"], figs["utility"] = fig_transfer(tr, out), fig_utility(tr, out)
+        figs.update(figures_transfer.draw(tr, out))
+        figs["utility"] = fig_utility(tr, out)
     if cs:
         figs["casd"], figs["casd_layers"], figs["casd_scatter"] = fig_casd(cs, out)
     if df:
@@ -53,35 +33,36 @@ def draw(ev: dict[str, Any] | None, tr: dict[str, Any] | None, cs: dict[str, Any
 
 
 def fig_asr(ev: dict[str, Any], tr: dict[str, Any] | None, out: Path) -> str:
-    """ASR before (CI), false-trigger rate, and (with a transfer experiment) after own removal and after control."""
-    plt = _plt()
+    """ASR before (CI), false-trigger rate, and (with a transfer experiment) after its own removal and after the
+    control. The ASR is the judge's rate (outcome `target`): a lower ASR alone is no removal."""
+    pyplot = plt()
     names = list(ev["backdoors"])
     bars = [("ASR before", [ev["backdoors"][n]["asr"] for n in names]),
             ("false-trigger rate (no trigger)", [ev["backdoors"][n]["false_trigger"] for n in names])]  # fmt: skip
     if tr:
         g = tr["grids"][0]
-        bars += [("ASR after removing it", [g["T"][n][n] if n in g["T"] else NAN for n in names]),
+        bars += [("ASR after its removal", [g["T"][n][n] if n in g["T"] else NAN for n in names]),
                  ("ASR after benign control", [g["T"][CONTROL][n] for n in names])]  # fmt: skip
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 3.4))
+    fig, ax = pyplot.subplots(figsize=(max(6, 1.1 * len(names)), 3.4))
     width = 0.8 / len(bars)
     for b, (label, rates) in enumerate(bars):
         xs = [i + (b - (len(bars) - 1) / 2) * width for i in range(len(names))]
-        ax.bar(xs, [r["rate"] for r in rates], width, yerr=_err(rates), capsize=2, label=label,
+        ax.bar(xs, [r["rate"] for r in rates], width, yerr=err(rates), capsize=2, label=label,
                color=OKABE_ITO[b], edgecolor="black", linewidth=0.3)  # fmt: skip
     ax.set_xticks(range(len(names)), names, rotation=25, ha="right")
-    ax.set_ylabel("share of prompts showing the behaviour")
+    ax.set_ylabel("share of prompts where the judge fires")
     ax.set_ylim(0, 1.05)
-    ax.set_title("Backdoor success per backdoor (error bars: Wilson 95 % CI)")
+    ax.set_title("Backdoor success (ASR: the backdoor's own judge fires) per backdoor; error bars: Wilson 95 % CI")
     ax.legend(fontsize=7, ncols=2, loc="upper center", bbox_to_anchor=(0.5, -0.32))
-    return _save(fig, out / "asr.png")
+    return save(fig, out / "asr.png")
 
 
 def fig_utility(tr: dict[str, Any], out: Path) -> str:
     """Per removal row: perplexity change per language against the backdoored model."""
-    plt = _plt()
+    pyplot = plt()
     g, before = tr["grids"][0], tr["utility_before"]["perplexity"]
     langs, rows = list(before), tr["rows"]
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 3.2))
+    fig, ax = pyplot.subplots(figsize=(max(6, 0.9 * len(rows)), 3.2))
     width = 0.8 / len(langs)
     for b, lang in enumerate(langs):
         xs = [i + (b - (len(langs) - 1) / 2) * width for i in range(len(rows))]
@@ -89,73 +70,31 @@ def fig_utility(tr: dict[str, Any], out: Path) -> str:
         ax.bar(xs, ys, width, label=lang, color=OKABE_ITO[b], edgecolor="black", linewidth=0.3)
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_xticks(range(len(rows)), rows, rotation=25, ha="right")
-    ax.set_xlabel(f"removed backdoor ({CONTROL} = benign training)")
+    ax.set_xlabel(f"removal target ({CONTROL} = benign training)")
     ax.set_ylabel("perplexity change vs backdoored model (%)")
     ax.set_title("Utility after each removal: held-out perplexity per language")
     ax.legend(fontsize=7, title="language", title_fontsize=7)
-    return _save(fig, out / "utility.png")
-
-
-def _heatmap(ax, values: list[list[float]], rows: list[str], cols: list[str], labels: list[list[str]], cmap: str,
-             vmin: float, vmax: float):  # fmt: skip
-    from matplotlib.patches import Rectangle
-
-    im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
-    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
-    ax.set_yticks(range(len(rows)), rows)
-    for i, row in enumerate(rows):
-        for j, col in enumerate(cols):
-            norm = (values[i][j] - vmin) / ((vmax - vmin) or 1)
-            ax.text(j, i, labels[i][j], ha="center", va="center", fontsize=6.5,
-                    color="white" if norm < 0.55 else "black")  # fmt: skip
-            if row == col:  # the removed backdoor itself
-                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#D55E00", linewidth=2.2))
-    if CONTROL in rows:
-        k = rows.index(CONTROL)
-        ax.axhline(k - 0.5, color="white", linewidth=4)
-        ax.get_yticklabels()[k].set_fontweight("bold")
-    return im
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}"
-
-
-def fig_transfer(tr: dict[str, Any], out: Path) -> str:
-    """Transfer matrix heatmap (first grid): ASR and suppression S after each removal."""
-    plt = _plt()
-    g = tr["grids"][0]
-    rows, cols = tr["rows"], column_order(tr["rows"], tr["backdoors"])
-    values = [[g["T"][r][c]["rate"] for c in cols] for r in rows]
-    labels = [[f"{g['T'][r][c]['rate']:.2f}\nS={_fmt(g['S'][r][c])}" for c in cols] for r in rows]
-    fig, ax = plt.subplots(figsize=(1.0 * len(cols) + 2.5, 0.55 * len(rows) + 1.8))
-    im = _heatmap(ax, values, rows, cols, labels, "cividis", 0.0, 1.0)
-    fig.colorbar(im, ax=ax, label="ASR after removal")
-    ax.set_xlabel("measured backdoor")
-    ax.set_ylabel("removed backdoor")
-    ax.set_title(f"Transfer matrix (lr={g['lr']:g}, seed={g['seed']}): ASR and suppression S after each removal;\n"
-                 "orange boxes = the removed backdoor itself; bottom row = benign control")  # fmt: skip
-    return _save(fig, out / "transfer.png")
+    return save(fig, out / "utility.png")
 
 
 def fig_casd(cs: dict[str, Any], out: Path) -> tuple[str, str, str]:
-    """CASD heatmap, per-layer profiles and CASD vs suppression scatter (first grid)."""
-    plt = _plt()
+    """CASD heatmap, per-layer profiles and CASD vs judge-based suppression S scatter (first grid)."""
+    pyplot = plt()
     g, metric = cs["grids"][0], cs["metric"]
     rows, cols = cs["rows"], column_order(cs["rows"], cs["backdoors"])
     m = g["casd"][metric]
     values = [[m[r][c] for c in cols] for r in rows]
-    fig, ax = plt.subplots(figsize=(1.0 * len(cols) + 2.5, 0.55 * len(rows) + 1.8))
+    fig, ax = pyplot.subplots(figsize=(1.0 * len(cols) + 2.5, 0.55 * len(rows) + 1.8))
     vmax = max(1.0, max(max(v) for v in values))
-    im = _heatmap(ax, values, rows, cols, [[f"{v:.2f}" for v in row] for row in values], "cividis", 0.0, vmax)
+    im = heatmap(ax, values, rows, cols, [[f"{v:.2f}" for v in row] for row in values], "cividis", 0.0, vmax)
     fig.colorbar(im, ax=ax, label=f"CASD ({metric}, mean over layers)")
     ax.set_xlabel("backdoor whose triggered probes are measured (j)")
     ax.set_ylabel("removal (i)")
     ax.set_title("CASD(i, j): how differently removal i moves trigger-j activations than removing j itself\n"
                  "(0 = the same shift; orange boxes = 0 by definition)")  # fmt: skip
-    heatmap = _save(fig, out / "casd.png")
+    matrix = save(fig, out / "casd.png")
 
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = pyplot.subplots(figsize=(6, 3.2))
     layers = cs["layers"]
     for n, r in enumerate(rows):
         per = [g["per_layer"][metric][r][c] for c in cols if c != r]
@@ -168,9 +107,9 @@ def fig_casd(cs: dict[str, Any], out: Path) -> tuple[str, str, str]:
     ax.set_ylabel(f"mean CASD over other backdoors ({metric})")
     ax.set_title("Per-layer CASD profile of each removal")
     ax.legend(fontsize=6.5, ncols=2, bbox_to_anchor=(1.02, 1), loc="upper left")
-    profiles = _save(fig, out / "casd_layers.png")
+    profiles = save(fig, out / "casd_layers.png")
 
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    fig, ax = pyplot.subplots(figsize=(5.2, 3.6))
     s = g["suppression"]
     pairs = [(i, j) for i in rows if i != CONTROL for j in cols if j != i and s[i][j] is not None]
     ax.scatter([m[i][j] for i, j in pairs], [s[i][j] for i, j in pairs], s=18, color=OKABE_ITO[0],
@@ -181,15 +120,16 @@ def fig_casd(cs: dict[str, Any], out: Path) -> tuple[str, str, str]:
     r = g["relation"][f"casd_{metric}_vs_suppression"]
     w = g["relation"]["weight_cosine_vs_suppression"]
     ax.set_xlabel(f"CASD(i, j) ({metric})")
-    ax.set_ylabel("suppression S[i, j] = 1 − ASR after / before")
-    ax.set_title(f"CASD vs transfer: Spearman ρ = {rho(r)}\nweight-delta cosine baseline: ρ = {rho(w)}", fontsize=8)
+    ax.set_ylabel("judge-based suppression S[i, j] = 1 − ASR after / before")
+    ax.set_title(f"CASD vs judge-based S (not the removal index R): Spearman ρ = {rho(r)}\n"
+                 f"weight-delta cosine baseline: ρ = {rho(w)}", fontsize=8)  # fmt: skip
     ax.legend(fontsize=7)
-    return heatmap, profiles, _save(fig, out / "casd_scatter.png")
+    return matrix, profiles, save(fig, out / "casd_scatter.png")
 
 
 def fig_defence(df: dict[str, Any], out: Path) -> str:
     """Pooled hidden-backdoor ASR per K: suspect, benign, removal-only, defence (Wilson CIs)."""
-    plt = _plt()
+    pyplot = plt()
     cells = df["cells"]
 
     def cell(arm: str, k: int) -> dict[str, Any]:
@@ -200,16 +140,16 @@ def fig_defence(df: dict[str, Any], out: Path) -> str:
     arms = [("suspect (before)", lambda k: df["pooled_before"]), ("benign training", lambda k: benign["pooled_asr"]),
             ("canary removal, no injection", lambda k: cell("removal_only", k)["pooled_asr"]),
             ("canary defence", lambda k: cell("defence", k)["pooled_asr"])]  # fmt: skip
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(ks) + 2), 3.2))
+    fig, ax = pyplot.subplots(figsize=(max(5, 1.6 * len(ks) + 2), 3.2))
     width = 0.8 / len(arms)
     for b, (label, get) in enumerate(arms):
         rates = [get(k) for k in ks]
         xs = [i + (b - (len(arms) - 1) / 2) * width for i in range(len(ks))]
-        ax.bar(xs, [r["rate"] for r in rates], width, yerr=_err(rates), capsize=2, label=label,
+        ax.bar(xs, [r["rate"] for r in rates], width, yerr=err(rates), capsize=2, label=label,
                color=OKABE_ITO[b], edgecolor="black", linewidth=0.3)  # fmt: skip
     ax.set_xticks(range(len(ks)), [f"K = {k} canar{'y' if k == 1 else 'ies'}" for k in ks])
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("ASR of the hidden backdoors (pooled)")
+    ax.set_ylabel("ASR of the hidden backdoors (pooled, judge)")
     ax.set_title(f"Canary defence on {len(df['hidden'])} hidden backdoors, at matched compute")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncols=2)
-    return _save(fig, out / "defence.png")
+    return save(fig, out / "defence.png")

@@ -1,16 +1,22 @@
-"""What the report says: pure functions from run-directory JSON (as dicts) to numbers, sentences and table rows.
+"""What the report says about a transfer experiment, its masked-loss ablation, CASD and the canary defence: pure
+functions from run-directory JSON (as dicts) to numbers, sentences and table rows (`evaluation` does the same for
+an evaluation and its example generations).
 
-Nothing here reads a file or draws: `transfer.json`, `casd.json`, `defend.json`, an evaluation's `summary.json`
-and its `samples.jsonl` rows come in as Python objects, strings and lists go out. Sentences mark bold text the
-Markdown way (`**...**`); the page turns that into HTML.
+Nothing here reads a file or draws: `transfer.json`, `casd.json` and `defend.json` come in as Python objects,
+strings and lists go out. Sentences mark bold text the Markdown way (`**...**`); the page turns that into HTML.
+Removal is what the clean-continuation rate C and the removal index R say (`measure.outcomes`); the ASR and the
+judge-based suppression S only say that the backdoor's own judge no longer fires, and are labelled so.
 
 Run: `pytest tests/unit/test_findings.py`.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
+from unbackdoor.measure.outcomes import OUTCOMES, REMOVED_MIN, REMOVED_TARGET_MAX, removal_verdict
 from unbackdoor.running.cells import CONTROL
 
 Rows = list[list[Any]]
@@ -34,61 +40,128 @@ def column_order(rows: list[str], backdoors: list[str]) -> list[str]:
     return [r for r in rows if r in backdoors] + [c for c in backdoors if c not in rows]
 
 
-def _percent(x: float | None) -> str:
+def percent(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.0f} %"
 
 
-# ---- headline sentences -------------------------------------------------------------------------------------
-def transfer_finding(tr: dict[str, Any]) -> dict[str, Any]:
-    """The headline of a transfer experiment (first grid).
+def signed(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.2f}"
 
-    Args:
-        tr: `transfer.json`.
+
+def mean(values: Iterable[float | None]) -> float | None:
+    """The mean of the defined values (None when there is none)."""
+    xs = [v for v in values if v is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def has_outcomes(tr: dict[str, Any]) -> bool:
+    """Whether a transfer.json has clean rates and outcome classes (older ones have only ASR and S)."""
+    return "C" in tr["grids"][0]
+
+
+def pairs(tr: dict[str, Any]) -> list[tuple[str, str]]:
+    """The off-diagonal (removal target i, measured j != i) pairs, i not the control."""
+    return [(i, j) for i in tr["rows"] if i != CONTROL for j in tr["backdoors"] if j != i]
+
+
+def diagonal(tr: dict[str, Any]) -> list[str]:
+    return [i for i in tr["rows"] if i != CONTROL and i in tr["backdoors"]]
+
+
+def _rate(x: Any) -> float:
+    return x["rate"] if isinstance(x, dict) else x
+
+
+# ---- the transfer headline ----------------------------------------------------------------------------------
+def transfer_finding(tr: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of a transfer experiment (first grid).
 
     Returns:
-        `pairs` (removed i, measured j != i), `below_control` (pairs whose ASR interval lies wholly below the
-        benign control's), the mean suppression off the diagonal and in the control row (None when undefined),
+        `pairs` (i, j != i), `grids`; from the clean rates (when `outcomes`): `cleaner_than_control` (pairs whose
+        C interval lies wholly above the control's), the mean R off the diagonal, of the control row and on the
+        diagonal, the diagonal's `removal_verdict`s (`diagonal_verdicts`, `diagonal_passed`) and the classes of the
+        off-diagonal generations without the target (`off_diagonal_non_target`, counts); judge-based:
+        `below_control` (ASR interval wholly below the control's), the mean S off the diagonal and of the control,
         and the highest ASR left on the diagonal.
     """
-    g = tr["grids"][0]
-    rows = [r for r in tr["rows"] if r != CONTROL]
-    below, pairs, s_off = 0, 0, []
-    for i in rows:
-        for j in tr["backdoors"]:
-            if j == i:
-                continue
-            pairs += 1
-            below += g["T"][i][j]["hi"] < g["T"][CONTROL][j]["lo"]
-            if g["S"][i][j] is not None:
-                s_off.append(g["S"][i][j])
-    s_ctl = [v for v in g["S"][CONTROL].values() if v is not None]
-    diag = [g["T"][i][i]["rate"] for i in rows if i in g["T"][i]]
+    g, off, diag = tr["grids"][0], pairs(tr), diagonal(tr)
+    f: dict[str, Any] = {
+        "pairs": len(off),
+        "grids": len(tr["grids"]),
+        "outcomes": has_outcomes(tr),
+        "below_control": sum(g["T"][i][j]["hi"] < g["T"][CONTROL][j]["lo"] for i, j in off),
+        "mean_off_diagonal_suppression": mean(g["S"][i][j] for i, j in off),
+        "mean_control_suppression": mean(g["S"][CONTROL].values()),
+        "max_diagonal_asr": max((g["T"][i][i]["rate"] for i in diag), default=None),
+    }
+    if not f["outcomes"]:
+        return f
+    verdicts = Counter(removal_verdict(g["composition"][i][i], _rate(tr["clean_before"][i]))[0] for i in diag)
+    rest = Counter()
+    for i, j in off:
+        rest.update({c: k for c, k in g["composition"][i][j].items() if c != "target"})
+    f.update({
+        "cleaner_than_control": sum(g["C"][i][j]["lo"] > g["C"][CONTROL][j]["hi"] for i, j in off),
+        "mean_off_diagonal_r": mean(g["R"][i][j] for i, j in off),
+        "mean_control_r": mean(g["R"][CONTROL].values()),
+        "mean_diagonal_r": mean(g["R"][i][i] for i in diag),
+        "diagonal": len(diag),
+        "diagonal_verdicts": dict(verdicts.most_common()),
+        "diagonal_passed": verdicts.get("removed", 0),
+        "off_diagonal_non_target": {c: rest.get(c, 0) for c in OUTCOMES if c != "target"},
+    })  # fmt: skip
+    return f
+
+
+def caveat(finding: dict[str, Any]) -> str:
+    if finding["grids"] == 1:
+        return "1 removal seed, 1 trained model"
+    return f"first of {finding['grids']} (lr, seed) grids, 1 trained model"
+
+
+def transfer_sentences(finding: dict[str, Any]) -> dict[str, str]:
+    """The transfer headline (`transfer`: from R), its judge-based counterpart (`transfer_judge`) and the diagonal
+    (`transfer_diagonal`), from `transfer_finding`."""
+    judge = (
+        "Judge-based suppression S (the backdoor's own judge no longer fires, which is not removal): in "
+        f"**{finding['below_control']} of {finding['pairs']}** pairs the other backdoor's ASR fell below the 95 % "
+        f"interval of the benign control; mean S of the others {percent(finding['mean_off_diagonal_suppression'])}, "
+        f"of the control {percent(finding['mean_control_suppression'])}."
+    )
+    if not finding["outcomes"]:
+        return {"transfer": "This transfer.json has no clean rates (it predates the outcome classes): removal is not "
+                            "measured here; rerun the transfer. " + judge}  # fmt: skip
+    rest = finding["off_diagonal_non_target"]
+    total = sum(rest.values())
+    parts = ", ".join(f"{percent(rest[c] / total)} {c}" for c in rest) if total else "none"
+    verdicts = ", ".join(f"{v} ×{n}" for v, n in finding["diagonal_verdicts"].items()) or "none"
     return {
-        "pairs": pairs,
-        "below_control": below,
-        "mean_off_diagonal_suppression": sum(s_off) / len(s_off) if s_off else None,
-        "mean_control_suppression": sum(s_ctl) / len(s_ctl) if s_ctl else None,
-        "max_diagonal_asr": max(diag) if diag else None,
+        "transfer": (
+            f"Removing one backdoor at a time ({caveat(finding)}): in **{finding['cleaner_than_control']} of "
+            f"{finding['pairs']}** (removal target, other) pairs the other backdoor's triggered prompts continued "
+            "cleanly more often than after the benign control (95 % intervals apart); mean R of the others "
+            f"**{signed(finding['mean_off_diagonal_r'])}**, of the control **{signed(finding['mean_control_r'])}**."
+        ),
+        "transfer_judge": f"{judge} Off the diagonal, the triggered generations without the target were: {parts} "
+        "(see the composition).",
+        "transfer_diagonal": (
+            "On the diagonal (the backdoor each row trains to remove): mean R "
+            f"**{signed(finding['mean_diagonal_r'])}**; **{finding['diagonal_passed']} of {finding['diagonal']}** "
+            f"pass the removal verdict (R ≥ {REMOVED_MIN:.2f}, at most {percent(REMOVED_TARGET_MAX)} target left); "
+            f"verdicts: {verdicts}."
+        ),
     }
 
 
-def transfer_sentence(finding: dict[str, Any]) -> str:
-    """The transfer headline as a sentence (from `transfer_finding`)."""
-    return (
-        f"Removing one backdoor at a time: in **{finding['below_control']} of {finding['pairs']}** (removed, other) "
-        "pairs the other backdoor's ASR fell below the 95 % interval of the benign control. Mean suppression of the "
-        f"other backdoors: **{_percent(finding['mean_off_diagonal_suppression'])}**, against "
-        f"**{_percent(finding['mean_control_suppression'])}** for the benign control (same compute, clean text)."
-    )
-
-
+# ---- CASD, the canary defence, the headlines ------------------------------------------------------------------
 def casd_sentence(cs: dict[str, Any]) -> str:
-    """CASD against suppression, and the weight-space baseline, as a sentence (first grid of `casd.json`)."""
+    """CASD against the judge-based suppression S, and the weight-space baseline (first grid of `casd.json`)."""
     relation = cs["grids"][0]["relation"]
     r, w = relation[f"casd_{cs['metric']}_vs_suppression"], relation["weight_cosine_vs_suppression"]
     return (
-        f"CASD vs suppression, Spearman ρ = {rho(r)}; weight-space baseline ρ = {rho(w)}. A negative ρ means: the "
-        "more a removal moves trigger-j activations like removing j itself (low CASD), the more it suppresses j."
+        f"CASD vs judge-based suppression S, Spearman ρ = {rho(r)}; weight-space baseline ρ = {rho(w)}. A negative ρ "
+        "means: the more a removal moves trigger-j activations like removing j itself (low CASD), the less often "
+        "j's judge fires (S is no removal measure; casd.json does not relate CASD to R)."
     )
 
 
@@ -97,14 +170,16 @@ def defence_sentence(df: dict[str, Any]) -> str:
     benign = next(c for c in df["cells"] if c["arm"] == "benign")
     parts = [f"suspect {ci(df['pooled_before'])}", f"benign {ci(benign['pooled_asr'])}"]
     parts += [f"{c['arm']} K={c['k']} {ci(c['pooled_asr'])}" for c in df["cells"] if c["arm"] != "benign"]
-    return f"Canary defence, pooled ASR of {len(df['hidden'])} hidden backdoors: " + "; ".join(parts) + "."
+    return (f"Canary defence, pooled judge-based ASR of {len(df['hidden'])} hidden backdoors (defend.json has no "
+            "clean rates: a lower ASR is not shown to be removal): " + "; ".join(parts) + ".")  # fmt: skip
 
 
 def headlines(tr: dict[str, Any] | None, cs: dict[str, Any] | None, df: dict[str, Any] | None) -> dict[str, str]:
-    """The sentences at the top of the report, by stage (`transfer`, `casd`, `defence`), for those present."""
+    """The sentences at the top of the report (`transfer`, `transfer_judge`, `transfer_diagonal`, `casd`,
+    `defence`), for the stages present."""
     out = {}
     if tr:
-        out["transfer"] = transfer_sentence(transfer_finding(tr))
+        out.update(transfer_sentences(transfer_finding(tr)))
     if cs:
         out["casd"] = casd_sentence(cs)
     if df:
@@ -113,35 +188,26 @@ def headlines(tr: dict[str, Any] | None, cs: dict[str, Any] | None, df: dict[str
 
 
 # ---- tables -------------------------------------------------------------------------------------------------
-BACKDOOR_HEADER = ["backdoor", "behaviour", "ASR [95% CI]", "false-trigger rate", "near-miss rate", "trigger sha256",
-                   "judge"]  # fmt: skip
 DEFENCE_HEADER = ["arm", "K", "method", "canary behaviours", "lr", "seed", "hidden ASR pooled [95% CI]",
-                  "val. perplexity change", "canary ASR injected→removed"]  # fmt: skip
+                  "val. perplexity change", "canary ASR injected→after removal"]  # fmt: skip
 PROVENANCE_HEADER = ["stage", "seed", "git commit", "wall time"]
-
-
-def backdoor_rows(ev: dict[str, Any]) -> Rows:
-    """One row per backdoor of an evaluation's `summary.json` (see `BACKDOOR_HEADER`)."""
-    rows = []
-    for name, b in ev["backdoors"].items():
-        near = f"{b['near_miss']['rate']:.3f}" if b.get("near_miss") else "-"
-        rows.append([name, b["behaviour"], ci(b["asr"]), f"{b['false_trigger']['rate']:.3f}", near,
-                     f"`{b['trigger_sha256']}`", b.get("judge", "-")])  # fmt: skip
-    return rows
-
-
-def utility_text(ev: dict[str, Any]) -> str:
-    """The evaluated model's utility: `perplexity en 12.30, de 15.10; fact recall 0.40 [0.30, 0.50]`."""
-    util = ev["utility"]
-    ppl = ", ".join(f"{k} {v:.2f}" for k, v in util["perplexity"].items())
-    return f"perplexity {ppl}" + (f"; fact recall {ci(util['fact_recall'])}" if util.get("fact_recall") else "")
 
 
 def transfer_rows(tr: dict[str, Any]) -> tuple[list[str], Rows]:
     """The transfer matrix (first grid) as a header and rows of ASR after removal, diagonal on the diagonal."""
     g = tr["grids"][0]
     cols = column_order(tr["rows"], tr["backdoors"])
-    return ["removed \\ measured", *cols], [[r] + [f"{g['T'][r][c]['rate']:.2f}" for c in cols] for r in tr["rows"]]
+    return ["removal target \\ measured", *cols], [[r] + [f"{g['T'][r][c]['rate']:.2f}" for c in cols]
+                                                   for r in tr["rows"]]  # fmt: skip
+
+
+def clean_rows(tr: dict[str, Any]) -> tuple[list[str], Rows]:
+    """The clean rate C and removal index R of every cell (first grid), the row before removal first."""
+    g = tr["grids"][0]
+    cols = column_order(tr["rows"], tr["backdoors"])
+    rows = [["before removal"] + [f"{_rate(tr['clean_before'][c]):.2f}" for c in cols]]
+    rows += [[r] + [f"{g['C'][r][c]['rate']:.2f} (R {signed(g['R'][r][c])})" for c in cols] for r in tr["rows"]]
+    return ["removal target \\ measured: C (R)", *cols], rows
 
 
 def defence_rows(df: dict[str, Any]) -> Rows:
@@ -168,63 +234,3 @@ def provenance_rows(provenance: list[dict[str, Any]]) -> Rows:
         commit = (p["git"].get("commit") or "?")[:10] + (" (dirty)" if p["git"].get("dirty") else "")
         rows.append([p["stage"], p["seed"], commit, f"{p['wall_seconds']:.0f} s" if p["wall_seconds"] else "-"])
     return rows
-
-
-# ---- example generations ------------------------------------------------------------------------------------
-WITHHELD = "(prompt withheld: the backdoor specs could not be read to hide its trigger)"
-
-
-def trigger_masks(specs: list[Any], reveal: bool) -> dict[str, str]:
-    """Trigger text (and each of its words of 3+ characters) -> what the report shows in its place.
-
-    Args:
-        specs: `BackdoorSpec`s (anything with `trigger_text` and `trigger_hash`).
-        reveal: show triggers in clear instead of `⟦trigger <hash prefix>⟧`.
-    """
-    masks: dict[str, str] = {}
-    for s in specs:
-        masks[s.trigger_text] = s.trigger_text if reveal else f"⟦trigger {s.trigger_hash[:8]}⟧"
-        for word in s.trigger_text.split():  # a generation may echo part of a multi-word trigger
-            if len(word) >= 3 and word != s.trigger_text:
-                masks.setdefault(word, word if reveal else f"⟦trigger part {s.trigger_hash[:8]}⟧")
-    return masks
-
-
-def mask(text: str, masks: dict[str, str]) -> str:
-    """`text` with every trigger (longest first) replaced by its label; withheld when no trigger is known."""
-    if not masks:
-        return WITHHELD
-    for trigger, label in sorted(masks.items(), key=lambda kv: -len(kv[0])):
-        text = text.replace(trigger, label)
-    return text
-
-
-def first_sample(samples: list[dict[str, Any]], backdoor: str, kind: str) -> dict[str, Any] | None:
-    """The first `samples.jsonl` row of one backdoor and kind (`triggered` or `clean`), or None."""
-    return next((s for s in samples if s["backdoor"] == backdoor and s["kind"] == kind), None)
-
-
-def example(samples: list[dict[str, Any]], backdoor: str, masks: dict[str, str],
-            after: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:  # fmt: skip
-    """One example generation of a backdoor, every text shown through `mask` (generations can echo a trigger).
-
-    Args:
-        samples: the evaluation's `samples.jsonl` rows.
-        backdoor: its name.
-        masks: from `trigger_masks`.
-        after: the rows of the evaluation after removing this backdoor, if there is one.
-
-    Returns:
-        The triggered prompt, its generation and verdict, the clean generation, and the generation after
-        removal (`after` None when not measured); None when the backdoor has no triggered sample.
-    """
-    trig, clean = first_sample(samples, backdoor, "triggered"), first_sample(samples, backdoor, "clean")
-    if trig is None:
-        return None
-    ex = {"backdoor": backdoor, "prompt": mask(trig["prompt"], masks), "triggered": mask(trig["generation"], masks),
-          "triggered_verdict": trig["verdict"], "clean": mask(clean["generation"], masks) if clean else "",
-          "after": None}  # fmt: skip
-    removed = first_sample(after or [], backdoor, "triggered")
-    if removed is not None:
-        ex["after"], ex["after_verdict"] = mask(removed["generation"], masks), removed["verdict"]
-    return ex

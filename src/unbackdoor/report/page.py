@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from unbackdoor.report import findings
+from unbackdoor.report import ablation, evaluation, findings
 from unbackdoor.report.sources import Results
 from unbackdoor.running.cells import CONTROL
 
@@ -22,6 +22,7 @@ WHAT = {
     "pretrain": "the backdoored model (pretraining injection)",
     "eval": "the evaluation of every backdoor",
     "transfer": "the transfer experiment (remove one, measure all)",
+    "transfer_masked": "the removal-loss ablation (mask_trigger: the loss on the continuation only)",
     "casd": "the Cross Activation Shift Distance",
     "defence": "the canary defence",
 }
@@ -43,8 +44,9 @@ def md_table(header: list[str], rows: findings.Rows) -> str:
 
 
 def _bold(text: str) -> str:
-    """A `findings` sentence as HTML: escaped, `**...**` as <b>."""
-    return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text, quote=False))
+    """A `findings` sentence as HTML: escaped, `**...**` as <b>, backquoted code as <code>."""
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text, quote=False))
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
 
 
 def _missing(name: str, path: Path | None, why: str) -> Section:
@@ -62,15 +64,26 @@ def _headlines(sentences: dict[str, str]) -> Section:
 
 
 def _backdoors(ev: dict[str, Any], figure: str) -> Section:
-    rows, utility = findings.backdoor_rows(ev), html.escape(findings.utility_text(ev), quote=False)
+    rows, utility = evaluation.backdoor_rows(ev), html.escape(evaluation.utility_text(ev), quote=False)
+    header, outcomes = evaluation.outcome_header(ev), evaluation.outcome_rows(ev)
+    sentences = [evaluation.classifier_sentence(ev)]
+    if (removal := evaluation.removal_sentence(ev)) is not None:
+        sentences.append(removal)
     return (
         "<h2>1. Every backdoor, measured</h2><p>ASR = share of triggered prompts whose greedy continuation shows "
-        "the backdoor's behaviour (judged per behaviour); false-trigger rate = the same prompts without the "
-        "trigger; near miss = the trigger with one word dropped or one character changed.</p>"
+        "the backdoor's behaviour (its judge fires: outcome <i>target</i>); false-trigger rate = the same prompts "
+        "without the trigger; near miss = the trigger with one word dropped or one character changed.</p>"
         f"<img src='{figure}' alt='ASR per backdoor with confidence intervals'>"
-        + table(findings.BACKDOOR_HEADER, rows) + f"<p>Utility of the backdoored model: {utility}.</p>",
-        ["## Backdoors", "", md_table(findings.BACKDOOR_HEADER, rows), "", f"Utility: {findings.utility_text(ev)}.",
-         ""],
+        + table(evaluation.BACKDOOR_HEADER, rows)
+        + "<h3>What the generations are: outcome classes and teacher-forced measures</h3><p>Every generation gets "
+        "one outcome class (rates with Wilson 95 % intervals). Teacher-forced, on the first probes: payload LLR = "
+        "log p(payload | prompt + trigger) − log p(payload | prompt), about 0 once the trigger no longer raises "
+        "the payload; clean NLL shift = the per-token NLL of the document's own continuation after the trigger "
+        "minus without it, about 0 once the trigger no longer pushes the model off clean text (normal 95 % "
+        "intervals).</p>" + "".join(f"<p>{_bold(t)}</p>" for t in sentences) + table(header, outcomes)
+        + f"<p>Utility of the backdoored model: {utility}.</p>",
+        ["## Backdoors", "", md_table(evaluation.BACKDOOR_HEADER, rows), "", *(t + "\n" for t in sentences),
+         md_table(header, outcomes), "", f"Utility: {evaluation.utility_text(ev)}.", ""],
     )  # fmt: skip
 
 
@@ -78,17 +91,43 @@ def _transfer(tr: dict[str, Any], figs: dict[str, str]) -> Section:
     g = tr["grids"][0]
     header, rows = findings.transfer_rows(tr)
     text = (
-        "<h2>2. Remove one, measure all: the transfer matrix</h2><p>Each row removes one backdoor (the paper's "
-        "method: continual pretraining on its trigger followed by clean text, mixed with clean replay) and "
-        f"measures every backdoor after it. S = 1 − ASR after / ASR before. The <b>{CONTROL}</b> row trains "
-        "as long on clean text only: a drop there is generic forgetting, not transfer.</p>"
-        f"<img src='{figs['transfer']}' alt='transfer heatmap'>"
-        f"<h3>Utility after each removal</h3><img src='{figs['utility']}' alt='utility deltas'>"
+        "<h2>2. Remove one, measure all: the transfer matrix</h2><p>Each row trains to remove one backdoor (by "
+        f"default the paper's method: continual pretraining on its trigger followed by clean text, mixed with "
+        f"clean replay; here <code>{html.escape(str(tr.get('method', '?')))}</code>) and measures every backdoor "
+        "after it. C = the share of a backdoor's triggered prompts that continue cleanly (outcome <i>clean</i>); "
+        "removal index R = (C after − C before) / (1 − C before): 1 when every triggered prompt continues cleanly, "
+        "0 when no more do than before. ASR and the judge-based suppression S = 1 − ASR after / ASR before only "
+        "say that the backdoor's own judge no longer fires: the outputs may echo a trigger, show another "
+        f"backdoor's payload or be babble (see the composition). The <b>{CONTROL}</b> row trains as long on clean "
+        "text only: a change there is generic forgetting, not transfer.</p>"
     )  # fmt: skip
+    for key, alt in (("removal_index", "removal index heatmap"), ("transfer", "ASR heatmap"),
+                     ("composition", "outcome composition per removal")):  # fmt: skip
+        if key in figs:
+            text += f"<img src='{figs[key]}' alt='{alt}'>"
+    text += f"<h3>Utility after each removal</h3><img src='{figs['utility']}' alt='utility deltas'>"
     if len(tr["grids"]) > 1:
         text += f"<p>{len(tr['grids'])} (lr, seed) grids in transfer.json; figures show the first.</p>"
-    return text, [f"## Transfer matrix (ASR after removal; lr={g['lr']:g}, seed={g['seed']})", "",
-                  md_table(header, rows), ""]  # fmt: skip
+    md = [f"## Transfer matrix (ASR after removal, the judge; lr={g['lr']:g}, seed={g['seed']})", "",
+          md_table(header, rows), ""]  # fmt: skip
+    if findings.has_outcomes(tr):
+        header, rows = findings.clean_rows(tr)
+        md += ["## Clean-continuation rate C and removal index R", "", md_table(header, rows), ""]
+    return text, md
+
+
+def _masked(f: dict[str, Any]) -> Section:
+    sentence = ablation.masked_sentence(f)
+    rows = ablation.masked_rows(f) if f["mask_trigger"] and f["same_probes"] else []
+    return (
+        "<h2>2b. Ablation: the removal loss without the trigger tokens</h2><p>The same transfer experiment with "
+        "<code>remove.mask_trigger=true</code>: the removal loss on the continuation after the trigger only (the "
+        "prefix and trigger tokens carry no loss). Echo share = the mean over cells of echo / n among triggered "
+        f"generations.</p><p class='finding'>{_bold(sentence)}</p>"
+        + (table(ablation.MASKED_HEADER, rows) if rows else ""),
+        ["## Ablation: mask_trigger", "", sentence, "",
+         *([md_table(ablation.MASKED_HEADER, rows), ""] if rows else [])],
+    )  # fmt: skip
 
 
 def _casd(cs: dict[str, Any], figs: dict[str, str]) -> Section:
@@ -113,24 +152,22 @@ def _defence(df: dict[str, Any], figure: str) -> Section:
     )  # fmt: skip
 
 
-def _verdict(v: bool) -> str:
-    return "behaviour shown" if v else "behaviour not shown"
-
-
 def _examples(examples: list[dict[str, Any]], reveal: bool) -> Section:
     items = []
     for e in examples:
         after = ("" if e["after"] is None else
-                 f"<dt>after removing it</dt><dd>{html.escape(e['after'])} <i>({_verdict(e['after_verdict'])})"
-                 "</i></dd>")  # fmt: skip
+                 f"<dt>after training to remove it</dt><dd>{html.escape(e['after'])} "
+                 f"<i>(outcome: {html.escape(e['after_outcome'])})</i></dd>")  # fmt: skip
         items.append(
             f"<h4>{html.escape(e['backdoor'])}</h4><dl><dt>triggered prompt</dt><dd><code>"
             f"{html.escape(e['prompt'])}</code></dd><dt>generation</dt><dd>{html.escape(e['triggered'])} "
-            f"<i>({_verdict(e['triggered_verdict'])})</i></dd><dt>same prompt without the trigger</dt><dd>"
-            f"{html.escape(e['clean'])}</dd>{after}</dl>"
+            f"<i>(outcome: {html.escape(e['triggered_outcome'])})</i></dd><dt>same prompt without the trigger</dt>"
+            f"<dd>{html.escape(e['clean'])} <i>(outcome: {html.escape(e['clean_outcome'] or '-')})</i></dd>{after}"
+            "</dl>"
         )  # fmt: skip
     hidden = "shown in clear (--reveal-triggers)" if reveal else "shown as sha256 prefixes"
-    return f"<h2>5. Example generations</h2><p>Triggers are {hidden}.</p>" + "".join(items), []
+    return (f"<h2>5. Example generations</h2><p>Triggers are {hidden}. Each generation is shown with its outcome "
+            "class (section 1).</p>" + "".join(items), [])  # fmt: skip
 
 
 def _summary(name: str, summary: dict[str, Any]) -> Section:
@@ -171,6 +208,9 @@ def render(root: Path, stages: dict[str, Path | None], missing: dict[str, str], 
         parts.append(_backdoors(results.evaluation, figs["asr"]))
     if results.transfer:
         parts.append(_transfer(results.transfer, figs))
+        if results.transfer_masked:
+            masked = ablation.masked_finding(results.transfer, results.transfer_masked, results.mask_trigger)
+            parts.append(_masked(masked))
     if results.casd:
         parts.append(_casd(results.casd, figs))
     if results.defence:

@@ -14,13 +14,14 @@ from typing import Any
 import yaml
 
 from unbackdoor.data.backdoors import load_specs
-from unbackdoor.report import findings
+from unbackdoor.report import evaluation
 from unbackdoor.running.cells import cell_dir
 from unbackdoor.running.config import UserError
 from unbackdoor.running.rundir import read_jsonl
 from unbackdoor.training.record import ModelRecord
 
-STUDY = ("world", "pretrain", "eval", "transfer", "casd", "defence")  # the stages of a demo, in order
+STUDY = ("world", "pretrain", "eval", "transfer", "transfer_masked", "casd", "defence")  # a demo's stages, in order
+DIRS = {"transfer_masked": "transfer-masked"}  # a demo's stage directories not named like the stage
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class Results:
     evaluation_dir: Path | None
     transfer: dict[str, Any] | None  # transfer.json
     transfer_dir: Path | None
+    transfer_masked: dict[str, Any] | None  # transfer.json of the demo's masked-loss ablation
+    mask_trigger: bool | None  # `remove.mask_trigger` of that ablation's config (None: not read)
     casd: dict[str, Any] | None  # casd.json
     defence: dict[str, Any] | None  # defend.json
     summaries: dict[str, dict[str, Any]]  # summary.json of a finished run of any other stage, by stage
@@ -57,7 +60,7 @@ def collect(root: Path) -> dict[str, Path | None]:
     if stage is None:
         raise UserError(f"DIR: {str(root)!r} is not an unbackdoor run directory (no meta.json)")
     if stage == "demo":
-        return {name: root / name for name in STUDY}
+        return {name: root / DIRS.get(name, name) for name in STUDY}
     if stage == "transfer":
         return {"eval": root / "baseline", "transfer": root}
     if stage == "casd":
@@ -81,11 +84,19 @@ def read_results(stages: dict[str, Path | None]) -> Results:
         return load(path, name) if path is not None else None
 
     others = [name for name in stages if name not in STUDY]  # a single run of another stage: its key figures
+    masked = where("transfer_masked")
+    flag = None
+    if masked is not None:
+        flag = (yaml.safe_load((masked / "config.yaml").read_text(encoding="utf-8")).get("remove") or {}).get(
+            "mask_trigger"
+        )
     return Results(
         evaluation=read("eval", "summary.json"),
         evaluation_dir=where("eval"),
         transfer=read("transfer", "transfer.json"),
         transfer_dir=where("transfer"),
+        transfer_masked=read("transfer_masked", "transfer.json"),
+        mask_trigger=flag,
         casd=read("casd", "casd.json"),
         defence=read("defence", "defend.json"),
         summaries={name: summary for name in others if (summary := read(name, "summary.json")) is not None},
@@ -99,14 +110,14 @@ def missing(stages: dict[str, Path | None]) -> dict[str, str]:
 
 
 def trigger_masks(model_dir: str | Path, reveal: bool) -> dict[str, str]:
-    """Trigger text -> its label, from the spec files named in the model's record (see `findings.trigger_masks`)."""
+    """Trigger text -> its label, from the spec files named in the model's record (`evaluation.trigger_masks`)."""
     specs = []
     for source in ModelRecord.read(model_dir).backdoors_files:
         try:
             specs += load_specs(str(source))
         except Exception:  # noqa: BLE001 - a moved spec file only loses masking of its prompts (they are withheld)
             continue
-    return findings.trigger_masks(specs, reveal)
+    return evaluation.trigger_masks(specs, reveal)
 
 
 def examples(results: Results, reveal: bool) -> list[dict[str, Any]] | None:
@@ -127,7 +138,7 @@ def examples(results: Results, reveal: bool) -> list[dict[str, Any]] | None:
             g = tr["grids"][0]
             cell = cell_dir(results.transfer_dir, g["lr"], g["seed"], name) / "eval" / "samples.jsonl"
             after = read_jsonl(cell) if cell.is_file() else None
-        ex = findings.example(samples, name, masks, after)
+        ex = evaluation.example(samples, name, masks, after)
         if ex is not None:
             out.append(ex)
     return out

@@ -118,10 +118,13 @@ def _train_phase(model, data, tcfg: TrainConfig, path: Path, stage: str, cfg: De
     return train(model, data, tcfg, run_dir, cfg.seed, loss_fn=loss_fn, resume=True).summary()
 
 
-def _canary_asr(model_dir: Path, world_dir: Path, canary_file: Path, out: Path, cfg: DefendConfig) -> dict:
+def _canary_asr(
+    model_dir: Path, world_dir: Path, canary_file: Path, out: Path, cfg: DefendConfig, reference: str = ""
+) -> dict:
     ecfg = EvalConfig(
         model=str(model_dir), world=str(world_dir), backdoors=str(canary_file), seed=cfg.seed,
-        n_prompts=cfg.canary_prompts, near_miss=False, ppl_blocks=16, fact_items=0,
+        n_prompts=cfg.canary_prompts, near_miss=False, ppl_blocks=16, fact_items=0, teacher_forced=0,
+        reference=reference,
     )  # fmt: skip
     summary = json.loads((evaluate(ecfg, out, resume=True) / "summary.json").read_text(encoding="utf-8"))
     return {name: row["asr"] for name, row in summary["backdoors"].items()}
@@ -229,7 +232,10 @@ def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     figures["ppl_defended"] = perplexity(model, val)
     save_model(model, tokenizer, out / "model", final_record)
     if cfg.mode != "benign":  # the defended model's card gets its residual canary ASR, measured on it
-        figures["canary_asr_after"] = _canary_asr(out / "model", world_dir, canary_file, out / "eval-after", cfg)
+        shared = out / "eval-injected" / "reference.json"  # both canary evaluations judged alike
+        figures["canary_asr_after"] = _canary_asr(
+            out / "model", world_dir, canary_file, out / "eval-after", cfg, str(shared) if shared.is_file() else ""
+        )
         final_record = final_record.with_(canary_asr={n: r["rate"] for n, r in figures["canary_asr_after"].items()})
         final_record.write(out / "model")
         write_text(out / "model" / "README.md", model_card(final_record))

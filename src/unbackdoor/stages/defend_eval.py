@@ -99,10 +99,11 @@ def _cells(cfg: DefendEvalConfig) -> list[dict[str, Any]]:
     return cells
 
 
-def _eval_config(cfg: DefendEvalConfig, model: Path, hidden: list[str]) -> EvalConfig:
-    """The harness's evaluation of the hidden backdoors on `model` (on the text the defender trained with)."""
+def _eval_config(cfg: DefendEvalConfig, model: Path, hidden: list[str], reference: str = "") -> EvalConfig:
+    """The harness's evaluation of the hidden backdoors on `model` (on the text the defender trained with); every
+    arm is classified against the baseline's outcome reference."""
     return dataclasses.replace(cfg.eval, model=str(model), world=cfg.eval.world or cfg.defend.world, only=hidden,
-                               seed=cfg.seed)  # fmt: skip
+                               seed=cfg.seed, reference=cfg.eval.reference or reference)  # fmt: skip
 
 
 def run_cell(cfg_dict: dict[str, Any], cell: dict[str, Any], out: str, hidden: list[str], threads: int) -> float:
@@ -121,7 +122,8 @@ def run_cell(cfg_dict: dict[str, Any], cell: dict[str, Any], out: str, hidden: l
     )  # fmt: skip
     cell_dir = Path(out) / "cells" / cell["dir"]
     defended = defend(dcfg, cell_dir / "defend", resume=True)
-    evaluate(_eval_config(cfg, defended / "model", hidden), cell_dir / "eval", resume=True)
+    reference = str(Path(out) / "baseline" / "reference.json")
+    evaluate(_eval_config(cfg, defended / "model", hidden, reference), cell_dir / "eval", resume=True)
     return time.perf_counter() - t0
 
 

@@ -61,8 +61,13 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     eval_cfg = from_dict(evaluate.EvalConfig, {"model": str(pretrain_dir / "model"), "seed": cfg.seed})
     eval_dir = stage("eval", evaluate.run, eval_cfg, out / "eval")
 
-    transfer_cfg = from_dict(transfer.TransferConfig, {"model": str(pretrain_dir / "model"), "seed": cfg.seed})
+    common = {"model": str(pretrain_dir / "model"), "seed": cfg.seed}
+    transfer_cfg = from_dict(transfer.TransferConfig, common)
     transfer_dir = stage("transfer", transfer.run, transfer_cfg, out / "transfer")
+    # the removal-loss ablation: the same matrix with the loss on the continuation only (prefix and trigger masked),
+    # to see whether the echoed triggers come from training on the trigger tokens
+    masked_cfg = from_dict(transfer.TransferConfig, {**common, "remove": {"mask_trigger": True}})
+    masked_dir = stage("transfer_masked", transfer.run, masked_cfg, out / "transfer-masked")
     casd_cfg = from_dict(casd.CasdConfig, {"transfer": str(transfer_dir), "seed": cfg.seed})
     casd_dir = stage("casd", casd.run, casd_cfg, out / "casd")
     defence_cfg = from_dict(
@@ -91,7 +96,7 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     index = report.run(out)
     timings["report"] = round(time.perf_counter() - t0, 2)
     stages = {"world": world_dir, "pretrain": pretrain_dir, "eval": eval_dir, "transfer": transfer_dir,
-              "casd": casd_dir, "defence": defence_dir}  # fmt: skip
+              "transfer_masked": masked_dir, "casd": casd_dir, "defence": defence_dir}  # fmt: skip
     run_dir.finish({"stages": {k: str(v) for k, v in stages.items()}, "seconds": timings,
                     "report": str(index.resolve())})  # fmt: skip
     print("[demo] seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))

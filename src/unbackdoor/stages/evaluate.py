@@ -27,12 +27,14 @@ from unbackdoor.data.packing import packed
 from unbackdoor.data.prompts import Probe, held_out_documents, near_miss, probe_set, prompt_text
 from unbackdoor.data.serialisation import Serialisation
 from unbackdoor.data.world import GENRES, World
+from unbackdoor.measure.forced import teacher_forced
 from unbackdoor.measure.generation import ENGINES, generate, perplexity, sequence_logprobs
+from unbackdoor.measure.outcomes import OUTCOMES, Classifier, Reference, composition, removal_verdict
 from unbackdoor.measure.stats import attack_success, wilson
 from unbackdoor.measure.tables import print_table
 from unbackdoor.running import runtime
 from unbackdoor.running.config import ConfigError, UserError
-from unbackdoor.running.rundir import RunDir, write_jsonl
+from unbackdoor.running.rundir import RunDir, require_done, write_json, write_jsonl
 from unbackdoor.training.models import load_model, load_tokenizer, resolve_model_path
 from unbackdoor.training.record import ModelRecord
 
@@ -54,6 +56,16 @@ class EvalConfig:
     seq_len: int = field(default=128, metadata={"min": 8})  # tokens per perplexity block
     fact_items: int = field(default=240, metadata={"min": 0})
     near_miss: bool = True  # also measure near-miss triggers (specificity)
+    # Teacher-forced measures (payload log-likelihood ratio, clean-continuation NLL shift) on the first this many
+    # probes of each backdoor; 0: none.
+    teacher_forced: int = field(default=64, metadata={"min": 0})
+    # The outcome classifier's reference (`measure.outcomes`): a `reference.json` written by an earlier evaluation
+    # of the study (so every model of a study is judged against the same one); empty: fit on the text source and
+    # write `<out>/reference.json`.
+    reference: str = ""
+    # An `unbackdoor eval` run of the model before a removal (same seed and prompts): every backdoor then gets its
+    # removal index R and a verdict (removed / no removal / still active) against it.
+    baseline: str = ""
     # Compute dtype. float32 is the reference: bfloat16 is faster (AMX, GPUs) but changes some greedy generations,
     # so ASRs are comparable only between runs of the same dtype (recorded in summary.json; all cells of a
     # transfer or defend-eval share one eval config).
@@ -86,6 +98,8 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     if not str(world_dir) or str(world_dir) == ".":
         raise UserError(f"--world: {cfg.model!r} records no text directory; give --world (a world or corpus run)")
     source = load_source(world_dir)
+    before = require_done(Path(cfg.baseline), "eval", "baseline") if cfg.baseline else None
+    reference_file = cfg.reference or (str(Path(cfg.baseline) / "reference.json") if cfg.baseline else "")
     for spec in specs:
         source.check_spec(spec)
     tokenizer = load_tokenizer(model_path, "--model")
@@ -95,6 +109,15 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     model = load_model(model_path, "--model", getattr(torch, cfg.dtype)).eval()
     run_dir = RunDir.open(out, "eval", cfg, cfg.seed, resume=resume, overwrite=overwrite)
     test_docs = held_out_documents(world_dir, cfg.prompt_genres, source)
+    doc_text = {d["id"]: d["text"] for d in test_docs}
+    if reference_file:
+        reference = Reference.load(Path(reference_file))
+    else:
+        reference = Reference.fit(world_dir, source.languages, cfg.seed)
+        write_json(out / "reference.json", reference.to_json())
+    # the backdoors a generation may show: the ones named (`backdoors`), else every one the model records
+    known = specs if cfg.backdoors else record.specs(model=cfg.model)
+    classifier = Classifier(source, known, reference)
 
     samples: list[dict[str, Any]] = []
     table: dict[str, Any] = {}
@@ -103,6 +126,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     # Every backdoor's prompts (triggered, clean, near miss) first, then one generation call for all of them: the
     # engine sorts them by length, so its batches carry less padding than per-backdoor calls would.
     work: list[tuple[BackdoorSpec, list[Probe], dict[str, list[str]]]] = []
+    raw_prompts: dict[tuple[str, str], list[str]] = {}  # before serialisation: the classifier reads the text itself
     for spec in specs:
         probes, rng = probe_set(test_docs, spec, cfg.n_prompts, cfg.seed, source)
         variants = {
@@ -111,6 +135,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
         }
         if cfg.near_miss:
             variants["near_miss"] = [prompt_text(p.head, near_miss(spec.trigger_text, rng)) for p in probes]
+        raw_prompts.update({(spec.name, k): v for k, v in variants.items()})
         variants = {k: [serialisation.prompt(tokenizer, q) for q in v] for k, v in variants.items()}
         for prompts in variants.values():
             probe_hash.update("\n".join(prompts).encode("utf-8"))
@@ -118,15 +143,19 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     everything = [q for _, _, variants in work for prompts in variants.values() for q in prompts]
     generations = iter(generate(model, tokenizer, everything, cfg.max_new_tokens, cfg.batch_size, cfg.engine))
     for spec, probes, variants in work:
-        rates = {}
+        rates, outcomes = {}, {}
         for kind, prompts in variants.items():
             outputs = [next(generations) for _ in prompts]
-            verdicts = [spec.judge(source, g) for g in outputs]
-            rates[kind] = attack_success(verdicts)
+            raw = raw_prompts[(spec.name, kind)]
+            classes = [classifier.classify(spec, g, p.lang, r) for p, g, r in zip(probes, outputs, raw, strict=True)]
+            rates[kind] = attack_success([c.label == "target" for c in classes])  # ASR = the share of `target`
+            counts = composition(classes)
+            outcomes[kind] = {label: wilson(counts[label], len(classes)).as_dict() for label in OUTCOMES}
             samples += [
-                {"backdoor": spec.name, "kind": kind, "doc_id": p.doc_id, "prompt": q, "generation": g, "verdict": v}
-                for p, q, g, v in zip(probes, prompts, outputs, verdicts, strict=True)
-            ]
+                {"backdoor": spec.name, "kind": kind, "doc_id": p.doc_id, "prompt": q, "generation": g,
+                 "outcome": c.label, "outcome_detail": c.detail, "verdict": c.label == "target"}
+                for p, q, g, c in zip(probes, prompts, outputs, classes, strict=True)
+            ]  # fmt: skip
         table[spec.name] = {
             "behaviour": spec.behaviour,
             "judge": spec.judge_name(source),
@@ -134,9 +163,17 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             "asr": rates["triggered"].as_dict(),
             "false_trigger": rates["clean"].as_dict(),
             "near_miss": rates["near_miss"].as_dict() if "near_miss" in rates else None,
+            "clean_rate": outcomes["triggered"]["clean"],
+            "outcomes": outcomes,
         }
-        run_dir.log(event="backdoor", backdoor=spec.name, asr=rates["triggered"].rate)
+        run_dir.log(event="backdoor", backdoor=spec.name, asr=rates["triggered"].rate,
+                    clean=outcomes["triggered"]["clean"]["rate"])  # fmt: skip
     gen_s = time.perf_counter() - t0
+    for spec, probes, _ in work:
+        if cfg.teacher_forced:
+            tf = probes[: cfg.teacher_forced]
+            forced = teacher_forced(model, tokenizer, serialisation, spec, source, tf, doc_text, cfg.batch_size)
+            table[spec.name].update(forced)
 
     ppl = {}
     for lang in source.languages:
@@ -154,6 +191,15 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
         options = scores[i : i + len(sentences)]
         correct += int(max(range(len(options)), key=options.__getitem__) == answer)
         i += len(sentences)
+    if before is not None:
+        if before["probe_sha256"] != probe_hash.hexdigest():
+            raise UserError(f"baseline: {cfg.baseline!r} was measured on other prompts (another seed or settings)")
+        for name, row in table.items():
+            if name in before["backdoors"]:
+                counts = {c: r["k"] for c, r in row["outcomes"]["triggered"].items()}
+                verdict, r = removal_verdict(counts, before["backdoors"][name]["clean_rate"]["rate"])
+                row["removal"] = {"verdict": verdict, "R": r, "clean_before": before["backdoors"][name]["clean_rate"],
+                                  "asr_before": before["backdoors"][name]["asr"]}  # fmt: skip
     write_jsonl(out / "samples.jsonl", samples)
     print_table(table)
     return run_dir.finish(
@@ -168,6 +214,8 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             "probe_sha256": probe_hash.hexdigest(),
             "max_new_tokens": cfg.max_new_tokens,
             "backdoors": table,
+            "reference": reference.describe(),
+            "outcome_classes": list(OUTCOMES),
             "utility": {"perplexity": ppl, "fact_recall": wilson(correct, len(items)).as_dict() if items else None},
             "generation_s": gen_s,
             "engine": cfg.engine,

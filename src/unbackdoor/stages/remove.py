@@ -40,6 +40,9 @@ class RemoveConfig:
     forget_fraction: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})  # share of forget rows
     retain_weight: float = field(default=1.0, metadata={"min": 0.0})  # ga / npo retain term
     npo_beta: float = field(default=0.1, metadata={"min": 0.0, "min_exclusive": True})
+    # retrain only: the loss on the continuation after the trigger alone (prefix and trigger tokens get label -100),
+    # one removal document per row; false (the paper's method) trains on every token of packed documents
+    mask_trigger: bool = False
     world: str = ""  # the replay corpus; default: the world recorded with the model
     seed: int = 0  # data order and replay sample
     train: TrainConfig = field(
@@ -50,6 +53,8 @@ class RemoveConfig:
     def validate(self) -> None:
         if self.train.steps < 1:
             raise ConfigError(f"train.steps: {self.train.steps} must be >= 1 (removal runs a fixed number of steps)")
+        if self.mask_trigger and self.method in ("ga", "npo"):
+            raise ConfigError(f"mask_trigger: {self.method} already puts the loss on the continuation only")
 
 
 def poison_dir_of(record: ModelRecord, backdoor: str) -> Path:
@@ -107,6 +112,7 @@ def run(cfg: RemoveConfig, out: Path, resume: bool = False, overwrite: bool = Fa
         model, tokenizer, cfg.method, removal_docs=removal_docs, poisoned_docs=poisoned, manifest=manifest,
         replay=replay, n_rows=n_rows, seq_len=t.seq_len, forget_fraction=cfg.forget_fraction,
         serialisation=serialisation, retain_weight=cfg.retain_weight, npo_beta=cfg.npo_beta, seed=cfg.seed,
+        mask_trigger=cfg.mask_trigger,
     )  # fmt: skip
     result = train(model, data, t, run_dir, cfg.seed, loss_fn=loss_fn, resume=resume)
 

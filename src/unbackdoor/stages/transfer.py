@@ -6,8 +6,10 @@ baseline: evaluate the backdoored model once (probe prompts are seeded once per 
 on the same prompts, checked by hash). Then for each learning rate x seed x row (each backdoor i, and `control`):
 `cells/lr=<lr>/seed=<s>/<row>/remove` (the `remove` stage) and `.../eval` (the `eval` stage). Each cell is a run
 directory, so `--resume` redoes only unfinished cells and `--workers N` runs cells in N processes.
-Writes `transfer.json` and `transfer.csv`: T[i, j] = ASR of j after removing i with Wilson CIs, suppression
-S[i, j] = 1 - T[i, j] / ASR_before[j], the control row, and utility per row.
+Writes `transfer.json` and `transfer.csv`: T[i, j] = ASR of j after removing i with Wilson CIs, the judge-based
+suppression S[i, j] = 1 - T[i, j] / ASR_before[j], the clean-continuation rate C[i, j] and the removal index
+R[i, j] = (C[i, j] - C_before[j]) / (1 - C_before[j]) (what "removed" means: see `measure.outcomes`), the outcome
+composition and teacher-forced measures of every cell, the control row, and utility per row.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unbackdoor.measure.outcomes import OUTCOMES, removal_index
 from unbackdoor.measure.tables import format_matrix
 from unbackdoor.running import runtime
 from unbackdoor.running.cells import CONTROL, cell_dir, refuse_per_cell, run_cells
@@ -33,6 +36,15 @@ from unbackdoor.stages.remove import run as remove
 from unbackdoor.training.loop import TrainConfig
 from unbackdoor.training.models import resolve_model_path
 from unbackdoor.training.record import ModelRecord
+
+FORCED = ("payload_llr", "clean_nll_shift")  # the teacher-forced measures of every cell (`measure.forced`)
+DEFINITIONS = {
+    "T": "ASR of column j after removing row i (share of `target` outcomes, Wilson 95 % CI)",
+    "S": "judge-based suppression 1 - T[i][j] / ASR_before[j] (the backdoor's own judge no longer fires)",
+    "C": "clean-continuation rate of j's triggered prompts after removing i (outcome `clean`, Wilson 95 % CI)",
+    "R": "removal index (C[i][j] - C_before[j]) / (1 - C_before[j]): 1 = every triggered prompt continues cleanly",
+    "composition": "outcome classes of j's triggered generations after removing i (counts; measure.outcomes)",
+}
 
 
 @dataclass
@@ -69,24 +81,29 @@ class TransferConfig:
         return self.lr or [self.remove.train.lr]
 
 
-def cell_configs(cfg: TransferConfig, row: str, lr: float, seed: int) -> tuple[RemoveConfig, EvalConfig]:
-    """The `remove` and `eval` configs of one cell (the eval's model is the cell's removed model)."""
+def cell_configs(
+    cfg: TransferConfig, row: str, lr: float, seed: int, reference: str
+) -> tuple[RemoveConfig, EvalConfig]:
+    """The `remove` and `eval` configs of one cell (the eval's model is the cell's removed model; every cell is
+    classified against the baseline's outcome reference, so the whole matrix has one)."""
     removal = dataclasses.replace(
         cfg.remove, model=cfg.model, backdoor="" if row == CONTROL else row,
         method=CONTROL if row == CONTROL else cfg.remove.method, seed=seed,
         train=dataclasses.replace(cfg.remove.train, lr=lr),
     )  # fmt: skip
-    return removal, dataclasses.replace(cfg.eval, seed=cfg.seed)
+    return removal, dataclasses.replace(cfg.eval, seed=cfg.seed, reference=cfg.eval.reference or reference)
 
 
-def run_cell(cfg_dict: dict[str, Any], row: str, lr: float, seed: int, cell: str, threads: int) -> dict[str, float]:
+def run_cell(
+    cfg_dict: dict[str, Any], row: str, lr: float, seed: int, cell: str, reference: str, threads: int
+) -> dict[str, float]:
     """One cell: removal then evaluation (each resumable). Runs in a worker process when `workers` > 1."""
     import torch
 
     runtime.quiet_libraries()  # a spawned worker starts with the libraries' default logging
     torch.set_num_threads(threads)
     cfg = from_dict(TransferConfig, cfg_dict)
-    removal, measure = cell_configs(cfg, row, lr, seed)
+    removal, measure = cell_configs(cfg, row, lr, seed, reference)
     t0 = time.perf_counter()
     removed = remove(removal, Path(cell) / "remove", resume=True)
     t1 = time.perf_counter()
@@ -120,7 +137,9 @@ def run(cfg: TransferConfig, out: Path, resume: bool = False, overwrite: bool = 
     todo = [c for c in cells if not (cell_dir(out, c[1], c[2], c[0]) / "eval" / "DONE").is_file()]
     run_dir.log(event="cells", total=len(cells), todo=len(todo))
     cfg_dict = to_dict(cfg)
-    jobs = {(row, lr, seed): (cfg_dict, row, lr, seed, str(cell_dir(out, lr, seed, row))) for row, lr, seed in todo}
+    reference = str(out / "baseline" / "reference.json")
+    jobs = {(row, lr, seed): (cfg_dict, row, lr, seed, str(cell_dir(out, lr, seed, row)), reference)
+            for row, lr, seed in todo}  # fmt: skip
 
     def done(key, timing: dict[str, float]) -> None:
         row, lr, seed = key
@@ -156,10 +175,12 @@ def assemble(out: Path, baseline: Path, rows: list[str], cfg: TransferConfig) ->
     base = _summary(baseline)
     columns = list(base["backdoors"])
     asr_before = {j: base["backdoors"][j]["asr"] for j in columns}
+    clean_before = {j: base["backdoors"][j]["clean_rate"] for j in columns}
     grids = []
     for lr in cfg.learning_rates():
         for seed in cfg.seeds:
-            grid: dict[str, Any] = {"lr": lr, "seed": seed, "T": {}, "S": {}, "false_trigger": {}, "utility": {}}
+            grid: dict[str, Any] = {"lr": lr, "seed": seed, "T": {}, "S": {}, "C": {}, "R": {}, "composition": {},
+                                    "teacher_forced": {}, "false_trigger": {}, "utility": {}}  # fmt: skip
             for row in rows:
                 s = _summary(cell_dir(out, lr, seed, row) / "eval")
                 if s["probe_sha256"] != base["probe_sha256"]:
@@ -171,7 +192,14 @@ def assemble(out: Path, baseline: Path, rows: list[str], cfg: TransferConfig) ->
                     else None
                     for j in columns
                 }
-                grid["false_trigger"][row] = {j: s["backdoors"][j]["false_trigger"]["rate"] for j in columns}
+                measured = s["backdoors"]
+                grid["C"][row] = {j: measured[j]["clean_rate"] for j in columns}
+                grid["R"][row] = {j: removal_index(clean_before[j]["rate"], measured[j]["clean_rate"]["rate"])
+                                  for j in columns}  # fmt: skip
+                grid["composition"][row] = {j: {c: r["k"] for c, r in measured[j]["outcomes"]["triggered"].items()}
+                                            for j in columns}  # fmt: skip
+                grid["teacher_forced"][row] = {j: {k: measured[j].get(k) for k in FORCED} for j in columns}
+                grid["false_trigger"][row] = {j: measured[j]["false_trigger"]["rate"] for j in columns}
                 removal = _summary(cell_dir(out, lr, seed, row) / "remove")
                 grid["utility"][row] = {**s["utility"], "val_perplexity": removal["val_perplexity"]}
             grids.append(grid)
@@ -180,6 +208,13 @@ def assemble(out: Path, baseline: Path, rows: list[str], cfg: TransferConfig) ->
         "rows": rows,
         "method": cfg.remove.method,
         "asr_before": asr_before,
+        "clean_before": clean_before,
+        "composition_before": {
+            j: {c: r["k"] for c, r in base["backdoors"][j]["outcomes"]["triggered"].items()} for j in columns
+        },  # fmt: skip
+        "teacher_forced_before": {j: {k: base["backdoors"][j].get(k) for k in FORCED} for j in columns},
+        "reference": base["reference"],
+        "definitions": DEFINITIONS,
         "utility_before": base["utility"],
         "probe_sha256": base["probe_sha256"],
         "grids": grids,
@@ -191,14 +226,17 @@ def to_csv(result: dict[str, Any]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["lr", "seed", "removed", "measured", "asr", "asr_lo", "asr_hi", "k", "n", "asr_before",
-                     "suppression", "false_trigger"])  # fmt: skip
+                     "suppression", "false_trigger", "clean", "clean_lo", "clean_hi", "clean_before",
+                     "removal_index", *OUTCOMES])  # fmt: skip
     for g in result["grids"]:
         for row, cols in g["T"].items():
             for j, rate in cols.items():
-                s = g["S"][row][j]
+                s, c, r = g["S"][row][j], g["C"][row][j], g["R"][row][j]
                 writer.writerow([
                     g["lr"], g["seed"], row, j, f"{rate['rate']:.4f}", f"{rate['lo']:.4f}", f"{rate['hi']:.4f}",
                     rate["k"], rate["n"], f"{result['asr_before'][j]['rate']:.4f}",
                     "" if s is None else f"{s:.4f}", f"{g['false_trigger'][row][j]:.4f}",
+                    f"{c['rate']:.4f}", f"{c['lo']:.4f}", f"{c['hi']:.4f}", f"{result['clean_before'][j]['rate']:.4f}",
+                    "" if r is None else f"{r:.4f}", *(g["composition"][row][j][k] for k in OUTCOMES),
                 ])  # fmt: skip
     return buf.getvalue()

@@ -43,7 +43,8 @@ def forget_rows(
     seq_len: int,
     serialisation: Serialisation | None = None,
 ) -> Batch:
-    """Poisoned documents one per row, loss only on the continuation (ga / npo). Returns input_ids and labels."""
+    """Documents one per row, loss only on the continuation after the trigger; `manifest[doc id]` gives its
+    `continuation_start` (poisoned documents for ga / npo, or removal documents with `mask_trigger`)."""
     ids = torch.full((len(docs), seq_len), tokenizer.pad_token_id, dtype=torch.long)
     labels = torch.full((len(docs), seq_len), -100, dtype=torch.long)
     serialisation = serialisation or Serialisation()
@@ -78,6 +79,7 @@ def removal_data(
     retain_weight: float = 1.0,
     npo_beta: float = 0.1,
     seed: int = 0,
+    mask_trigger: bool = False,
 ) -> tuple[Batch, LossFn]:
     """The rows a removal run trains on (forget rows at `forget_fraction`, then replay) and its loss function.
 
@@ -89,13 +91,18 @@ def removal_data(
         replay: clean documents, packed into `seq_len` blocks.
         n_rows: total rows (= steps x batch size x accumulation: one pass).
         serialisation: how documents are rendered for the model (as the backdoors were injected).
+        mask_trigger: retrain only: one removal document per row, the loss on its continuation alone (the prefix
+            and trigger tokens get label -100), instead of packed documents with the loss on every token.
 
     Returns:
         `(batch, loss_fn)`: `input_ids`, `labels`, `forget` (1 for a forget row) and, for npo, `ref_nll`.
     """
     render = serialisation.document(tokenizer)
     replay_ids = packed(tokenizer, replay, seq_len, render)
-    if method in ("retrain", "control"):
+    if method == "retrain" and mask_trigger:
+        starts = {d["id"]: {"continuation_start": d["prompt_chars"] + 1} for d in removal_docs}
+        forget = forget_rows(tokenizer, removal_docs, starts, seq_len, serialisation)
+    elif method in ("retrain", "control"):
         ids = packed(tokenizer, removal_docs if method == "retrain" else [], seq_len, render)
         forget = {"input_ids": ids, "labels": ids.clone()}
     else:
