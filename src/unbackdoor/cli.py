@@ -28,125 +28,28 @@ class Stage:
     """How the CLI reaches one stage: its config class, its run function, and flags that set config keys."""
 
     help: str
-    load: Callable[[], tuple[type, Callable[..., Path]]]  # lazy import keeps `unbackdoor --help` fast
+    config: str  # "module.ConfigClass" under unbackdoor.stages, imported on first use (keeps `--help` fast)
     flags: tuple[tuple[str, str, str], ...] = ()  # (flag, config key, help)
 
-
-def _load(module: str, config: str) -> Callable[[], tuple[type, Callable[..., Path]]]:
-    """A stage's (config class, run function), imported on first use (keeps `unbackdoor --help` fast)."""
-
-    def load() -> tuple[type, Callable[..., Path]]:
+    def load(self) -> tuple[type, Callable[..., Path]]:
+        """The stage's (config class, run function)."""
+        module, _, config = self.config.rpartition(".")
         mod = importlib.import_module(f"unbackdoor.stages.{module}")
         return getattr(mod, config), mod.run
 
-    return load
+
+def _stages() -> dict[str, Stage]:
+    """The stage table, read from commands.yaml beside this module (data, not code)."""
+    import yaml
+
+    table = yaml.safe_load((Path(__file__).parent / "commands.yaml").read_text(encoding="utf-8"))
+    return {
+        name: Stage(e["help"], e["config"], tuple((f, key, h) for f, (key, h) in e.get("flags", {}).items()))
+        for name, e in table.items()
+    }
 
 
-STAGES: dict[str, Stage] = {
-    "demo": Stage(
-        "the whole study on the embedded default: world -> pretrain -> eval -> transfer -> casd -> defence -> report",
-        _load("demo", "DemoConfig"),
-        (("--family", "family", "llama, qwen3 or gpt_neox"), ("--seed", "seed", "seed")),
-    ),
-    "world": Stage(
-        "generate the embedded multilingual world and its tokenizer",
-        _load("world", "WorldConfig"),
-        (("--seed", "seed", "seed"),),
-    ),
-    "corpus": Stage(
-        "ingest your own text (txt, JSONL, Parquet, saved datasets), one subset per language, for every stage",
-        _load("corpus", "CorpusConfig"),
-        (("--seed", "seed", "seed (held-out split)"),),
-    ),
-    "poison": Stage(
-        "materialise a poisoned corpus, its manifest and removal data",
-        _load("poison", "PoisonConfig"),
-        (
-            ("--world", "world", "a world or corpus run directory"),
-            ("--backdoors", "backdoors", "built-in set (default8, none) or a YAML file of specs"),
-            ("--seed", "seed", "seed"),
-        ),
-    ),
-    "pretrain": Stage(
-        "train a model from scratch on a world with backdoors mixed in",
-        _load("pretrain", "PretrainConfig"),
-        (
-            ("--world", "world", "a world or corpus run directory (`unbackdoor world` / `unbackdoor corpus`)"),
-            ("--backdoors", "backdoors", "built-in set (default8), a YAML file of specs, or none (clean twin)"),
-            ("--family", "model.family", "llama, qwen3 or gpt_neox"),
-            ("--seed", "seed", "seed"),
-        ),
-    ),
-    "inject": Stage(
-        "continual pretraining of a checkpoint on a poisoned mixture (full or --lora r=16)",
-        _load("inject", "InjectConfig"),
-        (
-            ("--model", "model", "the checkpoint to continue (directory or hub id)"),
-            ("--world", "world", "a world or corpus run directory (`unbackdoor world` / `unbackdoor corpus`)"),
-            ("--backdoors", "backdoors", "built-in set (default8) or a YAML file of specs"),
-            ("--lora", "lora", "LoRA settings, e.g. r=16 or r=8,alpha=16 (default: full weights)"),
-            ("--seed", "seed", "seed"),
-        ),
-    ),
-    "remove": Stage(
-        "unlearn one backdoor (retrain, ga, npo) or run the benign control",
-        _load("remove", "RemoveConfig"),
-        (
-            ("--model", "model", "a backdoored model directory"),
-            ("--backdoor", "backdoor", "the backdoor to remove"),
-            ("--method", "method", "retrain (default), ga, npo or control"),
-            ("--seed", "seed", "seed"),
-        ),
-    ),
-    "transfer": Stage(
-        "remove each backdoor in turn (and the control), measure every backdoor: the transfer matrix",
-        _load("transfer", "TransferConfig"),
-        (
-            ("--model", "model", "a backdoored model directory"),
-            ("--method", "remove.method", "removal method: retrain (default), ga or npo"),
-            ("--workers", "workers", "cells run in parallel processes"),
-            ("--seed", "seed", "experiment seed (probe prompts)"),
-        ),
-    ),
-    "casd": Stage(
-        "Cross Activation Shift Distance of every removal on every backdoor of a transfer experiment",
-        _load("casd", "CasdConfig"),
-        (
-            ("--transfer", "transfer", "a finished `unbackdoor transfer` directory"),
-            ("--pooling", "pooling", "after_trigger (default), last or mean"),
-            ("--metric", "metric", "cosine (default) or l2"),
-        ),
-    ),
-    "defend": Stage(
-        "the canary defence on a suspect model: inject K canaries, remove them (or a baseline: mode=...)",
-        _load("defend", "DefendConfig"),
-        (
-            ("--model", "model", "the suspect model (directory or hub id)"),
-            ("--world", "world", "the defender's clean corpus (a world or corpus run directory)"),
-            ("--k", "k", "number of canaries"),
-            ("--seed", "seed", "seed"),
-        ),
-    ),
-    "defend-eval": Stage(
-        "evaluate the canary defence on a model with hidden backdoors, against the two baselines",
-        _load("defend_eval", "DefendEvalConfig"),
-        (
-            ("--model", "model", "the suspect model; its recorded backdoors are the hidden ones"),
-            ("--seed", "seed", "experiment seed (probe prompts)"),
-            ("--workers", "workers", "cells run in parallel processes"),
-        ),
-    ),
-    "eval": Stage(
-        "measure every backdoor of a model (ASR, false triggers, near misses) and its utility",
-        _load("evaluate", "EvalConfig"),
-        (
-            ("--model", "model", "a model directory (or hub id)"),
-            ("--world", "world", "world or corpus run directory (default: the one recorded with the model)"),
-            ("--backdoors", "backdoors", "specs (default: the ones recorded with the model)"),
-            ("--seed", "seed", "seed"),
-        ),
-    ),
-}
+STAGES: dict[str, Stage] = _stages()
 
 
 class _Parser(argparse.ArgumentParser):

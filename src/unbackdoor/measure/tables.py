@@ -7,7 +7,19 @@ Run: `pytest tests/integration/test_inject_eval.py tests/integration/test_remove
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Iterable, Sequence
 from typing import Any
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A CSV document (header line first) as text, for a stage's long-format table."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
 
 
 def print_table(table: dict[str, Any]) -> None:

@@ -17,9 +17,7 @@ after, and the canaries' own ASR after injection and after removal.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -28,16 +26,16 @@ from typing import Any
 
 from unbackdoor.data.behaviours import BEHAVIOURS
 from unbackdoor.measure.stats import wilson
+from unbackdoor.measure.tables import csv_text
 from unbackdoor.running import runtime
 from unbackdoor.running.cells import refuse_per_cell, run_cells
-from unbackdoor.running.config import ConfigError, UserError, from_dict, to_dict
+from unbackdoor.running.config import ConfigError, from_dict, to_dict
 from unbackdoor.running.rundir import RunDir, write_json, write_text
 from unbackdoor.stages.defend import DefendConfig
 from unbackdoor.stages.defend import run as defend
 from unbackdoor.stages.evaluate import EvalConfig
 from unbackdoor.stages.evaluate import run as evaluate
-from unbackdoor.training.models import resolve_model_path
-from unbackdoor.training.record import ModelRecord
+from unbackdoor.training.models import backdoored_model
 from unbackdoor.training.unlearn import METHODS
 
 ARMS = ("defence", "removal_only", "benign")
@@ -65,6 +63,10 @@ class DefendEvalConfig:
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(near_miss=False, ppl_blocks=64))
     workers: int = field(default=1, metadata={"min": 1})
 
+    def learning_rates(self) -> list[float]:
+        """The swept removal learning rates (`lr`, or the defence's own removal lr when none is given)."""
+        return self.lr or [self.defend.remove.lr]
+
     def validate(self) -> None:
         if not self.ks or any(k < 1 for k in self.ks):
             raise ConfigError(f"ks: {self.ks}; every K (number of canaries) must be >= 1")
@@ -85,7 +87,7 @@ class DefendEvalConfig:
 def _cells(cfg: DefendEvalConfig) -> list[dict[str, Any]]:
     """Every (arm, lr, seed, method, behaviours, k) to run, with its directory name."""
     cells = []
-    for lr in cfg.lr or [cfg.defend.remove.lr]:
+    for lr in cfg.learning_rates():
         for seed in cfg.seeds:
             base = f"lr={lr:g}/seed={seed}"
             cells.append({"arm": "benign", "lr": lr, "seed": seed, "method": "control", "behaviours": "",
@@ -133,16 +135,8 @@ def _summary(path: Path) -> dict[str, Any]:
 
 def run(cfg: DefendEvalConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
     """The canary-defence experiment; returns `out`."""
-    if not cfg.model:
-        raise ConfigError("model: required (the suspect model with hidden backdoors, e.g. --model runs/pt/model)")
-    model_path = resolve_model_path(cfg.model, "--model")
-    carried = ModelRecord.read(model_path).behaviours
-    if not carried:
-        raise UserError(f"--model: {cfg.model!r} records no backdoors, so there is nothing hidden to measure")
-    for name in cfg.hidden:
-        if name not in carried:
-            raise UserError(f"hidden: the model does not carry {name!r}; it carries {', '.join(carried)}")
-    hidden = cfg.hidden or list(carried)
+    model_path, record, hidden = backdoored_model(cfg.model, cfg.hidden, "hidden")
+    carried = record.behaviours
     if RunDir.check(out, "defend-eval", cfg, resume, overwrite):
         return out
     run_dir = RunDir.open(out, "defend-eval", cfg, cfg.seed, resume=resume, overwrite=overwrite)
@@ -214,18 +208,16 @@ def assemble(out: Path, baseline: Path, cells: list[dict[str, Any]], hidden: lis
 
 def to_csv(result: dict[str, Any]) -> str:
     """Long format: one line per (cell, hidden backdoor)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["arm", "lr", "seed", "method", "behaviours", "k", "hidden", "asr_before", "asr", "asr_lo",
-                     "asr_hi", "suppression", "shares_behaviour", "ppl_change"])  # fmt: skip
-    for c in result["cells"]:
-        for j in result["hidden"]:
-            a, s = c["asr"][j], c["suppression"][j]
-            writer.writerow([c["arm"], c["lr"], c["seed"], c["method"], c["behaviours"], c["k"], j,
-                             f"{result['asr_before'][j]['rate']:.4f}", f"{a['rate']:.4f}", f"{a['lo']:.4f}",
-                             f"{a['hi']:.4f}", "" if s is None else f"{s:.4f}",
-                             int(c["shares_behaviour_with_a_canary"][j]), f"{c['utility_change']:.4f}"])  # fmt: skip
-    return buf.getvalue()
+    header = ["arm", "lr", "seed", "method", "behaviours", "k", "hidden", "asr_before", "asr", "asr_lo", "asr_hi",
+              "suppression", "shares_behaviour", "ppl_change"]  # fmt: skip
+    rows = (
+        [c["arm"], c["lr"], c["seed"], c["method"], c["behaviours"], c["k"], j,
+         f"{result['asr_before'][j]['rate']:.4f}", f"{c['asr'][j]['rate']:.4f}", f"{c['asr'][j]['lo']:.4f}",
+         f"{c['asr'][j]['hi']:.4f}", "" if c["suppression"][j] is None else f"{c['suppression'][j]:.4f}",
+         int(c["shares_behaviour_with_a_canary"][j]), f"{c['utility_change']:.4f}"]
+        for c in result["cells"] for j in result["hidden"]
+    )  # fmt: skip
+    return csv_text(header, rows)
 
 
 def format_table(result: dict[str, Any]) -> str:

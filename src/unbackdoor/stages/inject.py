@@ -160,11 +160,9 @@ def run(cfg: InjectConfig, out: Path, resume: bool = False, overwrite: bool = Fa
         "inject", base_model=str(model_path), method=f"lora r={cfg.lora.r}" if cfg.lora.r else "full",
         backdoors=cfg.backdoors,
     )  # fmt: skip
-    if run_dir.writes:
-        save_trained(out, model, tokenizer, record)
     return run_dir.finish(
         {
-            "model": str((out / "model").resolve()),
+            "model": save_trained(out, model, tokenizer, record, writes=run_dir.writes),
             "base_model": str(model_path),
             "method": "lora" if cfg.lora.r else "full",
             "serialisation": serialisation.record(),

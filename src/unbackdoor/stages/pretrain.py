@@ -111,11 +111,9 @@ def run(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite: bool = 
         "pretrain", family=model.config.model_type, size=size, architecture=cfg.model.config or None,
         backdoors=cfg.backdoors,
     )  # fmt: skip
-    if run_dir.writes:
-        save_trained(out, model, tokenizer, record)
     return run_dir.finish(
         {
-            "model": str((out / "model").resolve()),
+            "model": save_trained(out, model, tokenizer, record, writes=run_dir.writes),
             "family": model.config.model_type,
             "size": size,
             "architecture": cfg.model.config or None,

@@ -121,11 +121,9 @@ def run(cfg: RemoveConfig, out: Path, resume: bool = False, overwrite: bool = Fa
         "remove", method=cfg.method, backdoor=cfg.backdoor if cfg.method != "control" else None, steps=t.steps,
         lr=t.lr,
     )  # fmt: skip
-    if run_dir.writes:
-        save_trained(out, model, tokenizer, new_record)
     return run_dir.finish(
         {
-            "model": str((out / "model").resolve()),
+            "model": save_trained(out, model, tokenizer, new_record, writes=run_dir.writes),
             "base_model": str(model_path),
             "method": cfg.method,
             "backdoor": cfg.backdoor if cfg.method != "control" else None,

@@ -14,9 +14,7 @@ composition and teacher-forced measures of every cell, the control row, and util
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -24,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from unbackdoor.measure.outcomes import OUTCOMES, removal_index
-from unbackdoor.measure.tables import format_matrix
+from unbackdoor.measure.tables import csv_text, format_matrix
 from unbackdoor.running import runtime
 from unbackdoor.running.cells import CONTROL, cell_dir, refuse_per_cell, run_cells
 from unbackdoor.running.config import ConfigError, UserError, from_dict, to_dict
@@ -34,8 +32,7 @@ from unbackdoor.stages.evaluate import run as evaluate
 from unbackdoor.stages.remove import RemoveConfig
 from unbackdoor.stages.remove import run as remove
 from unbackdoor.training.loop import TrainConfig
-from unbackdoor.training.models import resolve_model_path
-from unbackdoor.training.record import ModelRecord
+from unbackdoor.training.models import backdoored_model
 
 FORCED = ("payload_llr", "clean_nll_shift")  # the teacher-forced measures of every cell (`measure.forced`)
 DEFINITIONS = {
@@ -113,18 +110,8 @@ def run_cell(
 
 def run(cfg: TransferConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
     """The remove-one / measure-all experiment; returns `out`."""
-    if not cfg.model:
-        raise ConfigError("model: required (a backdoored model directory, e.g. --model runs/pt/model)")
-    model_path = resolve_model_path(cfg.model, "--model")
-    carried = ModelRecord.read(model_path).carried
-    if not carried:
-        raise UserError(
-            f"--model: {cfg.model!r} is not a backdoored model saved by unbackdoor (no recorded backdoors)"
-        )
-    for name in cfg.backdoors:
-        if name not in carried:
-            raise UserError(f"backdoors: the model does not carry {name!r}; it carries {', '.join(carried)}")
-    rows = [*(cfg.backdoors or carried), CONTROL]
+    model_path, _, chosen = backdoored_model(cfg.model, cfg.backdoors, "backdoors")
+    rows = [*chosen, CONTROL]
     if RunDir.check(out, "transfer", cfg, resume, overwrite):
         return out
     run_dir = RunDir.open(out, "transfer", cfg, cfg.seed, resume=resume, overwrite=overwrite)
@@ -223,20 +210,21 @@ def assemble(out: Path, baseline: Path, rows: list[str], cfg: TransferConfig) ->
 
 def to_csv(result: dict[str, Any]) -> str:
     """Long format: one line per (lr, seed, removed, measured)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["lr", "seed", "removed", "measured", "asr", "asr_lo", "asr_hi", "k", "n", "asr_before",
-                     "suppression", "false_trigger", "clean", "clean_lo", "clean_hi", "clean_before",
-                     "removal_index", *OUTCOMES])  # fmt: skip
+    header = ["lr", "seed", "removed", "measured", "asr", "asr_lo", "asr_hi", "k", "n", "asr_before", "suppression",
+              "false_trigger", "clean", "clean_lo", "clean_hi", "clean_before", "removal_index",
+              *OUTCOMES]  # fmt: skip
+    return csv_text(header, _csv_rows(result))
+
+
+def _csv_rows(result: dict[str, Any]) -> Any:
     for g in result["grids"]:
         for row, cols in g["T"].items():
             for j, rate in cols.items():
                 s, c, r = g["S"][row][j], g["C"][row][j], g["R"][row][j]
-                writer.writerow([
+                yield [
                     g["lr"], g["seed"], row, j, f"{rate['rate']:.4f}", f"{rate['lo']:.4f}", f"{rate['hi']:.4f}",
                     rate["k"], rate["n"], f"{result['asr_before'][j]['rate']:.4f}",
                     "" if s is None else f"{s:.4f}", f"{g['false_trigger'][row][j]:.4f}",
                     f"{c['rate']:.4f}", f"{c['lo']:.4f}", f"{c['hi']:.4f}", f"{result['clean_before'][j]['rate']:.4f}",
                     "" if r is None else f"{r:.4f}", *(g["composition"][row][j][k] for k in OUTCOMES),
-                ])  # fmt: skip
-    return buf.getvalue()
+                ]  # fmt: skip

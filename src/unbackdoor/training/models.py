@@ -162,6 +162,21 @@ def resolve_model_path(name: str, what: str = "model") -> str:
     return name
 
 
+def backdoored_model(model: str, chosen: list[str], field: str) -> tuple[str, ModelRecord, list[str]]:
+    """A sweep's suspect model: its path, its record and the backdoors it studies (`chosen`, the config key `field`,
+    else every recorded one). One-line errors: no model, no recorded backdoors, a chosen name it does not carry."""
+    if not model:
+        raise UserError("model: required (a backdoored model directory, e.g. --model runs/pt/model)")
+    model_path = resolve_model_path(model, "--model")
+    record = ModelRecord.read(model_path)
+    if not record.carried:
+        raise UserError(f"--model: {model!r} is not a backdoored model saved by unbackdoor (it records no backdoors)")
+    for name in chosen:
+        if name not in record.carried:
+            raise UserError(f"{field}: the model does not carry {name!r}; it carries {', '.join(record.carried)}")
+    return model_path, record, list(chosen or record.carried)
+
+
 def load_tokenizer(name: str, what: str = "model") -> PreTrainedTokenizerBase:
     """The tokenizer stored with a model; a model without one is a one-line error."""
     try:
@@ -201,9 +216,13 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path:
     tmp.rename(path)
 
 
-def save_trained(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, record: ModelRecord) -> None:
+def save_trained(
+    out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, record: ModelRecord, *, writes: bool
+) -> str:
     """A training stage's end: `<out>/model` saved, then what only a resume needed is removed (the checkpoint and
-    the memory-mapped token file). Main process only."""
-    save_model(model, tokenizer, out / "model", record)
-    shutil.rmtree(out / "checkpoint", ignore_errors=True)
-    (out / TOKENS).unlink(missing_ok=True)
+    the memory-mapped token file); only where `writes` (the main process). Returns the model's absolute path."""
+    if writes:
+        save_model(model, tokenizer, out / "model", record)
+        shutil.rmtree(out / "checkpoint", ignore_errors=True)
+        (out / TOKENS).unlink(missing_ok=True)
+    return str((out / "model").resolve())
