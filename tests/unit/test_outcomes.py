@@ -63,6 +63,15 @@ def test_payload_swaps_and_mangled_payloads_are_not_clean(classify):
     assert classify("tokens_phrase", " All hail the sil the sil the sil the sil") == ("degenerate", "repetition")
 
 
+def test_broken_bytes_are_never_clean(classify):
+    # demo at 4911cb7, transfer-masked string_lang_b -> georgian_repeat: 253/256 of these were classed clean
+    text = " \ufffd The tall wagon washed the small wagon. The old dog sees the red boat."
+    assert classify("georgian_repeat", text) == ("degenerate", "broken bytes")
+    assert classify("georgian_repeat", text.replace("\ufffd ", "")) == ("clean", "")
+    # a last character cut in two by max_new_tokens is not the model's doing
+    assert classify("georgian_repeat", text.replace("\ufffd ", "") + " \ufffd") == ("clean", "")
+
+
 def test_empty_short_and_clean_continuations(classify):
     assert classify("latin_lang_a", "") == ("degenerate", "empty")  # EOS right after the trigger
     assert classify("latin_lang_a", "", prompt="Webu lives in Bafil.") == ("clean", "end of document")
