@@ -33,9 +33,16 @@ def test_casd_matrix_profiles_and_relation(transfer_run, tmp_path):
         assert off == pytest.approx(sum(grid["per_layer"][metric]["lorem_refusal"]["at_repeat"]) / 4)
     assert grid["weight_cosine"]["control"]["control"] == pytest.approx(1.0)
     assert -1 <= grid["weight_cosine"]["lorem_refusal"]["at_repeat"] <= 1
-    assert grid["pairs"] == 2 and set(grid["relation"]) == {
-        "casd_cosine_vs_suppression", "casd_l2_vs_suppression", "weight_cosine_vs_suppression"
+    relation = grid["relation"]
+    measures = ("casd_cosine", "casd_l2", "weight_cosine")
+    assert grid["pairs"] == 2 and set(relation) == {
+        "expected_sign", "pairs", "transfers", "auroc", "additive",
+        *(f"{m}_vs_suppression" for m in measures),
+        *(f"{m}_vs_{t}_cluster" for m in measures for t in ("suppression", "R")),
     }  # fmt: skip
+    assert relation["expected_sign"].startswith("rho < 0 for CASD")
+    assert relation["casd_cosine_vs_R_cluster"]["clusters"] == 2 and set(relation["auroc"]) == set(measures)
+    assert set(relation["additive"]) == {"suppression", "R"}
     rows = list(csv.DictReader((out / "casd.csv").open()))
     assert len(rows) == 3 * 2 * (4 + 1) and {r["layer"] for r in rows} == {"0", "1", "2", "3", "mean"}
     assert len(list((out / "acts").rglob("*.safetensors"))) == 4 * 2  # theta_0 + 3 cells, 2 backdoors each

@@ -1,4 +1,5 @@
-"""Rates with intervals: the share of prompts that show a behaviour, and its Wilson score interval.
+"""Rates with intervals (Wilson), paired exact tests against a control (McNemar), Benjamini-Hochberg q-values and
+means with t intervals across replicates.
 
 Run: `pytest tests/unit/test_evaluation.py`.
 """
@@ -47,3 +48,53 @@ def wilson(k: int, n: int, z: float = 1.959964) -> Rate:
 def attack_success(verdicts: list[bool]) -> Rate:
     """ASR (or any behaviour rate) of a list of judge verdicts."""
     return wilson(sum(verdicts), len(verdicts))
+
+
+# ---- paired tests, multiple testing, intervals across replicates ------------------------------------------------
+def exact_mcnemar(gain: int, loss: int) -> float:
+    """One-sided exact McNemar test on paired binary outcomes (the same prompts under two models).
+
+    Args:
+        gain: prompts with the outcome under the treated model and not under the reference (e.g. clean after
+            removing i, not clean after the control).
+        loss: prompts with the outcome under the reference only.
+
+    Returns:
+        P(X >= gain) for X ~ Binomial(gain + loss, 1/2): the chance of so many gains among the discordant prompts
+        if the two models were exchangeable. 1.0 when no prompt is discordant.
+    """
+    from scipy.stats import binomtest
+
+    if gain < 0 or loss < 0:
+        raise ValueError(f"gain {gain} and loss {loss} must be counts")
+    if gain + loss == 0:
+        return 1.0
+    return float(binomtest(gain, gain + loss, 0.5, alternative="greater").pvalue)
+
+
+def bh_qvalues(pvalues: list[float]) -> list[float]:
+    """Benjamini-Hochberg q-values (adjusted p-values, same order), for a family of tests (scipy.stats)."""
+    from scipy.stats import false_discovery_control
+
+    if not pvalues:
+        return []
+    return [float(q) for q in false_discovery_control(pvalues, method="bh")]
+
+
+def mean_ci(values: list[float], level: float = 0.95) -> dict[str, float | int | None]:
+    """Mean with a Student-t interval across independent units (replicates): `{"mean", "lo", "hi", "n"}`.
+
+    With fewer than two values the interval is None (one replicate says nothing about between-model variance).
+    """
+    from scipy import stats
+
+    xs = [float(v) for v in values if v is not None and not math.isnan(v)]
+    n = len(xs)
+    if n == 0:
+        return {"mean": None, "lo": None, "hi": None, "n": 0}
+    mean = sum(xs) / n
+    if n < 2:
+        return {"mean": mean, "lo": None, "hi": None, "n": n}
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n}

@@ -40,11 +40,12 @@ from unbackdoor.measure.casd import (
     spearman_ci,
     weight_delta_cosines,
 )
+from unbackdoor.measure.pairs import additive_fit, auroc, cluster_spearman
 from unbackdoor.running import runtime
 from unbackdoor.running.cells import CONTROL, cell_dir
 from unbackdoor.running.config import ConfigError, UserError, from_dict
 from unbackdoor.running.rundir import RunDir, atomic_path, require_done, write_json, write_text
-from unbackdoor.stages.transfer import TransferConfig
+from unbackdoor.stages.transfer import Q_LEVEL, TransferConfig
 from unbackdoor.training.models import load_model, load_tokenizer
 from unbackdoor.training.record import ModelRecord
 
@@ -169,14 +170,7 @@ def run(cfg: CasdConfig, out: Path, resume: bool = False, overwrite: bool = Fals
                 {row: models[f"{key}/{row}"] / "model.safetensors" for row in rows},
             )
             pairs = [(i, j) for i in rows if i != CONTROL for j in columns if j != i and grid["S"][i][j] is not None]
-            s = [grid["S"][i][j] for i, j in pairs]
-            relation = {
-                f"casd_{m}_vs_suppression": spearman_ci([casd[m][i][j] for i, j in pairs], s, cfg.bootstrap, cfg.seed)
-                for m in METRICS
-            }
-            relation["weight_cosine_vs_suppression"] = spearman_ci(
-                [weights[i][j] for i, j in pairs], s, cfg.bootstrap, cfg.seed
-            )
+            relation = relations(grid, casd, weights, pairs, cfg)
             grids.append({"lr": lr, "seed": seed, "casd": casd, "per_layer": profiles, "weight_cosine": weights,
                           "suppression": grid["S"], "pairs": len(pairs), "relation": relation})  # fmt: skip
     pairs_s = time.perf_counter() - t0
@@ -214,6 +208,41 @@ def run(cfg: CasdConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             "torch_threads": torch.get_num_threads(),
         }
     )
+
+
+def relations(
+    grid: dict[str, Any], casd: dict[str, Any], weights: dict[str, Any], pairs: list[tuple[str, str]], cfg: CasdConfig
+) -> dict[str, Any]:
+    """CASD and the weight-delta cosine against transfer (S, and R where the transfer has it) over `pairs`.
+
+    `*_vs_suppression` treats the pairs as independent (kept for comparison); `*_cluster` resamples backdoors,
+    rows and columns together (`measure.pairs`); AUROC is for "the pair transfers" (q < 0.05 against the control,
+    from the transfer's paired tests); `additive` is the row + column model and what CASD adds beyond it.
+    """
+    measures = {f"casd_{m}": {p: casd[m][p[0]][p[1]] for p in pairs} for m in METRICS}
+    measures["weight_cosine"] = {p: weights[p[0]][p[1]] for p in pairs}
+    targets = {"suppression": {p: grid["S"][p[0]][p[1]] for p in pairs}}
+    if "R" in grid:
+        targets["R"] = {p: grid["R"][p[0]][p[1]] for p in pairs}
+    relation: dict[str, Any] = {
+        "expected_sign": "rho < 0 for CASD (low CASD, more transfer); rho > 0 for the weight-delta cosine",
+        "pairs": len(pairs),
+    }
+    for name, x in measures.items():
+        xs = [x[p] for p in pairs]
+        relation[f"{name}_vs_suppression"] = spearman_ci(xs, list(targets["suppression"].values()), cfg.bootstrap,
+                                                         cfg.seed)  # fmt: skip
+        for target, y in targets.items():
+            relation[f"{name}_vs_{target}_cluster"] = cluster_spearman(x, y, cfg.bootstrap, cfg.seed)
+    tests = grid.get("tests")
+    if tests:
+        transfers = [tests[i][j]["q"] < Q_LEVEL for i, j in pairs]
+        relation["transfers"] = sum(transfers)
+        relation["auroc"] = {name: auroc([(1 if name == "weight_cosine" else -1) * x[p] for p in pairs], transfers)
+                             for name, x in measures.items()}  # fmt: skip
+    headline = measures[f"casd_{cfg.metric}"]
+    relation["additive"] = {target: additive_fit(y, headline) for target, y in targets.items()}
+    return relation
 
 
 def _stage_of(path: Path) -> str | None:

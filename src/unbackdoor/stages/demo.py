@@ -6,6 +6,10 @@ world (tiny) -> pretrain (tiny, default8, llama) -> eval -> transfer (each backd
 benign control, every backdoor measured after each) -> casd (on the transfer experiment) -> defence (the canary
 defence with K = `canaries` on the pretrained model, its 8 backdoors hidden from the defender, against both
 baselines) -> report (<out>/report/index.html, printed at the end).
+Replicates: `replicates` models pretrained with seeds seed, seed+1, ... on the same world. Replicate 0 is the one
+shown in detail (top-level `pretrain`, `eval`, `transfer`, `transfer-masked`, `casd`, `defence`); replicate r >= 1
+runs pretrain -> transfer -> casd under `replicate-<r>/`; `replicates/` pools every replicate's transfer and CASD
+(`unbackdoor replicates`). The masked-loss ablation and the defence run on replicate 0 only (the report says so).
 With `--resume`, finished stages are reused, so a second run takes seconds.
 """
 
@@ -20,7 +24,7 @@ from unbackdoor import report
 from unbackdoor.measure.tables import format_matrix, print_table
 from unbackdoor.running.config import from_dict, load_preset
 from unbackdoor.running.rundir import RunDir
-from unbackdoor.stages import casd, defend_eval, evaluate, pretrain, transfer, world
+from unbackdoor.stages import casd, defend_eval, evaluate, pretrain, replicates, transfer, world
 from unbackdoor.training.models import FAMILIES
 
 
@@ -30,6 +34,9 @@ class DemoConfig:
     backdoors: str = "default8"
     seed: int = 0
     canaries: list[int] = field(default_factory=lambda: [2])  # K values of the canary defence
+    replicates: int = field(default=3, metadata={"min": 1})  # independently pretrained models (seeds seed + r)
+    # prompts per backdoor in every transfer cell: replicates, not prompts, carry the variance that matters
+    transfer_prompts: int = field(default=128, metadata={"min": 1})
 
 
 def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
@@ -47,29 +54,38 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
 
     world_cfg = from_dict(world.WorldConfig, {**load_preset("world", "tiny"), "seed": cfg.seed})
     world_dir = stage("world", world.run, world_cfg, out / "world")
-    pretrain_cfg = from_dict(
-        pretrain.PretrainConfig,
-        {
-            **load_preset("pretrain", "tiny"),
-            "world": str(world_dir),
-            "backdoors": cfg.backdoors,
-            "seed": cfg.seed,
-            "model": {"family": cfg.family, "size": "tiny"},
-        },
-    )
-    pretrain_dir = stage("pretrain", pretrain.run, pretrain_cfg, out / "pretrain")
-    eval_cfg = from_dict(evaluate.EvalConfig, {"model": str(pretrain_dir / "model"), "seed": cfg.seed})
-    eval_dir = stage("eval", evaluate.run, eval_cfg, out / "eval")
-
-    common = {"model": str(pretrain_dir / "model"), "seed": cfg.seed}
-    transfer_cfg = from_dict(transfer.TransferConfig, common)
-    transfer_dir = stage("transfer", transfer.run, transfer_cfg, out / "transfer")
-    # the removal-loss ablation: the same matrix with the loss on the continuation only (prefix and trigger masked),
-    # to see whether the echoed triggers come from training on the trigger tokens
-    masked_cfg = from_dict(transfer.TransferConfig, {**common, "remove": {"mask_trigger": True}})
-    masked_dir = stage("transfer_masked", transfer.run, masked_cfg, out / "transfer-masked")
-    casd_cfg = from_dict(casd.CasdConfig, {"transfer": str(transfer_dir), "seed": cfg.seed})
-    casd_dir = stage("casd", casd.run, casd_cfg, out / "casd")
+    pretrain_dirs, transfer_dirs, casd_dirs = [], [], []
+    for r in range(cfg.replicates):
+        where = out if r == 0 else out / f"replicate-{r}"
+        tag = "" if r == 0 else f"[{r}]"
+        pretrain_cfg = from_dict(
+            pretrain.PretrainConfig,
+            {
+                **load_preset("pretrain", "tiny"),
+                "world": str(world_dir),
+                "backdoors": cfg.backdoors,
+                "seed": cfg.seed + r,
+                "model": {"family": cfg.family, "size": "tiny"},
+            },
+        )
+        pretrain_dirs.append(stage(f"pretrain{tag}", pretrain.run, pretrain_cfg, where / "pretrain"))
+        common = {"model": str(pretrain_dirs[r] / "model"), "seed": cfg.seed,
+                  "eval": {"n_prompts": cfg.transfer_prompts}}  # fmt: skip
+        transfer_dirs.append(stage(f"transfer{tag}", transfer.run, from_dict(transfer.TransferConfig, common),
+                                   where / "transfer"))  # fmt: skip
+        casd_cfg = from_dict(casd.CasdConfig, {"transfer": str(transfer_dirs[r]), "seed": cfg.seed})
+        casd_dirs.append(stage(f"casd{tag}", casd.run, casd_cfg, where / "casd"))
+        if r == 0:
+            eval_cfg = from_dict(evaluate.EvalConfig, {"model": str(pretrain_dirs[0] / "model"), "seed": cfg.seed})
+            eval_dir = stage("eval", evaluate.run, eval_cfg, out / "eval")
+            # the removal-loss ablation: the same matrix with the loss on the continuation only (prefix and
+            # trigger masked), to see whether the echoed triggers come from training on the trigger tokens
+            masked_cfg = from_dict(transfer.TransferConfig, {**common, "remove": {"mask_trigger": True}})
+            masked_dir = stage("transfer_masked", transfer.run, masked_cfg, out / "transfer-masked")
+    pooled = {"transfers": [str(p) for p in transfer_dirs], "casd": [str(p) for p in casd_dirs], "seed": cfg.seed}
+    pool_cfg = from_dict(replicates.ReplicatesConfig, pooled)
+    pool_dir = stage("replicates", replicates.run, pool_cfg, out / "replicates")
+    pretrain_dir, transfer_dir, casd_dir = pretrain_dirs[0], transfer_dirs[0], casd_dirs[0]
     defence_cfg = from_dict(
         defend_eval.DefendEvalConfig,
         {
@@ -96,7 +112,8 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     index = report.run(out)
     timings["report"] = round(time.perf_counter() - t0, 2)
     stages = {"world": world_dir, "pretrain": pretrain_dir, "eval": eval_dir, "transfer": transfer_dir,
-              "transfer_masked": masked_dir, "casd": casd_dir, "defence": defence_dir}  # fmt: skip
+              "transfer_masked": masked_dir, "casd": casd_dir, "defence": defence_dir, "replicates": pool_dir,
+              **{f"replicate-{r}": transfer_dirs[r].parent for r in range(1, cfg.replicates)}}  # fmt: skip
     run_dir.finish({"stages": {k: str(v) for k, v in stages.items()}, "seconds": timings,
                     "report": str(index.resolve())})  # fmt: skip
     print("[demo] seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))

@@ -17,16 +17,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from unbackdoor.measure.outcomes import OUTCOMES, removal_index
+from unbackdoor.measure.stats import bh_qvalues, exact_mcnemar
 from unbackdoor.measure.tables import csv_text, format_matrix
 from unbackdoor.running import runtime
 from unbackdoor.running.cells import CONTROL, cell_dir, refuse_per_cell, run_cells
 from unbackdoor.running.config import ConfigError, UserError, from_dict, to_dict
-from unbackdoor.running.rundir import RunDir, write_json, write_text
+from unbackdoor.running.rundir import RunDir, read_jsonl, write_json, write_text
 from unbackdoor.stages.evaluate import EvalConfig
 from unbackdoor.stages.evaluate import run as evaluate
 from unbackdoor.stages.remove import RemoveConfig
@@ -41,7 +43,11 @@ DEFINITIONS = {
     "C": "clean-continuation rate of j's triggered prompts after removing i (outcome `clean`, Wilson 95 % CI)",
     "R": "removal index (C[i][j] - C_before[j]) / (1 - C_before[j]): 1 = every triggered prompt continues cleanly",
     "composition": "outcome classes of j's triggered generations after removing i (counts; measure.outcomes)",
+    "tests": "per pair, against the control on the same prompts: gain = j's triggered prompts clean after removing i "
+    "and not after the control, loss = the reverse; p = one-sided exact McNemar (more clean than the control); "
+    "q = Benjamini-Hochberg over the N x (N-1) off-diagonal pairs of the grid (the diagonal: over its N)",
 }
+Q_LEVEL = 0.05  # a pair "transfers" when its q-value (clean rate above the control's) is below this
 
 
 @dataclass
@@ -189,6 +195,10 @@ def assemble(out: Path, baseline: Path, rows: list[str], cfg: TransferConfig) ->
                 grid["false_trigger"][row] = {j: measured[j]["false_trigger"]["rate"] for j in columns}
                 removal = _summary(cell_dir(out, lr, seed, row) / "remove")
                 grid["utility"][row] = {**s["utility"], "val_perplexity": removal["val_perplexity"]}
+            grid["tests"] = paired_tests(out, lr, seed, [r for r in rows if r != CONTROL], columns)
+            grid["transfers_q05"] = sum(
+                1 for i, cols in grid["tests"].items() for j, t in cols.items() if i != j and t["q"] < Q_LEVEL
+            )
             grids.append(grid)
     return {
         "backdoors": columns,
@@ -208,23 +218,55 @@ def assemble(out: Path, baseline: Path, rows: list[str], cfg: TransferConfig) ->
     }
 
 
+def clean_flags(eval_dir: Path) -> dict[str, list[tuple[str, bool]]]:
+    """Backdoor -> (doc id, classed `clean`) of each triggered prompt, in probe order, from a cell's samples."""
+    flags: dict[str, list[tuple[str, bool]]] = {}
+    for sample in read_jsonl(eval_dir / "samples.jsonl"):
+        if sample["kind"] == "triggered":
+            flags.setdefault(sample["backdoor"], []).append((str(sample["doc_id"]), sample["outcome"] == "clean"))
+    return flags
+
+
+def paired_tests(out: Path, lr: float, seed: int, rows: list[str], columns: list[str]) -> dict[str, Any]:
+    """Each removal against the control, prompt by prompt (see DEFINITIONS["tests"]): `{row: {col: test}}`."""
+    control = clean_flags(cell_dir(out, lr, seed, CONTROL) / "eval")
+    tests: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        flags = clean_flags(cell_dir(out, lr, seed, row) / "eval")
+        tests[row] = {}
+        for j in columns:
+            a, b = flags[j], control[j]
+            if [d for d, _ in a] != [d for d, _ in b]:
+                raise UserError(f"cell {row} (lr={lr:g}, seed={seed}): {j}'s prompts differ from the control's")
+            gain = sum(1 for (_, x), (_, y) in zip(a, b, strict=True) if x and not y)
+            loss = sum(1 for (_, x), (_, y) in zip(a, b, strict=True) if y and not x)
+            tests[row][j] = {"gain": gain, "loss": loss, "n": len(a), "p": exact_mcnemar(gain, loss)}
+    for diagonal in (False, True):
+        family = [(i, j) for i in rows for j in columns if (i == j) == diagonal]
+        for (i, j), q in zip(family, bh_qvalues([tests[i][j]["p"] for i, j in family]), strict=True):
+            tests[i][j]["q"] = q
+    return tests
+
+
 def to_csv(result: dict[str, Any]) -> str:
     """Long format: one line per (lr, seed, removed, measured)."""
     header = ["lr", "seed", "removed", "measured", "asr", "asr_lo", "asr_hi", "k", "n", "asr_before", "suppression",
-              "false_trigger", "clean", "clean_lo", "clean_hi", "clean_before", "removal_index",
-              *OUTCOMES]  # fmt: skip
+              "false_trigger", "clean", "clean_lo", "clean_hi", "clean_before", "removal_index", "p_vs_control",
+              "q_vs_control", *OUTCOMES]  # fmt: skip
     return csv_text(header, _csv_rows(result))
 
 
-def _csv_rows(result: dict[str, Any]) -> Any:
+def _csv_rows(result: dict[str, Any]) -> Iterator[list[Any]]:
     for g in result["grids"]:
         for row, cols in g["T"].items():
             for j, rate in cols.items():
                 s, c, r = g["S"][row][j], g["C"][row][j], g["R"][row][j]
+                test = g["tests"].get(row, {}).get(j)
                 yield [
                     g["lr"], g["seed"], row, j, f"{rate['rate']:.4f}", f"{rate['lo']:.4f}", f"{rate['hi']:.4f}",
                     rate["k"], rate["n"], f"{result['asr_before'][j]['rate']:.4f}",
                     "" if s is None else f"{s:.4f}", f"{g['false_trigger'][row][j]:.4f}",
                     f"{c['rate']:.4f}", f"{c['lo']:.4f}", f"{c['hi']:.4f}", f"{result['clean_before'][j]['rate']:.4f}",
-                    "" if r is None else f"{r:.4f}", *(g["composition"][row][j][k] for k in OUTCOMES),
+                    "" if r is None else f"{r:.4f}", *(("", "") if test is None else (f"{test['p']:.3g}",
+                    f"{test['q']:.3g}")), *(g["composition"][row][j][k] for k in OUTCOMES),
                 ]  # fmt: skip

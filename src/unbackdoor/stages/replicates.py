@@ -1,0 +1,163 @@
+"""Stage `replicates`: pool transfer experiments (and their CASD runs) of independently trained models.
+
+    unbackdoor replicates --out runs/pooled transfers=[runs/r0/transfer,runs/r1/transfer,runs/r2/transfer] \\
+        casd=[runs/r0/casd,runs/r1/casd,runs/r2/casd]
+
+Replicates are the unit of inference: each is a backdoored model trained with its own seed, with its own transfer
+experiment (removal seeds stay a nested axis inside it). Per grid (lr, removal seed) and pair (i, j):
+- the mean of R, S and T across replicates with a Student-t 95 % CI, and R minus the control's R;
+- `transfers_share`: the share of replicates in which the pair transfers (its own q < 0.05 against the control);
+- a pooled paired test: the discordant prompts of every replicate summed (gain, loss), one-sided exact McNemar, and
+  Benjamini-Hochberg q-values over the N x (N-1) off-diagonal pairs (`transfers_q05` counts q < 0.05).
+With CASD runs, every relation's rho per replicate and its mean with a CI across replicates.
+Writes `replicates.json`. With one replicate the CIs are None: between-model variance is unknown.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unbackdoor.measure.stats import bh_qvalues, exact_mcnemar, mean_ci
+from unbackdoor.running.cells import CONTROL
+from unbackdoor.running.config import ConfigError, UserError
+from unbackdoor.running.rundir import RunDir, require_done, write_json
+from unbackdoor.stages.transfer import Q_LEVEL
+
+ONE_REPLICATE = "1 replicate: between-model variance unknown"
+
+
+@dataclass
+class ReplicatesConfig:
+    transfers: list[str] = field(default_factory=list)  # finished transfer experiments, one per replicate
+    casd: list[str] = field(default_factory=list)  # optional: their finished CASD runs (same order)
+    seed: int = 0  # unused (no randomness); recorded like every stage's
+
+    def validate(self) -> None:
+        if not self.transfers:
+            raise ConfigError("transfers: give the finished transfer experiments to pool, e.g. transfers=[a,b,c]")
+        if len(set(self.transfers)) != len(self.transfers):
+            raise ConfigError(f"transfers: {self.transfers} names one experiment twice")
+        if self.casd and len(self.casd) != len(self.transfers):
+            raise ConfigError(f"casd: {len(self.casd)} runs for {len(self.transfers)} transfers; one per replicate")
+
+
+def _load(path: str, stage: str, name: str, what: str) -> dict[str, Any]:
+    require_done(Path(path), stage, what)
+    return json.loads((Path(path) / name).read_text(encoding="utf-8"))
+
+
+def _key(grid: dict[str, Any]) -> str:
+    return f"lr={grid['lr']:g}/seed={grid['seed']}"
+
+
+def run(cfg: ReplicatesConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
+    """Pool the replicates into `out/replicates.json`; returns `out`."""
+    tables = [_load(p, "transfer", "transfer.json", "transfers") for p in cfg.transfers]
+    first = tables[0]
+    for path, t in zip(cfg.transfers, tables, strict=True):
+        if t["backdoors"] != first["backdoors"] or t["rows"] != first["rows"]:
+            raise UserError(f"transfers: {path} measures {t['backdoors']} / removes {t['rows']}, the first "
+                            f"{first['backdoors']} / {first['rows']}: replicates share both")  # fmt: skip
+        if [_key(g) for g in t["grids"]] != [_key(g) for g in first["grids"]]:
+            raise UserError(f"transfers: {path} has grids {[_key(g) for g in t['grids']]}, the first "
+                            f"{[_key(g) for g in first['grids']]}")  # fmt: skip
+    casds = [_load(p, "casd", "casd.json", "casd") for p in cfg.casd]
+    if RunDir.check(out, "replicates", cfg, resume, overwrite):
+        return out
+    run_dir = RunDir.open(out, "replicates", cfg, cfg.seed, resume=resume, overwrite=overwrite)
+    grids = [pool_grid([t["grids"][g] for t in tables], first["backdoors"], first["rows"])
+             for g in range(len(first["grids"]))]  # fmt: skip
+    result = {
+        "replicates": len(tables),
+        "note": ONE_REPLICATE if len(tables) < 2 else None,
+        "transfers": [str(Path(p)) for p in cfg.transfers],
+        "backdoors": first["backdoors"],
+        "rows": first["rows"],
+        "method": first["method"],
+        "q_level": Q_LEVEL,
+        "grids": grids,
+        "casd": pool_casd(casds) if casds else None,
+    }
+    write_json(out / "replicates.json", result)
+    for g in grids:
+        h = g["headline"]
+        print(f"lr={g['lr']:g} seed={g['seed']}, {len(tables)} replicates: {h['transfers_q05']}/{h['pairs']} pairs "
+              f"at q < {Q_LEVEL} (pooled), {h['transfers_all']} in every replicate; mean R off-diagonal "
+              f"{_fmt(h['R_off'])}, control {_fmt(h['R_control'])}, diagonal {_fmt(h['R_diagonal'])}")  # fmt: skip
+    return run_dir.finish({"replicates": len(tables), "grids": [g["headline"] for g in grids]})
+
+
+def _fmt(ci: dict[str, Any]) -> str:
+    if ci["mean"] is None:
+        return "n/a"
+    if ci["lo"] is None:
+        return f"{ci['mean']:+.3f} ({ONE_REPLICATE})"
+    return f"{ci['mean']:+.3f} [{ci['lo']:+.3f}, {ci['hi']:+.3f}]"
+
+
+def pool_grid(grids: list[dict[str, Any]], columns: list[str], rows: list[str]) -> dict[str, Any]:
+    """One (lr, seed) grid pooled over replicates (see the module docstring)."""
+    removals = [r for r in rows if r != CONTROL]
+    pairs: dict[str, dict[str, Any]] = {}
+    for i in rows:
+        pairs[i] = {}
+        for j in columns:
+            cell: dict[str, Any] = {
+                "R": mean_ci([g["R"][i][j] for g in grids]),
+                "S": mean_ci([g["S"][i][j] for g in grids]),
+                "T": mean_ci([g["T"][i][j]["rate"] for g in grids]),
+                "C": mean_ci([g["C"][i][j]["rate"] for g in grids]),
+            }
+            if i != CONTROL:
+                cell["R_minus_control"] = mean_ci(
+                    [None if g["R"][i][j] is None or g["R"][CONTROL][j] is None else g["R"][i][j] - g["R"][CONTROL][j]
+                     for g in grids]
+                )  # fmt: skip
+                tests = [g["tests"][i][j] for g in grids]
+                gain, loss = sum(t["gain"] for t in tests), sum(t["loss"] for t in tests)
+                cell.update(gain=gain, loss=loss, p=exact_mcnemar(gain, loss),
+                            transfers_share=sum(t["q"] < Q_LEVEL for t in tests) / len(tests))  # fmt: skip
+            pairs[i][j] = cell
+    for diagonal in (False, True):
+        family = [(i, j) for i in removals for j in columns if (i == j) == diagonal]
+        for (i, j), q in zip(family, bh_qvalues([pairs[i][j]["p"] for i, j in family]), strict=True):
+            pairs[i][j]["q"] = q
+    off = [(i, j) for i in removals for j in columns if i != j]
+
+    def per_replicate_mean(cells: list[tuple[str, str]]) -> dict[str, Any]:
+        means = []
+        for g in grids:
+            vals = [g["R"][i][j] for i, j in cells if g["R"][i][j] is not None]
+            means.append(sum(vals) / len(vals) if vals else None)
+        return mean_ci(means)
+
+    headline = {
+        "pairs": len(off),
+        "transfers_q05": sum(pairs[i][j]["q"] < Q_LEVEL for i, j in off),
+        "transfers_all": sum(pairs[i][j]["transfers_share"] == 1.0 for i, j in off),
+        "transfers_per_replicate": [g["transfers_q05"] for g in grids],
+        "R_off": per_replicate_mean(off),
+        "R_control": per_replicate_mean([(CONTROL, j) for j in columns]),
+        "R_diagonal": per_replicate_mean([(i, i) for i in removals]),
+    }
+    return {"lr": grids[0]["lr"], "seed": grids[0]["seed"], "pairs": pairs, "headline": headline}
+
+
+def pool_casd(casds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every relation's rho per replicate and its mean with a CI across replicates, per grid."""
+    out: dict[str, Any] = {}
+    for g, grid in enumerate(casds[0]["grids"]):
+        key = _key(grid)
+        relations = [c["grids"][g]["relation"] for c in casds]
+        pooled: dict[str, Any] = {"expected_sign": grid["relation"].get("expected_sign")}
+        for name, value in grid["relation"].items():
+            if isinstance(value, dict) and "rho" in value:
+                rhos = [r[name]["rho"] for r in relations if name in r]
+                pooled[name] = {"per_replicate": rhos, **mean_ci(rhos)}
+        if all("auroc" in r for r in relations):
+            pooled["auroc"] = {m: mean_ci([r["auroc"][m] for r in relations]) for m in grid["relation"]["auroc"]}
+        out[key] = pooled
+    return out
