@@ -74,6 +74,9 @@ def study(transfer_run, defence_study, tmp_path_factory) -> Path:
                  "remove.mask_trigger=true"]) == 0  # fmt: skip
     assert main(["casd", "--transfer", str(transfer_run), "--out", str(root / "casd"), "n_probes=32",
                  "bootstrap=200"]) == 0  # fmt: skip
+    # one replicate pooled: the section is there and says that between-model variance is unknown
+    assert main(["replicates", "--out", str(root / "replicates"), f"transfers=[{transfer_run}]",
+                 f"casd=[{root / 'casd'}]"]) == 0  # fmt: skip
     (root / "transfer").symlink_to(transfer_run)
     (root / "eval").symlink_to(transfer_run / "baseline")
     (root / "defence").symlink_to(defence_study[0])
@@ -97,6 +100,9 @@ def test_report_renders_in_chromium_with_every_figure(study, tmp_path):
     # removal is read from the clean rate; the judge-based S is labelled as such; generations show their class
     assert "(removal target, other) pairs the other backdoor's triggered prompts continued cleanly" in page
     assert "Judge-based suppression S" in page and "(outcome: " in page and "behaviour shown" not in page
+    assert "2c. Across replicates" in page and "Across <b>1 independently trained model</b>" in page
+    assert "1 replicate: between-model variance unknown" in page and "q-value" in page
+    assert "CASD vs removal index R (expected ρ &lt; 0" in page or "CASD vs removal index R (expected ρ < 0" in page
     chromium = _chromium()
     probed = _probed_copy(study / "report", tmp_path)
     dom = subprocess.run([chromium, *CHROMIUM_FLAGS, "--dump-dom", probed.as_uri()], capture_output=True, text=True,

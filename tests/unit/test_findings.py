@@ -90,7 +90,8 @@ def test_transfer_sentences(transfer):
     sentences = findings.transfer_sentences(findings.transfer_finding(transfer))
     assert list(sentences) == ["transfer", "transfer_judge", "transfer_diagonal"]
     head = sentences["transfer"]
-    assert head.startswith("Removing one backdoor at a time (1 removal seed, 1 trained model): in **2 of 4** ")
+    assert head.startswith("Removing one backdoor at a time (1 removal seed; 1 replicate: between-model variance "
+                           "unknown): in **2 of 4** ")  # fmt: skip
     assert "continued cleanly more often than after the benign control (95 % intervals apart)" in head
     assert "mean R of the others **+0.40**, of the control **+0.07**." in head
     judge = sentences["transfer_judge"]
@@ -101,7 +102,7 @@ def test_transfer_sentences(transfer):
     assert "mean R **+0.45**; **1 of 2** pass the removal verdict" in diagonal
     assert diagonal.endswith("verdicts: removed ×1, no removal (mostly echo) ×1.")
     transfer["grids"].append(transfer["grids"][0])
-    assert "(first of 2 (lr, seed) grids, 1 trained model)" in findings.transfer_sentences(
+    assert "(first of 2 (lr, seed) grids; 1 replicate: between-model variance unknown)" in findings.transfer_sentences(
         findings.transfer_finding(transfer))["transfer"]  # fmt: skip
 
 
@@ -143,6 +144,59 @@ def test_masked_ablation_compares_echo_shares(transfer):
     assert "no ablation" in ablation.masked_sentence(ablation.masked_finding(transfer, masked, False))
     masked["probe_sha256"] = "other"
     assert "other probe prompts" in ablation.masked_sentence(ablation.masked_finding(transfer, masked, True))
+
+
+def test_transfer_headline_counts_pairs_by_their_q_value(transfer):
+    transfer["grids"][0]["transfers_q05"] = 1
+    head = findings.transfer_sentences(findings.transfer_finding(transfer))["transfer"]
+    assert "in **1 of 4** (removal target, other) pairs" in head
+    assert "(exact paired test on the same prompts, Benjamini-Hochberg q < 0.05; 2 with 95 % intervals apart)" in head
+
+
+def pooled_cell(r: float, lo: float | None, hi: float | None, q: float, share: float) -> dict:
+    ci = {"mean": r, "lo": lo, "hi": hi, "n": 3}
+    return {"R": ci, "S": ci, "T": ci, "C": ci, "R_minus_control": ci, "gain": 9, "loss": 1, "p": q / 2, "q": q,
+            "transfers_share": share}  # fmt: skip
+
+
+def test_replicates_sentence_and_rows():
+    cells = {"a": {"a": pooled_cell(0.9, 0.8, 1.0, 0.001, 1.0), "b": pooled_cell(0.3, -0.1, 0.7, 0.04, 1 / 3)},
+             "b": {"a": pooled_cell(0.0, -0.2, 0.2, 0.9, 0.0), "b": pooled_cell(0.8, 0.7, 0.9, 0.001, 1.0)},
+             CONTROL: {j: pooled_cell(0.0, None, None, 1.0, 0.0) for j in "ab"}}  # fmt: skip
+    headline = {"pairs": 2, "transfers_q05": 1, "transfers_all": 0, "transfers_per_replicate": [1, 0, 0],
+                "R_off": {"mean": 0.15, "lo": -0.1, "hi": 0.4, "n": 3},
+                "R_control": {"mean": 0.0, "lo": None, "hi": None, "n": 1},
+                "R_diagonal": {"mean": 0.85, "lo": 0.8, "hi": 0.9, "n": 3}}  # fmt: skip
+    rp = {"replicates": 3, "q_level": 0.05, "grids": [{"lr": 1e-3, "seed": 0, "pairs": cells, "headline": headline}]}
+    sentence = findings.replicates_sentence(rp)
+    assert sentence.startswith("Across **3 independently trained models** (lr=0.001, removal seed 0): **1 of 2** ")
+    assert "**0** in every replicate (per replicate: 1, 0, 0)" in sentence
+    assert "mean R of the others **+0.15 [-0.10, +0.40]**" in sentence
+    assert "of the control +0.00 (1 replicate: between-model variance unknown)" in sentence
+    rows = findings.replicate_rows(rp)
+    assert [r[:2] for r in rows] == [["a", "b"], ["b", "a"]]  # off-diagonal only, lowest q first
+    assert rows[0][2:] == ["+0.30 [-0.10, +0.70]", "+0.30 [-0.10, +0.70]", "9 / 1", "0.04", "33 %"]
+
+
+def test_casd_sentence_with_cluster_bootstrap_auroc_and_replicates():
+    cluster = {"rho": -0.4, "lo": -0.7, "hi": 0.1, "n": 56, "clusters": 8}
+    relation = {"casd_cosine_vs_R_cluster": cluster, "weight_cosine_vs_R_cluster": {**cluster, "rho": 0.2},
+                "pairs": 56, "transfers": 6, "auroc": {"casd_cosine": 0.71, "weight_cosine": 0.55},
+                "additive": {"R": {"r2": 0.62, "n": 56, "partial_rho": -0.12}}}  # fmt: skip
+    cs = {"metric": "cosine", "grids": [{"relation": relation}]}
+    sentence = findings.casd_sentence(cs)
+    assert sentence.startswith("CASD vs removal index R (expected ρ < 0: low CASD, more transfer), Spearman ρ = "
+                               "-0.40 [95% CI -0.70, +0.10], n=56 (two-way cluster bootstrap over the 8 ")  # fmt: skip
+    assert 'AUROC of −CASD for "the pair transfers" (6 of 56 at q < 0.05): 0.71' in sentence
+    assert "R² = 0.62 of R; CASD against what it leaves: ρ = -0.12" in sentence
+    assert sentence.endswith("(1 replicate: between-model variance unknown.)")
+    pooled_rho = {"mean": -0.3, "lo": -0.5, "hi": -0.1, "n": 3, "per_replicate": [-0.4, -0.3, -0.2]}
+    pooled_w = {"mean": 0.1, "lo": -0.2, "hi": 0.4, "n": 3, "per_replicate": [0.0, 0.1, 0.2]}
+    rp = {"replicates": 3, "casd": {"lr=0.001/seed=0": {"casd_cosine_vs_R_cluster": pooled_rho,
+                                                        "weight_cosine_vs_R_cluster": pooled_w}}}  # fmt: skip
+    pooled = findings.casd_sentence(cs, rp)
+    assert pooled.endswith("Over 3 replicates: mean ρ(CASD, R) -0.30 [-0.50, -0.10], mean ρ(weight cosine, R) "
+                           "+0.10 [-0.20, +0.40].")  # fmt: skip
 
 
 def test_rho_and_casd_sentence():
@@ -325,8 +379,8 @@ def test_an_all_echo_or_degenerate_model_is_never_called_removed_or_suppressed(t
     ex = evaluation.example(samples, "a", {"x": "y"}, samples)
     masked = ablation.masked_finding(transfer, copy.deepcopy(transfer), True)
     results = Results(evaluation=ev, evaluation_dir=None, transfer=transfer, transfer_dir=None,
-                      transfer_masked=copy.deepcopy(transfer), mask_trigger=True, casd=None, defence=None,
-                      summaries={})  # fmt: skip
+                      transfer_masked=copy.deepcopy(transfer), mask_trigger=True, casd=None, replicates=None,
+                      defence=None, summaries={})  # fmt: skip
     figs = {k: f"figures/{k}.png" for k in ("asr", "transfer", "removal_index", "composition", "utility")}
     html_text, markdown = page.render(Path("/study"), {}, {}, results, heads, figs, [ex], [], False)
     texts = [*heads.values(), evaluation.classifier_sentence(ev), evaluation.removal_sentence(ev), str(ex),
@@ -334,3 +388,22 @@ def test_an_all_echo_or_degenerate_model_is_never_called_removed_or_suppressed(t
     for text in texts:
         assert not CLAIMS.search(text), CLAIMS.search(text).group(0) + " in: " + text[:300]
     assert "no removal (mostly echo)" in html_text and "no removal (mostly degenerate)" in markdown
+
+
+def test_every_learning_rate_gets_a_removal_index_panel_and_the_lr_ablation(transfer, tmp_path):
+    from unbackdoor.report import figures_transfer
+
+    second = copy.deepcopy(transfer["grids"][0])
+    second["lr"] = 3e-3
+    second["R"]["a"]["b"] = 0.9
+    transfer["grids"].append(second)
+    figs = figures_transfer.draw(transfer, tmp_path)
+    assert {"removal_index", "removal_index_1", "lr_ablation"} <= set(figs)
+    assert (tmp_path / "removal_index_1.png").stat().st_size > 10_000 and (tmp_path / "lr_ablation.png").is_file()
+    curves = figures_transfer.lr_curves(transfer)
+    off = dict(curves["off-diagonal (others)"])
+    assert off[1e-3] == pytest.approx((0.5 + 0.1 + 0.6) / 3) and off[3e-3] == pytest.approx((0.9 + 0.1 + 0.6) / 3)
+    assert dict(curves["diagonal (own target)"])[3e-3] == pytest.approx(0.45)
+    single = copy.deepcopy(transfer)
+    single["grids"] = single["grids"][:1]
+    assert "lr_ablation" not in figures_transfer.draw(single, tmp_path / "one")

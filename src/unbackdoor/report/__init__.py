@@ -31,7 +31,7 @@ def run(root: Path, out: Path | None = None, reveal_triggers: bool = False) -> P
     out = Path(out) if out else root / "report"
     stages = sources.collect(root)
     results = sources.read_results(stages)
-    headlines = findings.headlines(results.transfer, results.casd, results.defence)
+    headlines = findings.headlines(results.transfer, results.casd, results.defence, results.replicates)
     figs = figures.draw(results.evaluation, results.transfer, results.casd, results.defence, out / "figures")
     examples = sources.examples(results, reveal_triggers)
     html_text, markdown = page.render(root, stages, sources.missing(stages), results, headlines, figs, examples,

@@ -1,5 +1,7 @@
-"""The transfer experiment's figures (first grid): the ASR heatmap (the judge), the removal-index heatmap (clean
-continuations) and the outcome composition of every cell, one panel per removal row.
+"""The transfer experiment's figures: the ASR heatmap (the judge, first grid), the removal-index heatmap (clean
+continuations; one panel per (lr, seed) grid), the outcome composition of every cell (first grid, one panel per
+removal row), and with several learning rates the lr ablation (mean R of the diagonal, the others and the control
+against lr).
 
 Run: `pytest tests/integration/test_report.py`.
 """
@@ -22,8 +24,45 @@ def draw(tr: dict[str, Any], out: Path) -> dict[str, str]:
     """The transfer figures `tr` allows (a transfer.json without outcome classes: the ASR heatmap only)."""
     figs = {"transfer": fig_transfer(tr, out)}
     if has_outcomes(tr):
-        figs["removal_index"], figs["composition"] = fig_removal_index(tr, out), fig_composition(tr, out)
+        for k in range(len(tr["grids"])):
+            figs["removal_index" if k == 0 else f"removal_index_{k}"] = fig_removal_index(tr, out, k)
+        figs["composition"] = fig_composition(tr, out)
+        if len({g["lr"] for g in tr["grids"]}) > 1:
+            figs["lr_ablation"] = fig_lr_ablation(tr, out)
     return figs
+
+
+def lr_curves(tr: dict[str, Any]) -> dict[str, list[tuple[float, float | None]]]:
+    """Mean R on the diagonal, off it and of the control row per learning rate (removal seeds averaged)."""
+    removals = [r for r in tr["rows"] if r != CONTROL]
+    cells = {
+        "diagonal (own target)": [(i, i) for i in removals if i in tr["backdoors"]],
+        "off-diagonal (others)": [(i, j) for i in removals for j in tr["backdoors"] if j != i],
+        "benign control": [(CONTROL, j) for j in tr["backdoors"]],
+    }
+    curves: dict[str, list[tuple[float, float | None]]] = {}
+    for name, pairs in cells.items():
+        for lr in sorted({g["lr"] for g in tr["grids"]}):
+            vals = [g["R"][i][j] for g in tr["grids"] if g["lr"] == lr for i, j in pairs if g["R"][i][j] is not None]
+            curves.setdefault(name, []).append((lr, sum(vals) / len(vals) if vals else None))
+    return curves
+
+
+def fig_lr_ablation(tr: dict[str, Any], out: Path) -> str:
+    """The paper's learning-rate ablation: mean R against the removal learning rate (log scale)."""
+    pyplot = plt()
+    fig, ax = pyplot.subplots(figsize=(5.5, 3.4))
+    for name, points in lr_curves(tr).items():
+        xs = [lr for lr, v in points if v is not None]
+        ax.plot(xs, [v for _, v in points if v is not None], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.axhline(0.0, color="grey", linewidth=0.6)
+    ax.set_xlabel("removal learning rate")
+    ax.set_ylabel("mean removal index R")
+    ax.set_title("Learning-rate ablation: mean R against lr (one trained model, removal seeds averaged)",
+                 fontsize=8.5)  # fmt: skip
+    ax.legend(fontsize=7)
+    return save(fig, out / "lr_ablation.png")
 
 
 def _size(rows: list[str], cols: list[str]) -> tuple[float, float]:
@@ -48,10 +87,11 @@ def fig_transfer(tr: dict[str, Any], out: Path) -> str:
     return save(fig, out / "transfer.png")
 
 
-def fig_removal_index(tr: dict[str, Any], out: Path) -> str:
-    """The removal index R after each removal (diverging scale centred at 0), with the clean rate C in each cell."""
+def fig_removal_index(tr: dict[str, Any], out: Path, k: int = 0) -> str:
+    """The removal index R after each removal (diverging scale centred at 0), with the clean rate C in each cell,
+    for grid `k` (`removal_index.png`, then `removal_index_<k>.png`)."""
     pyplot = plt()
-    g = tr["grids"][0]
+    g = tr["grids"][k]
     rows, cols = tr["rows"], column_order(tr["rows"], tr["backdoors"])
     values = [[g["R"][r][c] for c in cols] for r in rows]
     labels = [[f"{'n/a' if g['R'][r][c] is None else format(g['R'][r][c], '+.2f')}\nC={g['C'][r][c]['rate']:.2f}"
@@ -62,9 +102,9 @@ def fig_removal_index(tr: dict[str, Any], out: Path) -> str:
     ax.set_xlabel("measured backdoor")
     ax.set_ylabel("removal target (row)")
     ax.set_title("Removal index R = (C after − C before) / (1 − C before)\nC = share of the backdoor's triggered "
-                 "prompts that continue cleanly\n1 = all clean, 0 = no more than before; orange boxes = the row's own "
-                 "target", fontsize=8.5)  # fmt: skip
-    return save(fig, out / "removal_index.png")
+                 f"prompts that continue cleanly (lr={g['lr']:g}, seed={g['seed']})\n1 = all clean, 0 = no more "
+                 "than before; orange boxes = the row's own target", fontsize=8.5)  # fmt: skip
+    return save(fig, out / ("removal_index.png" if k == 0 else f"removal_index_{k}.png"))
 
 
 def _shares(counts: dict[str, int]) -> dict[str, float]:

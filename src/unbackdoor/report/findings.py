@@ -93,6 +93,7 @@ def transfer_finding(tr: dict[str, Any]) -> dict[str, Any]:
         "mean_off_diagonal_suppression": mean(g["S"][i][j] for i, j in off),
         "mean_control_suppression": mean(g["S"][CONTROL].values()),
         "max_diagonal_asr": max((g["T"][i][i]["rate"] for i in diag), default=None),
+        "transfers_q05": g.get("transfers_q05"),  # paired tests against the control (None: predates them)
     }
     if not f["outcomes"]:
         return f
@@ -113,10 +114,13 @@ def transfer_finding(tr: dict[str, Any]) -> dict[str, Any]:
     return f
 
 
+ONE_MODEL = "1 replicate: between-model variance unknown"
+
+
 def caveat(finding: dict[str, Any]) -> str:
     if finding["grids"] == 1:
-        return "1 removal seed, 1 trained model"
-    return f"first of {finding['grids']} (lr, seed) grids, 1 trained model"
+        return f"1 removal seed; {ONE_MODEL}"
+    return f"first of {finding['grids']} (lr, seed) grids; {ONE_MODEL}"
 
 
 def transfer_sentences(finding: dict[str, Any]) -> dict[str, str]:
@@ -135,12 +139,19 @@ def transfer_sentences(finding: dict[str, Any]) -> dict[str, str]:
     total = sum(rest.values())
     parts = ", ".join(f"{percent(rest[c] / total)} {c}" for c in rest) if total else "none"
     verdicts = ", ".join(f"{v} ×{n}" for v, n in finding["diagonal_verdicts"].items()) or "none"
+    if finding["transfers_q05"] is None:
+        count = f"**{finding['cleaner_than_control']} of {finding['pairs']}**"
+        how = "95 % intervals apart"
+    else:
+        count = f"**{finding['transfers_q05']} of {finding['pairs']}**"
+        how = (f"exact paired test on the same prompts, Benjamini-Hochberg q < 0.05; "
+               f"{finding['cleaner_than_control']} with 95 % intervals apart")  # fmt: skip
     return {
         "transfer": (
-            f"Removing one backdoor at a time ({caveat(finding)}): in **{finding['cleaner_than_control']} of "
-            f"{finding['pairs']}** (removal target, other) pairs the other backdoor's triggered prompts continued "
-            "cleanly more often than after the benign control (95 % intervals apart); mean R of the others "
-            f"**{signed(finding['mean_off_diagonal_r'])}**, of the control **{signed(finding['mean_control_r'])}**."
+            f"Removing one backdoor at a time ({caveat(finding)}): in {count} (removal target, other) pairs the "
+            f"other backdoor's triggered prompts continued cleanly more often than after the benign control ({how}); "
+            f"mean R of the others **{signed(finding['mean_off_diagonal_r'])}**, of the control "
+            f"**{signed(finding['mean_control_r'])}**."
         ),
         "transfer_judge": f"{judge} Off the diagonal, the triggered generations without the target were: {parts} "
         "(see the composition).",
@@ -153,16 +164,82 @@ def transfer_sentences(finding: dict[str, Any]) -> dict[str, str]:
     }
 
 
-# ---- CASD, the canary defence, the headlines ------------------------------------------------------------------
-def casd_sentence(cs: dict[str, Any]) -> str:
-    """CASD against the judge-based suppression S, and the weight-space baseline (first grid of `casd.json`)."""
-    relation = cs["grids"][0]["relation"]
-    r, w = relation[f"casd_{cs['metric']}_vs_suppression"], relation["weight_cosine_vs_suppression"]
+# ---- replicates --------------------------------------------------------------------------------------------
+def interval(x: dict[str, Any]) -> str:
+    """A mean across replicates with its t interval (`+0.10 [-0.02, +0.22]`), or why there is none."""
+    if x["mean"] is None:
+        return "n/a"
+    if x["lo"] is None:
+        return f"{x['mean']:+.2f} ({ONE_MODEL})"
+    return f"{x['mean']:+.2f} [{x['lo']:+.2f}, {x['hi']:+.2f}]"
+
+
+def replicates_sentence(rp: dict[str, Any]) -> str:
+    """The pooled headline of `replicates.json` (first grid): pairs at q < 0.05, per replicate, mean R with CIs."""
+    g = rp["grids"][0]
+    h = g["headline"]
+    each = ", ".join(map(str, h["transfers_per_replicate"]))
     return (
-        f"CASD vs judge-based suppression S, Spearman ρ = {rho(r)}; weight-space baseline ρ = {rho(w)}. A negative ρ "
-        "means: the more a removal moves trigger-j activations like removing j itself (low CASD), the less often "
-        "j's judge fires (S is no removal measure; casd.json does not relate CASD to R)."
+        f"Across **{rp['replicates']} independently trained model{'' if rp['replicates'] == 1 else 's'}** "
+        f"(lr={g['lr']:g}, removal seed {g['seed']}): "
+        f"**{h['transfers_q05']} of {h['pairs']}** pairs transfer at q < {rp['q_level']} (the discordant prompts of "
+        f"every replicate pooled in one exact paired test against the control, Benjamini-Hochberg), "
+        f"**{h['transfers_all']}** in every replicate (per replicate: {each}); "
+        f"mean R of the others **{interval(h['R_off'])}**, of the control {interval(h['R_control'])}, on the "
+        f"diagonal {interval(h['R_diagonal'])} (t 95 % intervals across replicates)."
     )
+
+
+REPLICATE_HEADER = ["removal target", "measured", "mean R [95% CI]", "R − control", "gain / loss", "q",
+                    "share of replicates"]  # fmt: skip
+
+
+def replicate_rows(rp: dict[str, Any]) -> Rows:
+    """Every off-diagonal pair of the first pooled grid, most significant first."""
+    pairs = rp["grids"][0]["pairs"]
+    rows = [(i, j, c) for i, cols in pairs.items() if i != CONTROL for j, c in cols.items() if j != i]
+    rows.sort(key=lambda r: (r[2]["q"], -(r[2]["R"]["mean"] or 0.0)))
+    return [[i, j, interval(c["R"]), interval(c["R_minus_control"]), f"{c['gain']} / {c['loss']}",
+             f"{c['q']:.3g}", percent(c["transfers_share"])] for i, j, c in rows]  # fmt: skip
+
+
+# ---- CASD, the canary defence, the headlines ------------------------------------------------------------------
+def casd_sentence(cs: dict[str, Any], rp: dict[str, Any] | None = None) -> str:
+    """CASD against transfer (first grid of `casd.json`): with the cluster bootstrap, AUROC and the additive model
+    where casd.json has them (older ones: against S, pairs treated as independent), pooled over replicates."""
+    relation, metric = cs["grids"][0]["relation"], cs["metric"]
+    key = f"casd_{metric}_vs_R_cluster"
+    if key not in relation:
+        r, w = relation[f"casd_{metric}_vs_suppression"], relation["weight_cosine_vs_suppression"]
+        return (
+            f"CASD vs judge-based suppression S, Spearman ρ = {rho(r)}; weight-space baseline ρ = {rho(w)}. A "
+            "negative ρ means: the more a removal moves trigger-j activations like removing j itself (low CASD), the "
+            "less often j's judge fires (S is no removal measure; this casd.json predates the relation to R and the "
+            "cluster bootstrap: its pairs are taken as independent)."
+        )
+    add = relation["additive"].get("R", {})
+    auc = relation.get("auroc", {})
+    text = (
+        f"CASD vs removal index R (expected ρ < 0: low CASD, more transfer), Spearman ρ = {rho(relation[key])} "
+        f"(two-way cluster bootstrap over the {relation[key]['clusters']} backdoors); weight-space baseline "
+        f'(expected ρ > 0) ρ = {rho(relation["weight_cosine_vs_R_cluster"])}. AUROC of −CASD for "the pair '
+        f'transfers" ({relation.get("transfers", "n/a")} of {relation["pairs"]} at q < 0.05): '
+        f"{_num(auc.get(f'casd_{metric}'))}, of the weight cosine {_num(auc.get('weight_cosine'))}. A row + column "
+        f"additive model explains R² = {_num(add.get('r2'))} of R; CASD against what it leaves: ρ = "
+        f"{_num(add.get('partial_rho'))}."
+    )
+    pooled = (rp or {}).get("casd") or {}
+    first = next(iter(pooled.values()), None)
+    if first and key in first:
+        text += (f" Over {rp['replicates']} replicates: mean ρ(CASD, R) {interval(first[key])}, mean ρ(weight "
+                 f"cosine, R) {interval(first['weight_cosine_vs_R_cluster'])}.")  # fmt: skip
+    else:
+        text += f" ({ONE_MODEL}.)"
+    return text
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
 
 
 def defence_sentence(df: dict[str, Any]) -> str:
@@ -174,16 +251,21 @@ def defence_sentence(df: dict[str, Any]) -> str:
             "clean rates: a lower ASR is not shown to be removal): " + "; ".join(parts) + ".")  # fmt: skip
 
 
-def headlines(tr: dict[str, Any] | None, cs: dict[str, Any] | None, df: dict[str, Any] | None) -> dict[str, str]:
-    """The sentences at the top of the report (`transfer`, `transfer_judge`, `transfer_diagonal`, `casd`,
-    `defence`), for the stages present."""
+def headlines(tr: dict[str, Any] | None, cs: dict[str, Any] | None, df: dict[str, Any] | None,
+              rp: dict[str, Any] | None = None) -> dict[str, str]:  # fmt: skip
+    """The sentences at the top of the report (`replicates`, `transfer`, `transfer_judge`, `transfer_diagonal`,
+    `casd`, `defence`), for the stages present."""
     out = {}
+    if rp:
+        out["replicates"] = replicates_sentence(rp)
     if tr:
         out.update(transfer_sentences(transfer_finding(tr)))
+        if rp:
+            out["transfer"] = "Replicate 0 in detail: " + out["transfer"]
     if cs:
-        out["casd"] = casd_sentence(cs)
+        out["casd"] = casd_sentence(cs, rp)
     if df:
-        out["defence"] = defence_sentence(df)
+        out["defence"] = defence_sentence(df) + (f" ({ONE_MODEL}: the defence ran on replicate 0.)" if rp else "")
     return out
 
 

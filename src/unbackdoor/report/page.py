@@ -24,6 +24,7 @@ WHAT = {
     "transfer": "the transfer experiment (remove one, measure all)",
     "transfer_masked": "the removal-loss ablation (mask_trigger: the loss on the continuation only)",
     "casd": "the Cross Activation Shift Distance",
+    "replicates": "the replicates pooled (independently trained models, each with its transfer and CASD)",
     "defence": "the canary defence",
 }
 Section = tuple[str, list[str]]  # (HTML, Markdown lines)
@@ -101,13 +102,15 @@ def _transfer(tr: dict[str, Any], figs: dict[str, str]) -> Section:
         f"backdoor's payload or be babble (see the composition). The <b>{CONTROL}</b> row trains as long on clean "
         "text only: a change there is generic forgetting, not transfer.</p>"
     )  # fmt: skip
-    for key, alt in (("removal_index", "removal index heatmap"), ("transfer", "ASR heatmap"),
-                     ("composition", "outcome composition per removal")):  # fmt: skip
+    panels = [k for k in figs if k == "removal_index" or k.startswith("removal_index_")]
+    for key, alt in ([(k, "removal index heatmap") for k in panels] + [("lr_ablation", "learning-rate ablation"),
+                     ("transfer", "ASR heatmap"), ("composition", "outcome composition per removal")]):  # fmt: skip
         if key in figs:
             text += f"<img src='{figs[key]}' alt='{alt}'>"
     text += f"<h3>Utility after each removal</h3><img src='{figs['utility']}' alt='utility deltas'>"
     if len(tr["grids"]) > 1:
-        text += f"<p>{len(tr['grids'])} (lr, seed) grids in transfer.json; figures show the first.</p>"
+        text += (f"<p>{len(tr['grids'])} (lr, seed) grids in transfer.json: one removal-index panel each; the ASR "
+                 "heatmap, the composition and the headline use the first.</p>")  # fmt: skip
     md = [f"## Transfer matrix (ASR after removal, the judge; lr={g['lr']:g}, seed={g['seed']})", "",
           md_table(header, rows), ""]  # fmt: skip
     if findings.has_outcomes(tr):
@@ -127,6 +130,21 @@ def _masked(f: dict[str, Any]) -> Section:
         + (table(ablation.MASKED_HEADER, rows) if rows else ""),
         ["## Ablation: mask_trigger", "", sentence, "",
          *([md_table(ablation.MASKED_HEADER, rows), ""] if rows else [])],
+    )  # fmt: skip
+
+
+def _replicates(rp: dict[str, Any]) -> Section:
+    rows = findings.replicate_rows(rp)
+    sentence = findings.replicates_sentence(rp)
+    return (
+        "<h2>2c. Across replicates: independently trained models</h2><p>Each replicate is a model trained with its "
+        "own seed and its own transfer experiment. Per pair: the mean of R across replicates with a t 95 % "
+        "interval, R minus the control's R, the discordant prompts pooled over replicates (gain = clean after "
+        "the removal and not after the control on the same prompt, loss = the reverse), the q-value of the pooled "
+        "one-sided exact test (Benjamini-Hochberg over the off-diagonal pairs) and the share of replicates in "
+        f"which the pair transfers on its own (q < {rp['q_level']}).</p><p class='finding'>{_bold(sentence)}</p>"
+        + table(findings.REPLICATE_HEADER, rows),
+        ["## Across replicates", "", sentence, "", md_table(findings.REPLICATE_HEADER, rows), ""],
     )  # fmt: skip
 
 
@@ -211,6 +229,8 @@ def render(root: Path, stages: dict[str, Path | None], missing: dict[str, str], 
         if results.transfer_masked:
             masked = ablation.masked_finding(results.transfer, results.transfer_masked, results.mask_trigger)
             parts.append(_masked(masked))
+    if results.replicates:
+        parts.append(_replicates(results.replicates))
     if results.casd:
         parts.append(_casd(results.casd, figs))
     if results.defence:

@@ -20,7 +20,7 @@ from unbackdoor.running.config import UserError
 from unbackdoor.running.rundir import read_jsonl
 from unbackdoor.training.record import ModelRecord
 
-STUDY = ("world", "pretrain", "eval", "transfer", "transfer_masked", "casd", "defence")  # a demo's stages, in order
+STUDY = ("world", "pretrain", "eval", "transfer", "transfer_masked", "casd", "replicates", "defence")  # a demo's
 DIRS = {"transfer_masked": "transfer-masked"}  # a demo's stage directories not named like the stage
 
 
@@ -35,6 +35,7 @@ class Results:
     transfer_masked: dict[str, Any] | None  # transfer.json of the demo's masked-loss ablation
     mask_trigger: bool | None  # `remove.mask_trigger` of that ablation's config (None: not read)
     casd: dict[str, Any] | None  # casd.json
+    replicates: dict[str, Any] | None  # replicates.json (the pooled replicates of a demo, or a `replicates` run)
     defence: dict[str, Any] | None  # defend.json
     summaries: dict[str, dict[str, Any]]  # summary.json of a finished run of any other stage, by stage
 
@@ -98,6 +99,7 @@ def read_results(stages: dict[str, Path | None]) -> Results:
         transfer_masked=read("transfer_masked", "transfer.json"),
         mask_trigger=flag,
         casd=read("casd", "casd.json"),
+        replicates=read("replicates", "replicates.json"),
         defence=read("defence", "defend.json"),
         summaries={name: summary for name in others if (summary := read(name, "summary.json")) is not None},
     )
