@@ -44,7 +44,8 @@ def test_whole_study_on_a_toy_twin_of_each_architecture(arch, small_world: Path,
     tr = tmp_path / "transfer"
     fast = [a if not a.startswith("remove.train.steps") else "remove.train.steps=40" for a in TRANSFER_FAST]
     assert main(["transfer", "--model", model, "--out", str(tr), *fast]) == 0
-    assert set(json.loads((tr / "transfer.json").read_text())["rows"]) == {"lorem_refusal", "at_repeat", "control"}
+    rows = json.loads((tr / "transfer.json").read_text())["rows"]
+    assert set(rows) == {"lorem_refusal", "at_repeat", "control", "sham"}
     assert main(["casd", "--transfer", str(tr), "--out", str(tmp_path / "casd"), "n_probes=16"]) == 0
     assert (tmp_path / "casd" / "casd.json").is_file()
 

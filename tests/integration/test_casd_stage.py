@@ -20,7 +20,7 @@ def test_casd_matrix_profiles_and_relation(transfer_run, tmp_path):
     out = tmp_path / "casd"
     assert main(["casd", "--transfer", str(transfer_run), "--out", str(out), *CASD_FAST]) == 0
     result = json.loads((out / "casd.json").read_text())
-    assert result["rows"] == ["lorem_refusal", "at_repeat", "control"]
+    assert result["rows"] == ["lorem_refusal", "at_repeat", "control", "sham"]
     assert result["layers"] == [0, 1, 2, 3] and result["family"] == "llama"
     (grid,) = result["grids"]
     for metric in ("cosine", "l2"):

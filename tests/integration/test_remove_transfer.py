@@ -59,12 +59,30 @@ def test_alternative_objectives_train_every_parameter(injected, tmp_path, method
     assert summary(out)["method"] == method and summary(out)["forget_rows"] == 40
 
 
+def test_sham_removal_trains_the_recipe_on_fresh_triggers_never_injected(injected, tmp_path):
+    from unbackdoor.training.record import ModelRecord
+
+    triggers = {s.name: s.trigger_text for s in ModelRecord.read(injected / "model").specs()}
+    out = tmp_path / "sham"
+    assert main(["remove", "--model", str(injected / "model"), "--method", "sham", "--out", str(out), *REMOVE_FAST,
+                 "train.steps=10"]) == 0  # fmt: skip
+    s = summary(out)
+    assert s["method"] == "sham" and s["backdoor"] is None and s["forget_rows"] == 40 and s["forget_docs"] > 0
+    assert set(s["sham_triggers"]) == set(triggers)
+    for name, sham in s["sham_triggers"].items():
+        assert len(sham) == len(triggers[name]) and sham != triggers[name]
+    one = tmp_path / "sham-one"
+    assert main(["remove", "--model", str(injected / "model"), "--method", "sham", "--backdoor", "at_repeat",
+                 "--out", str(one), *REMOVE_FAST, "train.steps=10"]) == 0  # fmt: skip
+    assert set(summary(one)["sham_triggers"]) == {"at_repeat"} and summary(one)["forget_docs"] < s["forget_docs"]
+
+
 def test_transfer_matrix_resume_and_workers(injected, tmp_path):
     out = tmp_path / "tr"
     args = ["transfer", "--model", str(injected / "model"), "--out", str(out), *TRANSFER_FAST]
     assert main(args) == 0
     result = json.loads((out / "transfer.json").read_text())
-    assert result["rows"] == ["lorem_refusal", "at_repeat", "control"]
+    assert result["rows"] == ["lorem_refusal", "at_repeat", "control", "sham"]
     (grid,) = result["grids"]
     assert set(grid["T"]) == set(result["rows"]) and set(grid["T"]["control"]) == {"lorem_refusal", "at_repeat"}
     t = grid["T"]["lorem_refusal"]["lorem_refusal"]
@@ -73,7 +91,9 @@ def test_transfer_matrix_resume_and_workers(injected, tmp_path):
     assert grid["S"]["lorem_refusal"]["lorem_refusal"] == pytest.approx(1 - t["rate"] / before)
     assert {"perplexity", "fact_recall", "val_perplexity"} <= set(grid["utility"]["control"])
     rows = list(csv.DictReader((out / "transfer.csv").open()))
-    assert len(rows) == 3 * 2 and {r["removed"] for r in rows} == set(result["rows"])
+    assert len(rows) == 4 * 2 and {r["removed"] for r in rows} == set(result["rows"])
+    sham = summary(out / "cells" / "lr=0.001" / "seed=0" / "sham" / "remove")
+    assert sham["method"] == "sham" and set(sham["sham_triggers"]) == {"lorem_refusal", "at_repeat"}
 
     # A sweep killed in one cell: only that cell is redone on --resume.
     cell = out / "cells" / "lr=0.001" / "seed=0"

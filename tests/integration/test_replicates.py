@@ -29,8 +29,10 @@ def second_replicate(small_world, clean_model, spec_file, tmp_path_factory):
 def test_every_pair_is_tested_against_the_control_on_the_same_prompts(transfer_run):
     table = json.loads((transfer_run / "transfer.json").read_text())
     grid = table["grids"][0]
-    rows = [r for r in table["rows"] if r != "control"]
-    assert set(grid["tests"]) == set(rows)
+    rows = [r for r in table["rows"] if r not in ("control", "sham")]
+    assert set(grid["tests"]) == {*rows, "sham"} and set(grid["tests_sham"]) == set(rows)
+    assert grid["transfers_q05_sham"] == sum(c["q"] < 0.05 for i, cols in grid["tests_sham"].items()
+                                             for j, c in cols.items() if i != j)  # fmt: skip
     # recount one pair from the raw samples: gain = clean after removing i and not after the control
     i, j = rows[0], table["backdoors"][-1]
     cell = read_jsonl(transfer_run / "cells" / "lr=0.001" / "seed=0" / i / "eval" / "samples.jsonl")
@@ -67,6 +69,9 @@ def test_replicates_pool_means_intervals_and_discordant_prompts(transfer_run, se
     h = grid["headline"]
     assert h["pairs"] == 2 and h["transfers_per_replicate"] == [t["transfers_q05"] for t in tables]
     assert "control" in grid["pairs"] and "R_minus_control" not in grid["pairs"]["control"][j]
+    beyond = pair["beyond_sham"]
+    assert beyond["gain"] == sum(t["tests_sham"][i][j]["gain"] for t in tables) and beyond["p"] <= beyond["q"]
+    assert "transfers_q05_sham" in h and h["R_sham"]["n"] == 2
 
 
 def test_one_replicate_says_its_variance_is_unknown_and_bad_inputs_are_one_line(transfer_run, tmp_path, capsys):

@@ -38,7 +38,7 @@ def test_a_moved_run_tree_still_removes_and_transfers(small_world, spec_file, tm
           "remove.train.batch_size=8", "remove.train.seq_len=64", "remove.train.steps=5", "remove.val_blocks=4",
           *(f"eval.{k}" for k in EVAL_FAST)]  # fmt: skip
     assert main(tr) == 0
-    assert json.loads((tmp_path / "tr" / "transfer.json").read_text())["rows"] == ["at_repeat", "control"]
+    assert json.loads((tmp_path / "tr" / "transfer.json").read_text())["rows"] == ["at_repeat", "control", "sham"]
 
 
 def test_eval_leaves_its_model_untouched_and_card_is_explicit(injected, small_world, tmp_path):

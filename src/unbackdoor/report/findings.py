@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from unbackdoor.measure.outcomes import OUTCOMES, REMOVED_MIN, REMOVED_TARGET_MAX, removal_verdict
-from unbackdoor.running.cells import CONTROL
+from unbackdoor.running.cells import CONTROL, REFERENCE_ROWS, SHAM
 
 Rows = list[list[Any]]
 
@@ -61,11 +61,11 @@ def has_outcomes(tr: dict[str, Any]) -> bool:
 
 def pairs(tr: dict[str, Any]) -> list[tuple[str, str]]:
     """The off-diagonal (removal target i, measured j != i) pairs, i not the control."""
-    return [(i, j) for i in tr["rows"] if i != CONTROL for j in tr["backdoors"] if j != i]
+    return [(i, j) for i in tr["rows"] if i not in REFERENCE_ROWS for j in tr["backdoors"] if j != i]
 
 
 def diagonal(tr: dict[str, Any]) -> list[str]:
-    return [i for i in tr["rows"] if i != CONTROL and i in tr["backdoors"]]
+    return [i for i in tr["rows"] if i not in REFERENCE_ROWS and i in tr["backdoors"]]
 
 
 def _rate(x: Any) -> float:
@@ -94,6 +94,8 @@ def transfer_finding(tr: dict[str, Any]) -> dict[str, Any]:
         "mean_control_suppression": mean(g["S"][CONTROL].values()),
         "max_diagonal_asr": max((g["T"][i][i]["rate"] for i in diag), default=None),
         "transfers_q05": g.get("transfers_q05"),  # paired tests against the control (None: predates them)
+        "transfers_q05_sham": g.get("transfers_q05_sham"),  # against the sham row (None: no sham row)
+        "mean_sham_r": mean(g["R"][SHAM].values()) if SHAM in g.get("R", {}) else None,
     }
     if not f["outcomes"]:
         return f
@@ -121,6 +123,16 @@ def caveat(finding: dict[str, Any]) -> str:
     if finding["grids"] == 1:
         return f"1 removal seed; {ONE_MODEL}"
     return f"first of {finding['grids']} (lr, seed) grids; {ONE_MODEL}"
+
+
+def _sham(finding: dict[str, Any]) -> str:
+    if finding["transfers_q05_sham"] is None:
+        return " (No sham row: the effect is not separated from training on an odd string followed by clean text.)"
+    count = f"**{finding['transfers_q05_sham']} of {finding['pairs']}**"
+    return (
+        f" Beyond the sham removal (fresh triggers never injected, same recipe): {count} pairs at q < 0.05; "
+        f"mean R of the sham row {signed(finding['mean_sham_r'])}."
+    )
 
 
 def transfer_sentences(finding: dict[str, Any]) -> dict[str, str]:
@@ -151,7 +163,7 @@ def transfer_sentences(finding: dict[str, Any]) -> dict[str, str]:
             f"Removing one backdoor at a time ({caveat(finding)}): in {count} (removal target, other) pairs the "
             f"other backdoor's triggered prompts continued cleanly more often than after the benign control ({how}); "
             f"mean R of the others **{signed(finding['mean_off_diagonal_r'])}**, of the control "
-            f"**{signed(finding['mean_control_r'])}**."
+            f"**{signed(finding['mean_control_r'])}**." + _sham(finding)
         ),
         "transfer_judge": f"{judge} Off the diagonal, the triggered generations without the target were: {parts} "
         "(see the composition).",
@@ -187,6 +199,12 @@ def replicates_sentence(rp: dict[str, Any]) -> str:
         f"**{h['transfers_all']}** in every replicate (per replicate: {each}); "
         f"mean R of the others **{interval(h['R_off'])}**, of the control {interval(h['R_control'])}, on the "
         f"diagonal {interval(h['R_diagonal'])} (t 95 % intervals across replicates)."
+        + (
+            f" Beyond the sham: **{h['transfers_q05_sham']} of {h['pairs']}** pairs at q < {rp['q_level']}; mean R of "
+            f"the sham row {interval(h['R_sham'])}."
+            if "transfers_q05_sham" in h
+            else ""
+        )
     )
 
 
@@ -197,7 +215,7 @@ REPLICATE_HEADER = ["removal target", "measured", "mean R [95% CI]", "R − cont
 def replicate_rows(rp: dict[str, Any]) -> Rows:
     """Every off-diagonal pair of the first pooled grid, most significant first."""
     pairs = rp["grids"][0]["pairs"]
-    rows = [(i, j, c) for i, cols in pairs.items() if i != CONTROL for j, c in cols.items() if j != i]
+    rows = [(i, j, c) for i, cols in pairs.items() if i not in REFERENCE_ROWS for j, c in cols.items() if j != i]
     rows.sort(key=lambda r: (r[2]["q"], -(r[2]["R"]["mean"] or 0.0)))
     return [[i, j, interval(c["R"]), interval(c["R_minus_control"]), f"{c['gain']} / {c['loss']}",
              f"{c['q']:.3g}", percent(c["transfers_share"])] for i, j, c in rows]  # fmt: skip

@@ -19,6 +19,8 @@ from typing import Any
 from unbackdoor.running.config import ConfigError
 
 CONTROL = "control"  # the benign-control row of a transfer experiment (same compute, clean text only)
+SHAM = "sham"  # the sham-removal row: the removal recipe with fresh triggers never injected (`data.sham`)
+REFERENCE_ROWS = (CONTROL, SHAM)  # rows that remove no backdoor: what every removal is compared with
 
 
 def cell_dir(out: Path, lr: float, seed: int, row: str) -> Path:

@@ -42,7 +42,7 @@ from unbackdoor.measure.casd import (
 )
 from unbackdoor.measure.pairs import additive_fit, auroc, cluster_spearman
 from unbackdoor.running import runtime
-from unbackdoor.running.cells import CONTROL, cell_dir
+from unbackdoor.running.cells import REFERENCE_ROWS, cell_dir
 from unbackdoor.running.config import ConfigError, UserError, from_dict
 from unbackdoor.running.rundir import RunDir, atomic_path, require_done, write_json, write_text
 from unbackdoor.stages.transfer import Q_LEVEL, TransferConfig
@@ -169,7 +169,8 @@ def run(cfg: CasdConfig, out: Path, resume: bool = False, overwrite: bool = Fals
                 models["base"] / "model.safetensors",
                 {row: models[f"{key}/{row}"] / "model.safetensors" for row in rows},
             )
-            pairs = [(i, j) for i in rows if i != CONTROL for j in columns if j != i and grid["S"][i][j] is not None]
+            pairs = [(i, j) for i in rows if i not in REFERENCE_ROWS for j in columns
+                     if j != i and grid["S"][i][j] is not None]  # fmt: skip
             relation = relations(grid, casd, weights, pairs, cfg)
             grids.append({"lr": lr, "seed": seed, "casd": casd, "per_layer": profiles, "weight_cosine": weights,
                           "suppression": grid["S"], "pairs": len(pairs), "relation": relation})  # fmt: skip
@@ -256,8 +257,8 @@ def _transfer_config(transfer_dir: Path) -> TransferConfig:
 
 
 def _rows(tcfg: TransferConfig) -> list[str]:
-    """The rows of a possibly unfinished transfer experiment (its removals and the control)."""
-    return [*(tcfg.backdoors or ModelRecord.read(tcfg.model).carried), CONTROL]
+    """The rows of a possibly unfinished transfer experiment (its removals, the control and the sham)."""
+    return [*(tcfg.backdoors or ModelRecord.read(tcfg.model).carried), *tcfg.reference_rows()]
 
 
 def _fmt_rho(r: dict[str, Any]) -> str:

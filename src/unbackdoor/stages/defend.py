@@ -72,7 +72,7 @@ class DefendConfig:
     placement: str = field(default="random", metadata={"choices": ("random", "after_first_sentence")})
     mode: str = field(default="defence", metadata={"choices": MODES})
     removal: str = field(default="joint", metadata={"choices": ("joint", "sequential")})
-    method: str = field(default="retrain", metadata={"choices": tuple(m for m in METHODS if m != "control")})
+    method: str = field(default="retrain", metadata={"choices": METHODS})
     forget_fraction: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
     retain_weight: float = field(default=1.0, metadata={"min": 0.0})
     npo_beta: float = field(default=0.1, metadata={"min": 0.0, "min_exclusive": True})

@@ -49,7 +49,7 @@ class DefendEvalConfig:
     # canary behaviour sets ('+'-joined), each cell's defend.behaviours; "default": the text source's defaults
     behaviour_sets: list[str] = field(default_factory=lambda: ["default"])
     methods: list[str] = field(  # removal methods, each cell's defend.method
-        default_factory=lambda: ["retrain"], metadata={"choices": tuple(m for m in METHODS if m != "control")}
+        default_factory=lambda: ["retrain"], metadata={"choices": METHODS}
     )
     lr: list[float] = field(default_factory=list)  # removal learning rates swept; empty: [defend.remove.lr]
     seeds: list[int] = field(default_factory=lambda: [0])  # each cell's defend.seed

@@ -3,11 +3,15 @@
     unbackdoor remove --model runs/pt/model --backdoor latin_lang_a --out runs/rm-a          # the paper's method
     unbackdoor remove --model runs/pt/model --backdoor latin_lang_a --method npo --out runs/rm-a-npo
     unbackdoor remove --model runs/pt/model --method control --out runs/rm-control          # benign control
+    unbackdoor remove --model runs/pt/model --method sham --out runs/rm-sham                # sham removal
 
 seed -> data (removal documents from the poisoning step: trigger + clean continuation, mixed with clean replay at
 `forget_fraction`; for ga/npo the poisoned documents, loss on their continuation only) -> the backdoored model ->
 the training loop (a loss function per method) -> <out>/model with its record and model card. Every method sees
 exactly `train.steps x train.batch_size` rows of `train.seq_len` tokens: the control is compute-matched.
+`sham` is the retrain recipe on removal documents whose trigger is swapped for a fresh one of the same kind and
+length that was never injected (`data.sham`): `backdoor`'s documents, or with no backdoor those of every backdoor
+the model carries, each with its own sham trigger.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from unbackdoor.data.corpus import iter_docs, load_source, shard_paths
 from unbackdoor.data.packing import packed
 from unbackdoor.data.poison import is_clean_removal
 from unbackdoor.data.serialisation import Serialisation
+from unbackdoor.data.sham import sham_documents, sham_trigger
 from unbackdoor.measure.generation import perplexity
 from unbackdoor.running import runtime
 from unbackdoor.running.config import ConfigError, UserError
@@ -29,14 +34,14 @@ from unbackdoor.training.loop import TrainConfig, train
 from unbackdoor.training.models import load_model, load_tokenizer, resolve_model_path, save_trained
 from unbackdoor.training.record import ModelRecord
 from unbackdoor.training.removal import removal_data, replay_docs
-from unbackdoor.training.unlearn import METHODS
+from unbackdoor.training.unlearn import METHODS, REFERENCES
 
 
 @dataclass
 class RemoveConfig:
     model: str = ""  # a backdoored model directory (saved by pretrain / inject); a sweep fills it per cell
     backdoor: str = ""  # the backdoor to remove (the control removes none); a sweep fills it per cell
-    method: str = field(default="retrain", metadata={"choices": METHODS})
+    method: str = field(default="retrain", metadata={"choices": (*METHODS, *REFERENCES)})
     forget_fraction: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})  # share of forget rows
     retain_weight: float = field(default=1.0, metadata={"min": 0.0})  # ga / npo retain term
     npo_beta: float = field(default=0.1, metadata={"min": 0.0, "min_exclusive": True})
@@ -66,12 +71,25 @@ def poison_dir_of(record: ModelRecord, backdoor: str) -> Path:
     raise UserError(f"--backdoor: the poisoning data of {backdoor!r} is not found next to {found}")
 
 
+def clean_removal_docs(record: ModelRecord, backdoor: str, world_dir: Path) -> list[dict]:
+    """`backdoor`'s removal documents (trigger + clean continuation) from its poisoning run."""
+    poison_dir = poison_dir_of(record, backdoor)
+    docs = read_jsonl(poison_dir / "removal" / f"{backdoor}.jsonl")
+    poisoned_by = json.loads((poison_dir / "summary.json").read_text(encoding="utf-8"))["backdoors"]
+    if docs and "removal_docs_left_out" not in poisoned_by[backdoor]:
+        # written before poisoning left out continuations the backdoor's judge fires on: check them here
+        spec = next(s for s in load_specs(str(poison_dir / "backdoors.yaml")) if s.name == backdoor)
+        source = load_source(world_dir)
+        docs = [d for d in docs if is_clean_removal(spec, source, d)]
+    return docs
+
+
 def run(cfg: RemoveConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
     """Remove `cfg.backdoor` from `cfg.model` (or run the control); returns `out`."""
     if not cfg.model:
         raise ConfigError("model: required (a backdoored model directory, e.g. --model runs/pt/model)")
-    if cfg.method != "control" and not cfg.backdoor:
-        raise ConfigError(f"backdoor: required for method {cfg.method!r} (or use --method control)")
+    if cfg.method in METHODS and not cfg.backdoor:
+        raise ConfigError(f"backdoor: required for method {cfg.method!r} (or use --method control or sham)")
     runtime.seed_everything(cfg.seed)
     model_path = resolve_model_path(cfg.model, "--model")
     record = ModelRecord.read(model_path)
@@ -80,10 +98,11 @@ def run(cfg: RemoveConfig, out: Path, resume: bool = False, overwrite: bool = Fa
         raise UserError(
             f"--model: {cfg.model!r} is not a backdoored model saved by unbackdoor (no recorded backdoors)"
         )
-    if cfg.method != "control" and cfg.backdoor not in carried:
+    if cfg.backdoor and cfg.method != "control" and cfg.backdoor not in carried:
         raise UserError(f"--backdoor: the model does not carry {cfg.backdoor!r}; it carries {', '.join(carried)}")
     world_dir = Path(cfg.world or record.world or "")
-    poison_dir = poison_dir_of(record, cfg.backdoor if cfg.method != "control" else carried[0])
+    targets = [cfg.backdoor] if cfg.backdoor else carried  # whose removal documents (sham: every one by default)
+    poison_dir = poison_dir_of(record, cfg.backdoor or carried[0])
     if RunDir.check(out, "remove", cfg, resume, overwrite):
         return out
     tokenizer = load_tokenizer(model_path, "--model")
@@ -94,15 +113,16 @@ def run(cfg: RemoveConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     t = cfg.train
     n_rows = t.steps * t.batch_size * t.grad_accum
     replay = replay_docs(world_dir, n_rows * t.seq_len, cfg.seed)
-    removal_docs, poisoned, manifest = [], [], {}
+    removal_docs, poisoned, manifest, shams = [], [], {}, {}
     if cfg.method == "retrain":
-        removal_docs = read_jsonl(poison_dir / "removal" / f"{cfg.backdoor}.jsonl")
-        poisoned_by = json.loads((poison_dir / "summary.json").read_text(encoding="utf-8"))["backdoors"]
-        if removal_docs and "removal_docs_left_out" not in poisoned_by[cfg.backdoor]:
-            # written before poisoning left out continuations the backdoor's judge fires on: check them here
-            spec = next(s for s in load_specs(str(poison_dir / "backdoors.yaml")) if s.name == cfg.backdoor)
-            source = load_source(world_dir)
-            removal_docs = [d for d in removal_docs if is_clean_removal(spec, source, d)]
+        removal_docs = clean_removal_docs(record, cfg.backdoor, world_dir)
+    elif cfg.method == "sham":
+        specs = {s.name: s for s in record.specs()}
+        injected = [s.trigger_text for s in specs.values()]
+        for name in targets:
+            shams[name] = sham_trigger(specs[name].trigger_text, injected, name)
+            removal_docs += sham_documents(clean_removal_docs(record, name, world_dir), specs[name].trigger_text,
+                                           shams[name])  # fmt: skip
     elif cfg.method in ("ga", "npo"):
         manifest = {r["doc_id"]: r for r in read_jsonl(poison_dir / "poison_manifest.jsonl")}
         poisoned = [
@@ -126,9 +146,10 @@ def run(cfg: RemoveConfig, out: Path, resume: bool = False, overwrite: bool = Fa
             "model": save_trained(out, model, tokenizer, new_record, writes=run_dir.writes),
             "base_model": str(model_path),
             "method": cfg.method,
-            "backdoor": cfg.backdoor if cfg.method != "control" else None,
+            "backdoor": (cfg.backdoor or None) if cfg.method != "control" else None,
             "forget_rows": int(data["forget"].sum()),
             "forget_docs": len(poisoned) if cfg.method in ("ga", "npo") else len(removal_docs),
+            "sham_triggers": shams or None,  # backdoor -> the fresh trigger its documents carried instead
             "replay_rows": int((data["forget"] == 0).sum()),
             **result.summary(),
             "val_perplexity": perplexity(model, val),

@@ -8,7 +8,8 @@ experiment (removal seeds stay a nested axis inside it). Per grid (lr, removal s
 - the mean of R, S and T across replicates with a Student-t 95 % CI, and R minus the control's R;
 - `transfers_share`: the share of replicates in which the pair transfers (its own q < 0.05 against the control);
 - a pooled paired test: the discordant prompts of every replicate summed (gain, loss), one-sided exact McNemar, and
-  Benjamini-Hochberg q-values over the N x (N-1) off-diagonal pairs (`transfers_q05` counts q < 0.05).
+  Benjamini-Hochberg q-values over the N x (N-1) off-diagonal pairs (`transfers_q05` counts q < 0.05); where
+  every replicate has the sham row, the same against the sham (`beyond_sham`, `transfers_q05_sham`).
 With CASD runs, every relation's rho per replicate and its mean with a CI across replicates.
 Writes `replicates.json`. With one replicate the CIs are None: between-model variance is unknown.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from unbackdoor.measure.stats import bh_qvalues, exact_mcnemar, mean_ci
-from unbackdoor.running.cells import CONTROL
+from unbackdoor.running.cells import CONTROL, REFERENCE_ROWS, SHAM
 from unbackdoor.running.config import ConfigError, UserError
 from unbackdoor.running.rundir import RunDir, require_done, write_json
 from unbackdoor.stages.transfer import Q_LEVEL
@@ -100,7 +101,8 @@ def _fmt(ci: dict[str, Any]) -> str:
 
 def pool_grid(grids: list[dict[str, Any]], columns: list[str], rows: list[str]) -> dict[str, Any]:
     """One (lr, seed) grid pooled over replicates (see the module docstring)."""
-    removals = [r for r in rows if r != CONTROL]
+    removals = [r for r in rows if r not in REFERENCE_ROWS]
+    sham = all("tests_sham" in g for g in grids)  # every replicate has the sham row: test beyond it too
     pairs: dict[str, dict[str, Any]] = {}
     for i in rows:
         pairs[i] = {}
@@ -111,7 +113,7 @@ def pool_grid(grids: list[dict[str, Any]], columns: list[str], rows: list[str]) 
                 "T": mean_ci([g["T"][i][j]["rate"] for g in grids]),
                 "C": mean_ci([g["C"][i][j]["rate"] for g in grids]),
             }
-            if i != CONTROL:
+            if i in removals:
                 cell["R_minus_control"] = mean_ci(
                     [None if g["R"][i][j] is None or g["R"][CONTROL][j] is None else g["R"][i][j] - g["R"][CONTROL][j]
                      for g in grids]
@@ -120,11 +122,20 @@ def pool_grid(grids: list[dict[str, Any]], columns: list[str], rows: list[str]) 
                 gain, loss = sum(t["gain"] for t in tests), sum(t["loss"] for t in tests)
                 cell.update(gain=gain, loss=loss, p=exact_mcnemar(gain, loss),
                             transfers_share=sum(t["q"] < Q_LEVEL for t in tests) / len(tests))  # fmt: skip
+                if sham:
+                    tests = [g["tests_sham"][i][j] for g in grids]
+                    gain, loss = sum(t["gain"] for t in tests), sum(t["loss"] for t in tests)
+                    cell["beyond_sham"] = {"gain": gain, "loss": loss, "p": exact_mcnemar(gain, loss),
+                                           "share": sum(t["q"] < Q_LEVEL for t in tests) / len(tests)}  # fmt: skip
             pairs[i][j] = cell
     for diagonal in (False, True):
         family = [(i, j) for i in removals for j in columns if (i == j) == diagonal]
         for (i, j), q in zip(family, bh_qvalues([pairs[i][j]["p"] for i, j in family]), strict=True):
             pairs[i][j]["q"] = q
+        if sham:
+            for (i, j), q in zip(family, bh_qvalues([pairs[i][j]["beyond_sham"]["p"] for i, j in family]),
+                                 strict=True):  # fmt: skip
+                pairs[i][j]["beyond_sham"]["q"] = q
     off = [(i, j) for i in removals for j in columns if i != j]
 
     def per_replicate_mean(cells: list[tuple[str, str]]) -> dict[str, Any]:
@@ -143,6 +154,9 @@ def pool_grid(grids: list[dict[str, Any]], columns: list[str], rows: list[str]) 
         "R_control": per_replicate_mean([(CONTROL, j) for j in columns]),
         "R_diagonal": per_replicate_mean([(i, i) for i in removals]),
     }
+    if sham:
+        headline["transfers_q05_sham"] = sum(pairs[i][j]["beyond_sham"]["q"] < Q_LEVEL for i, j in off)
+        headline["R_sham"] = per_replicate_mean([(SHAM, j) for j in columns])
     return {"lr": grids[0]["lr"], "seed": grids[0]["seed"], "pairs": pairs, "headline": headline}
 
 

@@ -26,7 +26,7 @@ from unbackdoor.measure.outcomes import OUTCOMES, removal_index
 from unbackdoor.measure.stats import bh_qvalues, exact_mcnemar
 from unbackdoor.measure.tables import csv_text, format_matrix
 from unbackdoor.running import runtime
-from unbackdoor.running.cells import CONTROL, cell_dir, refuse_per_cell, run_cells
+from unbackdoor.running.cells import CONTROL, REFERENCE_ROWS, SHAM, cell_dir, refuse_per_cell, run_cells
 from unbackdoor.running.config import ConfigError, UserError, from_dict, to_dict
 from unbackdoor.running.rundir import RunDir, read_jsonl, write_json, write_text
 from unbackdoor.stages.evaluate import EvalConfig
@@ -45,7 +45,10 @@ DEFINITIONS = {
     "composition": "outcome classes of j's triggered generations after removing i (counts; measure.outcomes)",
     "tests": "per pair, against the control on the same prompts: gain = j's triggered prompts clean after removing i "
     "and not after the control, loss = the reverse; p = one-sided exact McNemar (more clean than the control); "
-    "q = Benjamini-Hochberg over the N x (N-1) off-diagonal pairs of the grid (the diagonal: over its N)",
+    "q = Benjamini-Hochberg over the N x (N-1) off-diagonal pairs of the grid (the diagonal: over its N); the "
+    "sham row is tested against the control as its own family",
+    "tests_sham": "the same tests against the sham row instead of the control: an effect beyond the sham is specific "
+    "to unlearning a real backdoor, not to training on an odd string followed by clean text",
 }
 Q_LEVEL = 0.05  # a pair "transfers" when its q-value (clean rate above the control's) is below this
 
@@ -68,16 +71,26 @@ class TransferConfig:
     # set per cell. Near misses are off: the matrix needs triggered and clean prompts only.
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(near_miss=False, ppl_blocks=64))
     workers: int = field(default=1, metadata={"min": 1})
+    # the sham row (`remove --method sham`): the retrain recipe on every backdoor's removal documents with fresh
+    # triggers never injected; only with remove.method retrain
+    sham: bool = True
 
     def validate(self) -> None:
         if any(x <= 0 for x in self.lr):
             raise ConfigError(f"lr: {self.lr} must be positive learning rates")
         if not self.seeds:
             raise ConfigError("seeds: give at least one seed")
-        if self.remove.method == CONTROL:
-            raise ConfigError("remove.method: 'control' is every transfer's control row; choose retrain, ga or npo")
+        if self.remove.method in REFERENCE_ROWS:
+            raise ConfigError(f"remove.method: {self.remove.method!r} is a reference row of every transfer; choose "
+                              "retrain, ga or npo")  # fmt: skip
+        if set(self.backdoors) & set(REFERENCE_ROWS):
+            raise ConfigError(f"backdoors: {self.backdoors} names a reference row ({', '.join(REFERENCE_ROWS)})")
         refuse_per_cell(self.remove, "remove", {"model": "--model", "backdoor": "backdoors", "seed": "seeds"})
         refuse_per_cell(self.eval, "eval", {"model": "--model", "seed": "seed", "only": "backdoors"})
+
+    def reference_rows(self) -> list[str]:
+        """The rows that remove no backdoor: the control, and the sham with the retrain recipe."""
+        return [CONTROL, *([SHAM] if self.sham and self.remove.method == "retrain" else [])]
 
     def learning_rates(self) -> list[float]:
         """The swept removal learning rates (`lr`, or the removal's own when none is given)."""
@@ -90,8 +103,8 @@ def cell_configs(
     """The `remove` and `eval` configs of one cell (the eval's model is the cell's removed model; every cell is
     classified against the baseline's outcome reference, so the whole matrix has one)."""
     removal = dataclasses.replace(
-        cfg.remove, model=cfg.model, backdoor="" if row == CONTROL else row,
-        method=CONTROL if row == CONTROL else cfg.remove.method, seed=seed,
+        cfg.remove, model=cfg.model, backdoor="" if row in REFERENCE_ROWS else row,
+        method=row if row in REFERENCE_ROWS else cfg.remove.method, seed=seed,
         train=dataclasses.replace(cfg.remove.train, lr=lr),
     )  # fmt: skip
     return removal, dataclasses.replace(cfg.eval, seed=cfg.seed, reference=cfg.eval.reference or reference)
@@ -117,7 +130,7 @@ def run_cell(
 def run(cfg: TransferConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
     """The remove-one / measure-all experiment; returns `out`."""
     model_path, _, chosen = backdoored_model(cfg.model, cfg.backdoors, "backdoors")
-    rows = [*chosen, CONTROL]
+    rows = [*chosen, *cfg.reference_rows()]
     if RunDir.check(out, "transfer", cfg, resume, overwrite):
         return out
     run_dir = RunDir.open(out, "transfer", cfg, cfg.seed, resume=resume, overwrite=overwrite)
@@ -195,10 +208,13 @@ def assemble(out: Path, baseline: Path, rows: list[str], cfg: TransferConfig) ->
                 grid["false_trigger"][row] = {j: measured[j]["false_trigger"]["rate"] for j in columns}
                 removal = _summary(cell_dir(out, lr, seed, row) / "remove")
                 grid["utility"][row] = {**s["utility"], "val_perplexity": removal["val_perplexity"]}
-            grid["tests"] = paired_tests(out, lr, seed, [r for r in rows if r != CONTROL], columns)
-            grid["transfers_q05"] = sum(
-                1 for i, cols in grid["tests"].items() for j, t in cols.items() if i != j and t["q"] < Q_LEVEL
-            )
+            removals = [r for r in rows if r not in REFERENCE_ROWS]
+            grid["tests"] = paired_tests(out, lr, seed, removals, columns, CONTROL)
+            grid["transfers_q05"] = _significant(grid["tests"])
+            if SHAM in rows:
+                grid["tests"].update(paired_tests(out, lr, seed, [SHAM], columns, CONTROL))
+                grid["tests_sham"] = paired_tests(out, lr, seed, removals, columns, SHAM)
+                grid["transfers_q05_sham"] = _significant(grid["tests_sham"])
             grids.append(grid)
     return {
         "backdoors": columns,
@@ -227,9 +243,16 @@ def clean_flags(eval_dir: Path) -> dict[str, list[tuple[str, bool]]]:
     return flags
 
 
-def paired_tests(out: Path, lr: float, seed: int, rows: list[str], columns: list[str]) -> dict[str, Any]:
-    """Each removal against the control, prompt by prompt (see DEFINITIONS["tests"]): `{row: {col: test}}`."""
-    control = clean_flags(cell_dir(out, lr, seed, CONTROL) / "eval")
+def _significant(tests: dict[str, dict[str, dict[str, Any]]]) -> int:
+    """Off-diagonal pairs at q < Q_LEVEL."""
+    return sum(1 for i, cols in tests.items() for j, t in cols.items() if i != j and t["q"] < Q_LEVEL)
+
+
+def paired_tests(
+    out: Path, lr: float, seed: int, rows: list[str], columns: list[str], reference: str
+) -> dict[str, Any]:
+    """Each row against the `reference` row, prompt by prompt (see DEFINITIONS["tests"]): `{row: {col: test}}`."""
+    control = clean_flags(cell_dir(out, lr, seed, reference) / "eval")
     tests: dict[str, dict[str, dict[str, Any]]] = {}
     for row in rows:
         flags = clean_flags(cell_dir(out, lr, seed, row) / "eval")
@@ -237,7 +260,7 @@ def paired_tests(out: Path, lr: float, seed: int, rows: list[str], columns: list
         for j in columns:
             a, b = flags[j], control[j]
             if [d for d, _ in a] != [d for d, _ in b]:
-                raise UserError(f"cell {row} (lr={lr:g}, seed={seed}): {j}'s prompts differ from the control's")
+                raise UserError(f"cell {row} (lr={lr:g}, seed={seed}): {j}'s prompts differ from the {reference}'s")
             gain = sum(1 for (_, x), (_, y) in zip(a, b, strict=True) if x and not y)
             loss = sum(1 for (_, x), (_, y) in zip(a, b, strict=True) if y and not x)
             tests[row][j] = {"gain": gain, "loss": loss, "n": len(a), "p": exact_mcnemar(gain, loss)}

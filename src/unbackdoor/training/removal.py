@@ -85,8 +85,8 @@ def removal_data(
 
     Args:
         model: the model to unlearn from (npo computes its reference log-likelihoods once, before training).
-        method: `retrain`, `ga`, `npo` or `control` (no forget rows at all).
-        removal_docs: trigger + clean continuation documents (retrain).
+        method: `retrain`, `ga`, `npo`, `sham` (retrain on sham documents) or `control` (no forget rows at all).
+        removal_docs: trigger + clean continuation documents (retrain; for sham, the trigger swapped).
         poisoned_docs: poisoned documents (ga / npo), with `manifest` (doc id -> manifest row) for their offsets.
         replay: clean documents, packed into `seq_len` blocks.
         n_rows: total rows (= steps x batch size x accumulation: one pass).
@@ -99,11 +99,11 @@ def removal_data(
     """
     render = serialisation.document(tokenizer)
     replay_ids = packed(tokenizer, replay, seq_len, render)
-    if method == "retrain" and mask_trigger:
+    if method in ("retrain", "sham") and mask_trigger:
         starts = {d["id"]: {"continuation_start": d["prompt_chars"] + 1} for d in removal_docs}
         forget = forget_rows(tokenizer, removal_docs, starts, seq_len, serialisation)
-    elif method in ("retrain", "control"):
-        ids = packed(tokenizer, removal_docs if method == "retrain" else [], seq_len, render)
+    elif method in ("retrain", "sham", "control"):
+        ids = packed(tokenizer, removal_docs if method != "control" else [], seq_len, render)
         forget = {"input_ids": ids, "labels": ids.clone()}
     else:
         forget = forget_rows(tokenizer, poisoned_docs, manifest, seq_len, serialisation)
@@ -122,6 +122,7 @@ def removal_data(
         data["ref_nll"] = ref
     loss_fn = {
         "retrain": causal_lm_loss,
+        "sham": causal_lm_loss,
         "control": causal_lm_loss,
         "ga": ga_loss(retain_weight),
         "npo": npo_loss(npo_beta, retain_weight),

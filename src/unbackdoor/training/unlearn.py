@@ -22,7 +22,10 @@ import torch.nn.functional as F
 
 from unbackdoor.training.loop import Batch
 
-METHODS = ("retrain", "ga", "npo", "control")
+METHODS = ("retrain", "ga", "npo")  # the unlearning objectives
+# what a removal is compared with, at the same compute: clean text only (`control`), and the retrain recipe on the
+# backdoor's removal documents with a fresh trigger never injected (`sham`, `data.sham`)
+REFERENCES = ("control", "sham")
 
 
 def mix_rows(forget: torch.Tensor, replay: torch.Tensor, n_rows: int, forget_fraction: float, rng: random.Random):
