@@ -175,7 +175,7 @@ def test_replicates_sentence_and_rows():
     assert "of the control +0.00 (1 replicate: between-model variance unknown)" in sentence
     rows = findings.replicate_rows(rp)
     assert [r[:2] for r in rows] == [["a", "b"], ["b", "a"]]  # off-diagonal only, lowest q first
-    assert rows[0][2:] == ["+0.30 [-0.10, +0.70]", "+0.30 [-0.10, +0.70]", "9 / 1", "0.04", "33 %"]
+    assert rows[0][2:] == ["+0.30 [-0.10, +0.70]", "+0.30 [-0.10, +0.70]", "9 / 1", "0.04", "33 %", "no sham row"]
 
 
 def test_casd_sentence_with_cluster_bootstrap_auroc_and_replicates():

@@ -209,7 +209,7 @@ def replicates_sentence(rp: dict[str, Any]) -> str:
 
 
 REPLICATE_HEADER = ["removal target", "measured", "mean R [95% CI]", "R − control", "gain / loss", "q",
-                    "share of replicates"]  # fmt: skip
+                    "share of replicates", "q beyond the sham"]  # fmt: skip
 
 
 def replicate_rows(rp: dict[str, Any]) -> Rows:
@@ -218,7 +218,8 @@ def replicate_rows(rp: dict[str, Any]) -> Rows:
     rows = [(i, j, c) for i, cols in pairs.items() if i not in REFERENCE_ROWS for j, c in cols.items() if j != i]
     rows.sort(key=lambda r: (r[2]["q"], -(r[2]["R"]["mean"] or 0.0)))
     return [[i, j, interval(c["R"]), interval(c["R_minus_control"]), f"{c['gain']} / {c['loss']}",
-             f"{c['q']:.3g}", percent(c["transfers_share"])] for i, j, c in rows]  # fmt: skip
+             f"{c['q']:.3g}", percent(c["transfers_share"]),
+             f"{c['beyond_sham']['q']:.3g}" if "beyond_sham" in c else "no sham row"] for i, j, c in rows]  # fmt: skip
 
 
 # ---- CASD, the canary defence, the headlines ------------------------------------------------------------------
