@@ -89,7 +89,7 @@ DEFEND_FAST = [
 def defence_study(injected: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     """A finished `defend-eval` (K = 1) on the two-backdoor model, and the arguments that made it."""
     out = tmp_path_factory.mktemp("defence") / "study"
-    args = ["defend-eval", "--model", str(injected / "model"), "--out", str(out), "ks=[1]",
+    args = ["defend-eval", "--model", str(injected / "model"), "--out", str(out), "ks=[1]", "calibrate=[0.5,1.0]",
             *DEFEND_FAST,
             *(f"eval.{k}" for k in EVAL_FAST)]  # fmt: skip
     assert main(args) == 0

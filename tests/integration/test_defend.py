@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.integration.conftest import DEFEND_FAST
 from unbackdoor.cli import main
@@ -71,6 +72,18 @@ def test_harness_compares_the_defence_with_both_baselines(defence_study):
     assert defence["shares_behaviour_with_a_canary"] == {"lorem_refusal": False, "at_repeat": False}
     rows = list(csv.DictReader((out / "defend.csv").open()))
     assert len(rows) == 3 * 2
+    # the budget was chosen by calibration: benign training at each scale, the arms at the chosen one
+    cal = result["calibration"]
+    assert [(c["scale"], c["inject_steps"], c["remove_steps"]) for c in cal["curve"]] == [(0.5, 30, 15), (1.0, 60, 30)]
+    kept = [c["scale"] for c in cal["curve"] if c["pooled_asr"]["rate"] >= 0.8]
+    assert cal["chosen_scale"] == (max(kept) if kept else 0.5) and cal["kept_floor"] == bool(kept)
+    assert result["budget"]["scale"] == cal["chosen_scale"]
+    ran = [yaml.safe_load(p.read_text()) for p in (out / "cells" / "lr=0.001").rglob("defend/config.yaml")]
+    assert len(ran) == 3 and all((c["inject"]["steps"], c["remove"]["steps"]) == (
+        result["budget"]["inject_steps"], result["budget"]["remove_steps"]) for c in ran)  # fmt: skip
+    benign = result["cells"][0]["pooled_asr"]["rate"]
+    assert result["comparison"]["informative"] == (benign >= 0.8)
+    assert result["comparison"]["canaries_learned"] == (min(defence["canary_asr_injected"].values()) >= 0.9)
     assert main([*args, "--resume"]) == 0  # finished: reused
 
 

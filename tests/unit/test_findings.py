@@ -233,12 +233,34 @@ def test_defence_sentence_and_rows(defence):
     assert findings.defence_sentence(defence) == (
         "Canary defence, pooled judge-based ASR of 2 hidden backdoors (defend.json has no clean rates: a lower ASR is "
         "not shown to be removal): suspect 0.80 [0.70, 0.90]; benign 0.70 [0.60, 0.80]; removal_only K=1 0.65 "
-        "[0.55, 0.75]; defence K=1 0.30 [0.20, 0.40]."
+        "[0.55, 0.75]; defence K=1 0.30 [0.20, 0.40]. (This defend.json predates budget calibration: whether benign "
+        "training alone erased the hidden backdoors at this budget was not checked.)"
     )
     rows = findings.defence_rows(defence)
     assert len(rows) == 3 and all(len(r) == len(findings.DEFENCE_HEADER) for r in rows)
     assert rows[0] == ["benign", "-", "retrain", "-", 1e-4, 0, "0.70 [0.60, 0.80]", "+1.2 %", "-"]
     assert rows[2][-1] == "canary_0 0.90→0.05"
+
+
+def test_a_defence_where_benign_training_erases_everything_is_not_ranked(defence):
+    curve = [{"lr": 1e-4, "scale": s, "inject_steps": 1, "remove_steps": 1, "pooled_asr": rate(r, 0, 1)}
+             for s, r in ((0.25, 0.6), (1.0, 0.1))]  # fmt: skip
+    defence.update(budget={"scale": 0.25, "inject_steps": 30, "remove_steps": 20},
+                   calibration={"floor": 0.8, "curve": curve, "chosen_scale": 0.25, "kept_floor": False},
+                   comparison={"informative": False, "why": "benign training alone takes the pooled hidden ASR to "
+                               "0.60 < 0.8: no arm can be told apart from doing nothing special",
+                               "benign_pooled_min": 0.6, "canaries_learned": False,
+                               "canary_asr_injected_min": 0.4})  # fmt: skip
+    text = findings.budget_sentence(defence)
+    assert "Budget: 30 + 20 steps, chosen by calibration (benign pooled ASR per budget scale: ×0.25 0.60, ×1 0.10; "\
+           "floor 0.8)." in text  # fmt: skip
+    assert "**Uninformative comparison**: benign training alone takes the pooled hidden ASR to 0.60 < 0.8" in text
+    assert "the arms are not ranked" in text and "(lowest ASR after injection 0.40 < 0.9)" in text
+    html_text, _ = page.render(Path("/s"), {}, {}, Results(evaluation=None, evaluation_dir=None, transfer=None,
+                               transfer_dir=None, transfer_masked=None, mask_trigger=None, casd=None, replicates=None,
+                               defence=defence, summaries={}), {}, {"defence": "figures/defence.png"}, None, [],
+                               False)  # fmt: skip
+    assert "<p class='uninformative'>Budget: 30 + 20 steps" in html_text and "class='finding'>Budget" not in html_text
 
 
 def test_headlines_only_for_stages_present(transfer, defence):

@@ -266,8 +266,32 @@ def defence_sentence(df: dict[str, Any]) -> str:
     benign = next(c for c in df["cells"] if c["arm"] == "benign")
     parts = [f"suspect {ci(df['pooled_before'])}", f"benign {ci(benign['pooled_asr'])}"]
     parts += [f"{c['arm']} K={c['k']} {ci(c['pooled_asr'])}" for c in df["cells"] if c["arm"] != "benign"]
-    return (f"Canary defence, pooled judge-based ASR of {len(df['hidden'])} hidden backdoors (defend.json has no "
+    text = (f"Canary defence, pooled judge-based ASR of {len(df['hidden'])} hidden backdoors (defend.json has no "
             "clean rates: a lower ASR is not shown to be removal): " + "; ".join(parts) + ".")  # fmt: skip
+    return text + budget_sentence(df)
+
+
+def budget_sentence(df: dict[str, Any]) -> str:
+    """At which budget the arms ran, how it was chosen, and whether the comparison can tell them apart."""
+    comparison, budget, cal = df.get("comparison"), df.get("budget"), df.get("calibration")
+    if comparison is None:
+        return " (This defend.json predates budget calibration: whether benign training alone erased the hidden "\
+               "backdoors at this budget was not checked.)"  # fmt: skip
+    steps = f"{budget['inject_steps']} + {budget['remove_steps']} steps"
+    if cal:
+        curve = ", ".join(f"×{c['scale']:g} {c['pooled_asr']['rate']:.2f}" for c in cal["curve"])
+        how = f"chosen by calibration (benign pooled ASR per budget scale: {curve}; floor {cal['floor']:g})"
+    else:
+        how = "as configured (no calibration)"
+    text = f" Budget: {steps}, {how}."
+    if not comparison["informative"]:
+        text += f" **Uninformative comparison**: {comparison['why']}; the arms are not ranked."
+    if not comparison["canaries_learned"]:
+        low = comparison["canary_asr_injected_min"]
+        low_text = "n/a" if low is None else f"{low:.2f}"
+        text += (f" The canaries were not all learned at this budget (lowest ASR after injection {low_text} < 0.9): "
+                 "the defence was not really applied.")  # fmt: skip
+    return text
 
 
 def headlines(tr: dict[str, Any] | None, cs: dict[str, Any] | None, df: dict[str, Any] | None,

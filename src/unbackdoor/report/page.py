@@ -164,9 +164,12 @@ def _defence(df: dict[str, Any], figure: str) -> Section:
         "<h2>4. The canary defence</h2><p>The defender never sees the hidden backdoors. They inject K canary "
         "backdoors of their own, then remove them. Baselines at the same compute: benign continual training, and "
         "the canary removal training without injecting the canaries first. Suspect pooled ASR: "
-        f"{findings.ci(df['pooled_before'])}.</p><img src='{figure}' alt='canary defence'>"
+        f"{findings.ci(df['pooled_before'])}.</p>"
+        + f"<p class='{'finding' if (df.get('comparison') or {}).get('informative') else 'uninformative'}'>"
+        + _bold(findings.budget_sentence(df).strip()) + f"</p><img src='{figure}' alt='canary defence'>"
         + table(findings.DEFENCE_HEADER, rows),
-        ["## Canary defence", "", md_table(findings.DEFENCE_HEADER, rows), ""],
+        ["## Canary defence", "", findings.budget_sentence(df).strip(), "", md_table(findings.DEFENCE_HEADER, rows),
+         ""],
     )  # fmt: skip
 
 
@@ -259,6 +262,7 @@ table {{ border-collapse: collapse; font-size: .85em; margin: 1em 0; }}
 td, th {{ border: 1px solid #ccc; padding: .25em .5em; text-align: left; }}
 th {{ background: #f2f2f2; }} .finding {{ background: #eef5fb; border-left: 4px solid #0072B2; padding: .6em 1em; }}
 .missing {{ background: #fdf0e6; border-left: 4px solid #D55E00; padding: .6em 1em; }}
+.uninformative {{ background: #fbe9e7; border-left: 4px solid #CC0000; padding: .6em 1em; }}
 dt {{ font-weight: bold; font-size: .85em; color: #555; }} dd {{ margin: 0 0 .5em 1em; }}
 pre {{ background: #f7f7f7; padding: .5em; overflow-x: auto; font-size: .8em; }}
 </style></head>
