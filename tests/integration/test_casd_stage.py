@@ -44,8 +44,8 @@ def test_casd_matrix_profiles_and_relation(transfer_run, tmp_path):
     assert relation["casd_cosine_vs_R_cluster"]["clusters"] == 2 and set(relation["auroc"]) == set(measures)
     assert set(relation["additive"]) == {"suppression", "R"}
     rows = list(csv.DictReader((out / "casd.csv").open()))
-    assert len(rows) == 3 * 2 * (4 + 1) and {r["layer"] for r in rows} == {"0", "1", "2", "3", "mean"}
-    assert len(list((out / "acts").rglob("*.safetensors"))) == 4 * 2  # theta_0 + 3 cells, 2 backdoors each
+    assert len(rows) == 4 * 2 * (4 + 1) and {r["layer"] for r in rows} == {"0", "1", "2", "3", "mean"}
+    assert len(list((out / "acts").rglob("*.safetensors"))) == 5 * 2  # theta_0 + 4 cells, 2 backdoors each
     # resume: a finished run is reused; a lost summary with the activations kept recomputes from the cache
     assert main(["casd", "--transfer", str(transfer_run), "--out", str(out), *CASD_FAST, "--resume"]) == 0
     (out / "DONE").unlink()
