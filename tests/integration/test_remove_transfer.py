@@ -132,7 +132,7 @@ def test_transfer_matrix_resume_and_workers(injected, tmp_path):
             ["transfer", "--model", "{injected}", "remove.seed=3"],
             "remove.seed: 3 is set per cell by the sweep; use seeds",
         ),
-        (["transfer", "--model", "{injected}", "remove.method=control"], "remove.method: 'control' is every"),
+        (["transfer", "--model", "{injected}", "remove.method=control"], "'control' is a reference row"),
         (["defend-eval", "--model", "{injected}", "defend.k=3"], "defend.k: 3 is set per cell by the sweep; use ks"),
     ],
 )
