@@ -1,4 +1,4 @@
-"""The embedded default end to end at full tiny size, against the issue's targets (slow: ~14 minutes).
+"""The embedded default end to end at full tiny size, against the issue's targets (slow: ~40 minutes).
 
 Run: `make test-slow` (or `pytest -m slow tests/integration/test_demo_targets.py`).
 """
@@ -32,10 +32,14 @@ def test_demo_meets_the_tiny_targets(tmp_path):
     assert "mask_trigger: true" in (out / "transfer-masked" / "config.yaml").read_text()
     casd = json.loads((out / "casd" / "casd.json").read_text())
     assert (
-        len(casd["grids"][0]["casd"]["cosine"]) == 9
+        len(casd["grids"][0]["casd"]["cosine"]) == 10  # 8 removals, the control and the sham
         and json.loads((out / "casd" / "summary.json").read_text())["seconds"] <= 90 * 1.25
     )
+    pooled = json.loads((out / "replicates" / "replicates.json").read_text())
+    assert pooled["replicates"] == 3 and (out / "replicate-2" / "transfer" / "DONE").is_file()
+    assert "transfers_q05" in pooled["grids"][0]["headline"] and "transfers_q05_sham" in pooled["grids"][0]["headline"]
     defence = json.loads((out / "defence" / "defend.json").read_text())
+    assert defence["calibration"]["curve"] and "informative" in defence["comparison"]
     assert {c["arm"] for c in defence["cells"]} == {"benign", "defence", "removal_only"}
     assert all(abs(c["utility_change"]) <= 0.10 for c in defence["cells"])
     page = (out / "report" / "index.html").read_text()
