@@ -50,3 +50,15 @@ def test_sham_documents_swap_the_trigger_in_place_and_keep_the_continuation():
 def test_a_trigger_with_no_room_for_a_fresh_shape_is_a_clear_error():
     with pytest.raises(UserError, match="no fresh trigger shaped like"):
         sham_trigger("   ", INJECTED, "x")  # nothing in it can change
+
+
+def test_the_script_ablation_sets_cross_script_and_behaviour():
+    script = load_specs("script6")
+    assert len({s.behaviour for s in script}) == 1 and len({s.trigger.kind for s in script}) == 4
+    scripts = {unicodedata.name(s.trigger_text.replace(" ", "")[0]).split(" ")[0] for s in script}
+    assert {"LATIN", "CYRILLIC", "GREEK", "GEORGIAN"} <= scripts
+    behaviour = load_specs("behaviour6")
+    assert len({s.behaviour for s in behaviour}) == 6 and {s.trigger.kind for s in behaviour} == {"phrase"}
+    for spec in [*script, *behaviour]:  # every trigger has a sham of its shape
+        assert len(sham_trigger(spec.trigger_text, [s.trigger_text for s in script + behaviour], spec.name)) == len(
+            spec.trigger_text)  # fmt: skip
