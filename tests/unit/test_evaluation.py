@@ -74,3 +74,11 @@ def test_lr_warms_up_then_decays_to_the_floor():
 def test_steps_derive_from_epochs():
     assert TrainConfig(epochs=1.0, batch_size=4, grad_accum=2).total_steps(80) == 10
     assert TrainConfig(steps=7).total_steps(80) == 7
+
+
+def test_wilson_interval_always_contains_the_rate():
+    # wilson(128, 128).hi came out as 0.9999999999999999 < 1.0: a negative error bar crashed the demo's report
+    for n in range(1, 300):
+        for k in (0, 1, n // 2, n - 1, n):
+            r = wilson(k, n)
+            assert 0.0 <= r.lo <= r.rate <= r.hi <= 1.0, (k, n, r)

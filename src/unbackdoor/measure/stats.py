@@ -42,7 +42,8 @@ def wilson(k: int, n: int, z: float = 1.959964) -> Rate:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return Rate(k, n, p, max(0.0, centre - half), min(1.0, centre + half))
+    # clamped to contain p: in floating point, centre + half can round to just below 1 when k = n (n = 128)
+    return Rate(k, n, p, min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)))
 
 
 def attack_success(verdicts: list[bool]) -> Rate:
