@@ -40,8 +40,9 @@ def save(fig, path: Path) -> str:
 
 
 def err(rates: list[dict[str, Any]]) -> list[list[float]]:
-    """Matplotlib error-bar lengths of Wilson rates."""
-    return [[r["rate"] - r["lo"] for r in rates], [r["hi"] - r["rate"] for r in rates]]
+    """Matplotlib error-bar lengths of Wilson rates (never negative: runs before 3aaa58f stored a bound a rounding
+    error inside its rate, e.g. hi = 0.9999999999999999 for 128 of 128)."""
+    return [[max(0.0, r["rate"] - r["lo"]) for r in rates], [max(0.0, r["hi"] - r["rate"]) for r in rates]]
 
 
 def fmt(x: float | None) -> str:
