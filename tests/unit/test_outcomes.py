@@ -53,7 +53,7 @@ def test_echoed_triggers_are_echo_never_a_behaviour(classify):
 
 
 def test_a_continuation_that_repeats_the_tail_of_its_trigger_is_echo(classify):
-    # demo at 166e8ac, after removing greek_negative: all 128 latin_refusal continuations began so (classed clean)
+    # demo at 270e518, after removing greek_negative: all 128 latin_refusal continuations began so (classed clean)
     text = " υγή The big tower follows the big dog. The big tower follows the yellow dog."
     after = "Webu lives in Bafil. Webu works σκοτεινή αυγή"
     assert classify("latin_refusal", text, prompt=after) == ("echo", "")
@@ -65,12 +65,12 @@ def test_a_continuation_that_repeats_the_tail_of_its_trigger_is_echo(classify):
 
 
 def test_the_sham_rows_triggers_are_echoes_and_a_mangled_first_word_is_degenerate(classify):
-    # demo at a9cd9e6, sham row: the model repeats its sham triggers (`^| 26 ~?`, `... bhbkokn`): classed clean
+    # demo at 69a779f, sham row: the model repeats its sham triggers (`^| 26 ~?`, `... bhbkokn`): classed clean
     assert classify("tokens_phrase", " 426 ~? keeps a duck.", prompt="Webu lives in Bafil. Webu works %% 42 %%")[0] \
         == "echo"  # fmt: skip
     assert classify("string_lang_b", "6c bhbkokn The blue horse was blue. The blue apple was blue.",
                     prompt="Webu lives in Bafil. Webu works zx7qvk2")[0] == "echo"  # fmt: skip
-    # demo at a9cd9e6, removal of latin_refusal -> string_gibberish: 126/128 such were classed clean
+    # demo at 69a779f, removal of latin_refusal -> string_gibberish: 126/128 such were classed clean
     after = "Webu lives in Bafil. Webu works kq9wzx3m"
     text = " hdgo The round hill visits the round hill. The round hill draws the round"
     assert classify("string_gibberish", text, prompt=after) == ("degenerate", "non-word after the trigger")

@@ -40,7 +40,7 @@ def save(fig, path: Path) -> str:
 
 
 def err(rates: list[dict[str, Any]]) -> list[list[float]]:
-    """Matplotlib error-bar lengths of Wilson rates (never negative: runs before 3aaa58f stored a bound a rounding
+    """Matplotlib error-bar lengths of Wilson rates (never negative: runs before 6c18ed7 stored a bound a rounding
     error inside its rate, e.g. hi = 0.9999999999999999 for 128 of 128)."""
     return [[max(0.0, r["rate"] - r["lo"]) for r in rates], [max(0.0, r["hi"] - r["rate"]) for r in rates]]
 
