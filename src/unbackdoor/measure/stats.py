@@ -52,6 +52,10 @@ def attack_success(verdicts: list[bool]) -> Rate:
 
 
 # ---- paired tests, multiple testing, intervals across replicates ------------------------------------------------
+Q_LEVEL = 0.05  # a pair "transfers" when its q-value (clean rate above the reference row's) is below this
+ONE_REPLICATE = "1 replicate: between-model variance unknown"  # said wherever a figure rests on one trained model
+
+
 def exact_mcnemar(gain: int, loss: int) -> float:
     """One-sided exact McNemar test on paired binary outcomes (the same prompts under two models).
 
@@ -99,3 +103,12 @@ def mean_ci(values: list[float], level: float = 0.95) -> dict[str, float | int |
     sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n}
+
+
+def format_mean_ci(ci: dict[str, Any], digits: int = 2) -> str:
+    """A `mean_ci` result as text: `+0.10 [-0.02, +0.22]`, or why there is no interval (one replicate), or n/a."""
+    if ci["mean"] is None:
+        return "n/a"
+    if ci["lo"] is None:
+        return f"{ci['mean']:+.{digits}f} ({ONE_REPLICATE})"
+    return f"{ci['mean']:+.{digits}f} [{ci['lo']:+.{digits}f}, {ci['hi']:+.{digits}f}]"

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from unbackdoor.measure.outcomes import OUTCOMES, REMOVED_MIN, REMOVED_TARGET_MAX, removal_verdict
+from unbackdoor.measure.stats import ONE_REPLICATE, format_mean_ci
 from unbackdoor.running.cells import CONTROL, REFERENCE_ROWS, SHAM
 
 Rows = list[list[Any]]
@@ -116,7 +117,7 @@ def transfer_finding(tr: dict[str, Any]) -> dict[str, Any]:
     return f
 
 
-ONE_MODEL = "1 replicate: between-model variance unknown"
+ONE_MODEL = ONE_REPLICATE
 
 
 def caveat(finding: dict[str, Any]) -> str:
@@ -179,11 +180,7 @@ def transfer_sentences(finding: dict[str, Any]) -> dict[str, str]:
 # ---- replicates --------------------------------------------------------------------------------------------
 def interval(x: dict[str, Any]) -> str:
     """A mean across replicates with its t interval (`+0.10 [-0.02, +0.22]`), or why there is none."""
-    if x["mean"] is None:
-        return "n/a"
-    if x["lo"] is None:
-        return f"{x['mean']:+.2f} ({ONE_MODEL})"
-    return f"{x['mean']:+.2f} [{x['lo']:+.2f}, {x['hi']:+.2f}]"
+    return format_mean_ci(x)
 
 
 def replicates_sentence(rp: dict[str, Any]) -> str:

@@ -41,11 +41,12 @@ from unbackdoor.measure.casd import (
     weight_delta_cosines,
 )
 from unbackdoor.measure.pairs import additive_fit, auroc, cluster_spearman
+from unbackdoor.measure.stats import Q_LEVEL
 from unbackdoor.running import runtime
 from unbackdoor.running.cells import REFERENCE_ROWS, cell_dir
 from unbackdoor.running.config import ConfigError, UserError, from_dict
 from unbackdoor.running.rundir import RunDir, atomic_path, require_done, write_json, write_text
-from unbackdoor.stages.transfer import Q_LEVEL, TransferConfig
+from unbackdoor.stages.transfer import TransferConfig
 from unbackdoor.training.models import load_model, load_tokenizer
 from unbackdoor.training.record import ModelRecord
 

@@ -21,13 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unbackdoor.measure.stats import bh_qvalues, exact_mcnemar, mean_ci
+from unbackdoor.measure.stats import ONE_REPLICATE, Q_LEVEL, bh_qvalues, exact_mcnemar, format_mean_ci, mean_ci
 from unbackdoor.running.cells import CONTROL, REFERENCE_ROWS, SHAM
 from unbackdoor.running.config import ConfigError, UserError
 from unbackdoor.running.rundir import RunDir, require_done, write_json
-from unbackdoor.stages.transfer import Q_LEVEL
-
-ONE_REPLICATE = "1 replicate: between-model variance unknown"
 
 
 @dataclass
@@ -85,18 +82,11 @@ def run(cfg: ReplicatesConfig, out: Path, resume: bool = False, overwrite: bool 
     write_json(out / "replicates.json", result)
     for g in grids:
         h = g["headline"]
+        off, ctl, diag = (format_mean_ci(h[k], 3) for k in ("R_off", "R_control", "R_diagonal"))
         print(f"lr={g['lr']:g} seed={g['seed']}, {len(tables)} replicates: {h['transfers_q05']}/{h['pairs']} pairs "
               f"at q < {Q_LEVEL} (pooled), {h['transfers_all']} in every replicate; mean R off-diagonal "
-              f"{_fmt(h['R_off'])}, control {_fmt(h['R_control'])}, diagonal {_fmt(h['R_diagonal'])}")  # fmt: skip
+              f"{off}, control {ctl}, diagonal {diag}")  # fmt: skip
     return run_dir.finish({"replicates": len(tables), "grids": [g["headline"] for g in grids]})
-
-
-def _fmt(ci: dict[str, Any]) -> str:
-    if ci["mean"] is None:
-        return "n/a"
-    if ci["lo"] is None:
-        return f"{ci['mean']:+.3f} ({ONE_REPLICATE})"
-    return f"{ci['mean']:+.3f} [{ci['lo']:+.3f}, {ci['hi']:+.3f}]"
 
 
 def pool_grid(grids: list[dict[str, Any]], columns: list[str], rows: list[str]) -> dict[str, Any]:

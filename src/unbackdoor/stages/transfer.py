@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from unbackdoor.measure.outcomes import OUTCOMES, removal_index
-from unbackdoor.measure.stats import bh_qvalues, exact_mcnemar
+from unbackdoor.measure.stats import Q_LEVEL, bh_qvalues, exact_mcnemar
 from unbackdoor.measure.tables import csv_text, format_matrix
 from unbackdoor.running import runtime
 from unbackdoor.running.cells import CONTROL, REFERENCE_ROWS, SHAM, cell_dir, refuse_per_cell, run_cells
@@ -50,7 +50,6 @@ DEFINITIONS = {
     "tests_sham": "the same tests against the sham row instead of the control: an effect beyond the sham is specific "
     "to unlearning a real backdoor, not to training on an odd string followed by clean text",
 }
-Q_LEVEL = 0.05  # a pair "transfers" when its q-value (clean rate above the control's) is below this
 
 
 @dataclass
@@ -209,11 +208,13 @@ def assemble(out: Path, baseline: Path, rows: list[str], cfg: TransferConfig) ->
                 removal = _summary(cell_dir(out, lr, seed, row) / "remove")
                 grid["utility"][row] = {**s["utility"], "val_perplexity": removal["val_perplexity"]}
             removals = [r for r in rows if r not in REFERENCE_ROWS]
-            grid["tests"] = paired_tests(out, lr, seed, removals, columns, CONTROL)
+            flags = {row: clean_flags(cell_dir(out, lr, seed, row) / "eval") for row in rows}  # each file read once
+            where = f"lr={lr:g}, seed={seed}"
+            grid["tests"] = paired_tests(flags, removals, columns, CONTROL, where)
             grid["transfers_q05"] = _significant(grid["tests"])
             if SHAM in rows:
-                grid["tests"].update(paired_tests(out, lr, seed, [SHAM], columns, CONTROL))
-                grid["tests_sham"] = paired_tests(out, lr, seed, removals, columns, SHAM)
+                grid["tests"].update(paired_tests(flags, [SHAM], columns, CONTROL, where))
+                grid["tests_sham"] = paired_tests(flags, removals, columns, SHAM, where)
                 grid["transfers_q05_sham"] = _significant(grid["tests_sham"])
             grids.append(grid)
     return {
@@ -249,18 +250,22 @@ def _significant(tests: dict[str, dict[str, dict[str, Any]]]) -> int:
 
 
 def paired_tests(
-    out: Path, lr: float, seed: int, rows: list[str], columns: list[str], reference: str
+    flags: dict[str, dict[str, list[tuple[str, bool]]]],
+    rows: list[str],
+    columns: list[str],
+    reference: str,
+    where: str,
 ) -> dict[str, Any]:
-    """Each row against the `reference` row, prompt by prompt (see DEFINITIONS["tests"]): `{row: {col: test}}`."""
-    control = clean_flags(cell_dir(out, lr, seed, reference) / "eval")
+    """Each row against the `reference` row, prompt by prompt (see DEFINITIONS["tests"]): `{row: {col: test}}`.
+    `flags`: every row's `clean_flags`; `where`: the grid, for errors."""
+    control = flags[reference]
     tests: dict[str, dict[str, dict[str, Any]]] = {}
     for row in rows:
-        flags = clean_flags(cell_dir(out, lr, seed, row) / "eval")
         tests[row] = {}
         for j in columns:
-            a, b = flags[j], control[j]
+            a, b = flags[row][j], control[j]
             if [d for d, _ in a] != [d for d, _ in b]:
-                raise UserError(f"cell {row} (lr={lr:g}, seed={seed}): {j}'s prompts differ from the {reference}'s")
+                raise UserError(f"cell {row} ({where}): {j}'s prompts differ from the {reference}'s")
             gain = sum(1 for (_, x), (_, y) in zip(a, b, strict=True) if x and not y)
             loss = sum(1 for (_, x), (_, y) in zip(a, b, strict=True) if y and not x)
             tests[row][j] = {"gain": gain, "loss": loss, "n": len(a), "p": exact_mcnemar(gain, loss)}
