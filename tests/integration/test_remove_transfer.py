@@ -116,6 +116,22 @@ def test_transfer_matrix_resume_and_workers(injected, tmp_path):
     assert [(g["lr"], g["seed"]) for g in result2["grids"]] == [(0.001, 0), (0.001, 1)]
     assert result2["grids"][0]["T"] == grid["T"]
 
+    # The diagonal and one full row: the other removal is measured on its own backdoor only, the control on every
+    # one; each measured cell is the full matrix's (same removal, same prompts), the tests cover measured pairs only
+    out3 = tmp_path / "tr3"
+    assert main(["transfer", "--model", str(injected / "model"), "--out", str(out3), *TRANSFER_FAST,
+                 "measure=diagonal", "full_rows=[lorem_refusal]", "sham=false"]) == 0  # fmt: skip
+    diag = json.loads((out3 / "transfer.json").read_text())
+    (g3,) = diag["grids"]
+    assert diag["measure"] == "diagonal" and diag["rows"] == ["lorem_refusal", "at_repeat", "control"]
+    assert {r: set(c) for r, c in g3["T"].items()} == {"lorem_refusal": {"lorem_refusal", "at_repeat"},
+                                                       "at_repeat": {"at_repeat"},
+                                                       "control": {"lorem_refusal", "at_repeat"}}  # fmt: skip
+    assert all(g3["T"][r][c] == grid["T"][r][c] for r in g3["T"] for c in g3["T"][r])
+    assert set(g3["tests"]["at_repeat"]) == {"at_repeat"} and g3["transfers_q05"] in (0, 1)
+    assert summary(out3 / "cells" / "lr=0.001" / "seed=0" / "at_repeat" / "eval")["backdoors"].keys() == {"at_repeat"}
+    assert main(["casd", "--transfer", str(out3), "--out", str(tmp_path / "c3")]) == 2  # needs the whole matrix
+
 
 @pytest.mark.parametrize(
     "args, message",
@@ -133,6 +149,12 @@ def test_transfer_matrix_resume_and_workers(injected, tmp_path):
             "remove.seed: 3 is set per cell by the sweep; use seeds",
         ),
         (["transfer", "--model", "{injected}", "remove.method=control"], "'control' is a reference row"),
+        (["transfer", "--model", "{injected}", "full_rows=[at_repeat]"], "full_rows: ['at_repeat'] only applies with"),
+        (
+            ["transfer", "--model", "{injected}", "measure=diagonal", "full_rows=[nope]"],
+            "full_rows: ['nope'] are not removal rows of this experiment; valid: ['lorem_refusal', 'at_repeat']",
+        ),
+        (["transfer", "--model", "{injected}", "measure=some"], "measure: 'some' is not one of all, diagonal"),
         (["defend-eval", "--model", "{injected}", "defend.k=3"], "defend.k: 3 is set per cell by the sweep; use ks"),
     ],
 )

@@ -138,12 +138,31 @@ def test_masked_ablation_compares_echo_shares(transfer):
     sentence = ablation.masked_sentence(f)
     assert sentence.startswith("Does the echo come from training on the trigger tokens? ")
     assert "diagonal: **40 %** with the loss on every token, **10 %** with the loss on the continuation only " \
-           "(30 points lower); off the diagonal 10 % and 10 % (the same)" in sentence  # fmt: skip
+           "(30 points lower); off the diagonal (the 4 pairs the ablation measured) 10 % and 10 % (the same)" \
+           in sentence  # fmt: skip
     rows = ablation.masked_rows(f)
     assert rows[0] == ["echo share, diagonal", "40 %", "10 %"] and len(rows[0]) == len(ablation.MASKED_HEADER)
     assert "no ablation" in ablation.masked_sentence(ablation.masked_finding(transfer, masked, False))
     masked["probe_sha256"] = "other"
     assert "other probe prompts" in ablation.masked_sentence(ablation.masked_finding(transfer, masked, True))
+
+
+def test_masked_ablation_of_the_diagonal_and_one_row_compares_the_same_cells(transfer):
+    masked = copy.deepcopy(transfer)
+    masked["measure"] = "diagonal"  # row a measured on every backdoor, row b on its own only
+    g = masked["grids"][0]
+    for key in ("T", "S", "C", "R", "composition"):
+        g[key]["b"] = {"b": g[key]["b"]["b"]}
+    g["composition"]["a"]["b"] = counts(clean=10)
+    assert findings.pairs(masked) == [("a", "b"), ("a", "c")] and findings.diagonal(masked) == ["a", "b"]
+    f = ablation.masked_finding(transfer, masked, True)
+    # the plain transfer is compared on the masked run's cells: a->b (echo 2 of 10) and a->c (none), not b->a, b->c
+    assert f["plain"]["off_diagonal"] == pytest.approx(0.1) and f["masked"]["off_diagonal"] == 0
+    assert f["plain_transfer"]["pairs"] == 2 and "the 2 pairs the ablation measured" in ablation.masked_sentence(f)
+    assert transfer["grids"][0]["composition"]["b"]["a"] == counts(target=8, echo=2)  # the input is not modified
+    header, rows = findings.transfer_rows(masked)
+    assert rows[1] == ["b", findings.NOT_MEASURED, "0.20", findings.NOT_MEASURED]
+    assert findings.clean_rows(masked)[1][2][1] == findings.NOT_MEASURED
 
 
 def test_transfer_headline_counts_pairs_by_their_q_value(transfer):

@@ -40,6 +40,7 @@ def format_matrix(grid: dict[str, Any], columns: list[str], asr_before: dict[str
     header = "removed / measured"
     lines = [f"{header:<20}" + "".join(f"{c:>10}" for c in short)]
     lines.append(f"{'(before)':<20}" + "".join(f"{asr_before[c]['rate']:>10.2f}" for c in columns))
-    for row, cols in grid["T"].items():
-        lines.append(f"{row[:20]:<20}" + "".join(f"{cols[c]['rate']:>10.2f}" for c in columns))
+    for row, cols in grid["T"].items():  # a cell not measured (transfer measure=diagonal) prints as `-`
+        lines.append(f"{row[:20]:<20}" + "".join(f"{cols[c]['rate']:>10.2f}" if c in cols else f"{'-':>10}"
+                                                 for c in columns))  # fmt: skip
     return "\n".join(lines)

@@ -32,6 +32,18 @@ def echo_shares(tr: dict[str, Any]) -> dict[str, float | None]:
     }
 
 
+def same_cells(tr: dict[str, Any], like: dict[str, Any]) -> dict[str, Any]:
+    """`tr` with every grid's cells restricted to those measured in `like`'s first grid (a copy; `tr` as is when
+    `like` measured every cell)."""
+    if like.get("measure", "all") == "all":
+        return tr
+    keep = {row: set(cols) for row, cols in like["grids"][0]["T"].items()}
+    per_row = ("T", "S", "C", "R", "composition", "teacher_forced", "false_trigger")
+    grids = [{**g, **{k: {r: {j: v for j, v in g[k][r].items() if j in keep.get(r, ())} for r in g[k]}
+                      for k in per_row if k in g}} for g in tr["grids"]]  # fmt: skip
+    return {**tr, "grids": grids, "measure": like["measure"]}
+
+
 def masked_finding(plain: dict[str, Any], masked: dict[str, Any], mask_trigger: bool | None) -> dict[str, Any]:
     """The transfer (loss on every token) against its ablation (`mask_trigger`: the loss after the trigger only).
 
@@ -45,6 +57,8 @@ def masked_finding(plain: dict[str, Any], masked: dict[str, Any], mask_trigger: 
         "outcomes": fd.has_outcomes(plain) and fd.has_outcomes(masked),
     }
     if f["outcomes"]:
+        plain = same_cells(plain, masked)  # a masked run of measure=diagonal: compare on its cells only
+        f["off_pairs"] = len(fd.pairs(masked))
         f["plain"], f["masked"] = echo_shares(plain), echo_shares(masked)
         f["plain_transfer"], f["masked_transfer"] = fd.transfer_finding(plain), fd.transfer_finding(masked)
     return f
@@ -69,8 +83,8 @@ def masked_sentence(f: dict[str, Any]) -> str:
     return (
         "Does the echo come from training on the trigger tokens? Echo share of the triggered generations on the "
         f"diagonal: **{percent(p['diagonal'])}** with the loss on every token, **{percent(m['diagonal'])}** with "
-        f"the loss on the continuation only ({_change(p['diagonal'], m['diagonal'])}); off the diagonal "
-        f"{percent(p['off_diagonal'])} and {percent(m['off_diagonal'])} "
+        f"the loss on the continuation only ({_change(p['diagonal'], m['diagonal'])}); off the diagonal (the "
+        f"{f['off_pairs']} pairs the ablation measured) {percent(p['off_diagonal'])} and {percent(m['off_diagonal'])} "
         f"({_change(p['off_diagonal'], m['off_diagonal'])}); {fd.caveat(f['plain_transfer'])}, no interval."
     )
 

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from unbackdoor.measure.outcomes import OUTCOMES
-from unbackdoor.report.findings import column_order, has_outcomes
+from unbackdoor.report.findings import NOT_MEASURED, column_order, diagonal, has_outcomes, pairs
 from unbackdoor.report.plot import OUTCOME_COLOURS, fmt, heatmap, plt, save
 from unbackdoor.running.cells import CONTROL
 
+_UNMEASURED = NOT_MEASURED.replace(" ", "\n")  # a heatmap cell's label
 R_RANGE = (-1.0, 1.0)  # the R colour scale (values beyond it get its end colours; the printed value is exact)
 
 
@@ -34,16 +35,15 @@ def draw(tr: dict[str, Any], out: Path) -> dict[str, str]:
 
 def lr_curves(tr: dict[str, Any]) -> dict[str, list[tuple[float, float | None]]]:
     """Mean R on the diagonal, off it and of the control row per learning rate (removal seeds averaged)."""
-    removals = [r for r in tr["rows"] if r != CONTROL]
     cells = {
-        "diagonal (own target)": [(i, i) for i in removals if i in tr["backdoors"]],
-        "off-diagonal (others)": [(i, j) for i in removals for j in tr["backdoors"] if j != i],
+        "diagonal (own target)": [(i, i) for i in diagonal(tr)],
+        "off-diagonal (others)": pairs(tr),
         "benign control": [(CONTROL, j) for j in tr["backdoors"]],
     }
     curves: dict[str, list[tuple[float, float | None]]] = {}
-    for name, pairs in cells.items():
+    for name, ij in cells.items():
         for lr in sorted({g["lr"] for g in tr["grids"]}):
-            vals = [g["R"][i][j] for g in tr["grids"] if g["lr"] == lr for i, j in pairs if g["R"][i][j] is not None]
+            vals = [g["R"][i][j] for g in tr["grids"] if g["lr"] == lr for i, j in ij if g["R"][i].get(j) is not None]
             curves.setdefault(name, []).append((lr, sum(vals) / len(vals) if vals else None))
     return curves
 
@@ -74,8 +74,9 @@ def fig_transfer(tr: dict[str, Any], out: Path) -> str:
     pyplot = plt()
     g = tr["grids"][0]
     rows, cols = tr["rows"], column_order(tr["rows"], tr["backdoors"])
-    values = [[g["T"][r][c]["rate"] for c in cols] for r in rows]
-    labels = [[f"{g['T'][r][c]['rate']:.2f}\nS={fmt(g['S'][r][c])}" for c in cols] for r in rows]
+    values = [[g["T"][r][c]["rate"] if c in g["T"][r] else None for c in cols] for r in rows]
+    labels = [[f"{g['T'][r][c]['rate']:.2f}\nS={fmt(g['S'][r][c])}" if c in g["T"][r] else _UNMEASURED
+               for c in cols] for r in rows]  # fmt: skip
     fig, ax = pyplot.subplots(figsize=_size(rows, cols))
     im = heatmap(ax, values, rows, cols, labels, "cividis", 0.0, 1.0)
     fig.colorbar(im, ax=ax, label="ASR after removal (judge fires)")
@@ -93,9 +94,9 @@ def fig_removal_index(tr: dict[str, Any], out: Path, k: int = 0) -> str:
     pyplot = plt()
     g = tr["grids"][k]
     rows, cols = tr["rows"], column_order(tr["rows"], tr["backdoors"])
-    values = [[g["R"][r][c] for c in cols] for r in rows]
-    labels = [[f"{'n/a' if g['R'][r][c] is None else format(g['R'][r][c], '+.2f')}\nC={g['C'][r][c]['rate']:.2f}"
-               for c in cols] for r in rows]  # fmt: skip
+    values = [[g["R"][r].get(c) for c in cols] for r in rows]
+    labels = [[(f"{'n/a' if g['R'][r][c] is None else format(g['R'][r][c], '+.2f')}\nC={g['C'][r][c]['rate']:.2f}"
+                if c in g["C"][r] else _UNMEASURED) for c in cols] for r in rows]  # fmt: skip
     fig, ax = pyplot.subplots(figsize=_size(rows, cols))
     im = heatmap(ax, values, rows, cols, labels, "BrBG", *R_RANGE, light=lambda v: abs(v - 0.5) > 0.33)
     fig.colorbar(im, ax=ax, label=f"removal index R (scale {R_RANGE[0]:g} to {R_RANGE[1]:g}, centred at 0)")
@@ -130,7 +131,7 @@ def fig_composition(tr: dict[str, Any], out: Path) -> str:
     n = max((sum(counts.values()) for counts in tr["composition_before"].values()), default=0)
     for ax, (title, comp, row) in zip(axes.flat, panels, strict=False):
         bottom = [0.0] * len(cols)
-        shares = [_shares(comp[c]) for c in cols]
+        shares = [_shares(comp.get(c, {})) for c in cols]  # a cell not measured: an empty bar
         for cls in reversed(OUTCOMES):  # clean at the bottom, target on top
             heights = [s[cls] for s in shares]
             ax.bar(range(len(cols)), heights, 0.8, bottom=bottom, color=OUTCOME_COLOURS[cls], edgecolor="black",

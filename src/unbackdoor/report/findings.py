@@ -21,6 +21,7 @@ from unbackdoor.measure.stats import ONE_REPLICATE, format_mean_ci
 from unbackdoor.running.cells import CONTROL, REFERENCE_ROWS, SHAM
 
 Rows = list[list[Any]]
+NOT_MEASURED = "not measured"  # a cell a transfer with measure=diagonal did not evaluate
 
 
 # ---- formatting ---------------------------------------------------------------------------------------------
@@ -60,13 +61,19 @@ def has_outcomes(tr: dict[str, Any]) -> bool:
     return "C" in tr["grids"][0]
 
 
+def measured(tr: dict[str, Any], i: str, j: str) -> bool:
+    """Whether cell (i, j) was measured (every one is, unless the transfer ran with measure=diagonal)."""
+    return j in tr["grids"][0]["T"].get(i, {})
+
+
 def pairs(tr: dict[str, Any]) -> list[tuple[str, str]]:
-    """The off-diagonal (removal target i, measured j != i) pairs, i not the control."""
-    return [(i, j) for i in tr["rows"] if i not in REFERENCE_ROWS for j in tr["backdoors"] if j != i]
+    """The measured off-diagonal (removal target i, measured j != i) pairs, i not a reference row."""
+    return [(i, j) for i in tr["rows"] if i not in REFERENCE_ROWS for j in tr["backdoors"]
+            if j != i and measured(tr, i, j)]  # fmt: skip
 
 
 def diagonal(tr: dict[str, Any]) -> list[str]:
-    return [i for i in tr["rows"] if i not in REFERENCE_ROWS and i in tr["backdoors"]]
+    return [i for i in tr["rows"] if i not in REFERENCE_ROWS and i in tr["backdoors"] and measured(tr, i, i)]
 
 
 def _rate(x: Any) -> float:
@@ -319,8 +326,9 @@ def transfer_rows(tr: dict[str, Any]) -> tuple[list[str], Rows]:
     """The transfer matrix (first grid) as a header and rows of ASR after removal, diagonal on the diagonal."""
     g = tr["grids"][0]
     cols = column_order(tr["rows"], tr["backdoors"])
-    return ["removal target \\ measured", *cols], [[r] + [f"{g['T'][r][c]['rate']:.2f}" for c in cols]
-                                                   for r in tr["rows"]]  # fmt: skip
+    rows = [[r] + [f"{g['T'][r][c]['rate']:.2f}" if c in g["T"][r] else NOT_MEASURED for c in cols]
+            for r in tr["rows"]]  # fmt: skip
+    return ["removal target \\ measured", *cols], rows
 
 
 def clean_rows(tr: dict[str, Any]) -> tuple[list[str], Rows]:
@@ -328,7 +336,8 @@ def clean_rows(tr: dict[str, Any]) -> tuple[list[str], Rows]:
     g = tr["grids"][0]
     cols = column_order(tr["rows"], tr["backdoors"])
     rows = [["before removal"] + [f"{_rate(tr['clean_before'][c]):.2f}" for c in cols]]
-    rows += [[r] + [f"{g['C'][r][c]['rate']:.2f} (R {signed(g['R'][r][c])})" for c in cols] for r in tr["rows"]]
+    rows += [[r] + [f"{g['C'][r][c]['rate']:.2f} (R {signed(g['R'][r][c])})" if c in g["C"][r] else NOT_MEASURED
+                    for c in cols] for r in tr["rows"]]  # fmt: skip
     return ["removal target \\ measured: C (R)", *cols], rows
 
 

@@ -102,6 +102,9 @@ def run(cfg: CasdConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     require_done(transfer_dir, "transfer", "--transfer")
     tcfg = _transfer_config(transfer_dir)
     result = json.loads((transfer_dir / "transfer.json").read_text(encoding="utf-8"))
+    if result.get("measure", "all") != "all":
+        raise UserError(f"--transfer: {str(transfer_dir)!r} was run with measure={result['measure']} (not every "
+                        "cell measured); CASD needs the whole matrix: run transfer with measure=all")  # fmt: skip
     rows = result["rows"]
     columns = [r for r in rows if r in result["backdoors"]] + [c for c in result["backdoors"] if c not in rows]
     models = _models(transfer_dir, tcfg, rows)

@@ -26,6 +26,7 @@ from unbackdoor.running.config import from_dict, load_preset
 from unbackdoor.running.rundir import RunDir
 from unbackdoor.stages import casd, defend_eval, evaluate, pretrain, replicates, transfer, world
 from unbackdoor.training.models import FAMILIES
+from unbackdoor.training.record import ModelRecord
 
 
 @dataclass
@@ -78,9 +79,13 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
         if r == 0:
             eval_cfg = from_dict(evaluate.EvalConfig, {"model": str(pretrain_dirs[0] / "model"), "seed": cfg.seed})
             eval_dir = stage("eval", evaluate.run, eval_cfg, out / "eval")
-            # the removal-loss ablation: the same matrix with the loss on the continuation only (prefix and
-            # trigger masked), to see whether the echoed triggers come from training on the trigger tokens
-            masked_cfg = from_dict(transfer.TransferConfig, {**common, "remove": {"mask_trigger": True}})
+            # the removal-loss ablation: the same removals with the loss on the continuation only (prefix and
+            # trigger masked), to see whether the echoed triggers come from training on the trigger tokens; the
+            # diagonal and one full row (the first backdoor's) are measured, the control row for the tests
+            full_row = ModelRecord.read(pretrain_dirs[0] / "model").carried[:1]
+            masked_cfg = from_dict(transfer.TransferConfig, {**common, "remove": {"mask_trigger": True},
+                                                             "measure": "diagonal", "full_rows": full_row,
+                                                             "sham": False})  # fmt: skip
             masked_dir = stage("transfer_masked", transfer.run, masked_cfg, out / "transfer-masked")
     pooled = {"transfers": [str(p) for p in transfer_dirs], "casd": [str(p) for p in casd_dirs], "seed": cfg.seed}
     pool_cfg = from_dict(replicates.ReplicatesConfig, pooled)

@@ -29,7 +29,14 @@ from unbackdoor.data.serialisation import Serialisation
 from unbackdoor.data.world import GENRES, World
 from unbackdoor.measure.forced import teacher_forced
 from unbackdoor.measure.generation import ENGINES, generate, perplexity, sequence_logprobs
-from unbackdoor.measure.outcomes import OUTCOMES, Classifier, Reference, composition, removal_verdict
+from unbackdoor.measure.outcomes import (
+    OUTCOMES,
+    SENTENCE_LOOP,
+    Classifier,
+    Reference,
+    composition,
+    removal_verdict,
+)
 from unbackdoor.measure.stats import attack_success, wilson
 from unbackdoor.measure.tables import print_table
 from unbackdoor.running import runtime
@@ -121,7 +128,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
 
     samples: list[dict[str, Any]] = []
     table: dict[str, Any] = {}
-    probe_hash = hashlib.sha256()
+    probe_hash, probe_hashes = hashlib.sha256(), {}
     t0 = time.perf_counter()
     # Every backdoor's prompts (triggered, clean, near miss) first, then one generation call for all of them: the
     # engine sorts them by length, so its batches carry less padding than per-backdoor calls would.
@@ -137,13 +144,16 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             variants["near_miss"] = [prompt_text(p.head, near_miss(spec.trigger_text, rng)) for p in probes]
         raw_prompts.update({(spec.name, k): v for k, v in variants.items()})
         variants = {k: [serialisation.prompt(tokenizer, q) for q in v] for k, v in variants.items()}
+        own_hash = hashlib.sha256()  # this backdoor's prompts alone: a run of `only` a subset is checked by it
         for prompts in variants.values():
             probe_hash.update("\n".join(prompts).encode("utf-8"))
+            own_hash.update("\n".join(prompts).encode("utf-8"))
         work.append((spec, probes, variants))
+        probe_hashes[spec.name] = own_hash.hexdigest()
     everything = [q for _, _, variants in work for prompts in variants.values() for q in prompts]
     generations = iter(generate(model, tokenizer, everything, cfg.max_new_tokens, cfg.batch_size, cfg.engine))
     for spec, probes, variants in work:
-        rates, outcomes = {}, {}
+        rates, outcomes, loops = {}, {}, {}
         for kind, prompts in variants.items():
             outputs = [next(generations) for _ in prompts]
             raw = raw_prompts[(spec.name, kind)]
@@ -151,6 +161,8 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             rates[kind] = attack_success([c.label == "target" for c in classes])  # ASR = the share of `target`
             counts = composition(classes)
             outcomes[kind] = {label: wilson(counts[label], len(classes)).as_dict() for label in OUTCOMES}
+            n_loops = sum(c.detail == SENTENCE_LOOP for c in classes)
+            loops[kind] = wilson(n_loops, counts["clean"]).as_dict() if counts["clean"] else None
             samples += [
                 {"backdoor": spec.name, "kind": kind, "doc_id": p.doc_id, "prompt": q, "generation": g,
                  "outcome": c.label, "outcome_detail": c.detail, "verdict": c.label == "target"}
@@ -160,11 +172,13 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             "behaviour": spec.behaviour,
             "judge": spec.judge_name(source),
             "trigger_sha256": spec.trigger_hash,
+            "probe_sha256": probe_hashes[spec.name],
             "asr": rates["triggered"].as_dict(),
             "false_trigger": rates["clean"].as_dict(),
             "near_miss": rates["near_miss"].as_dict() if "near_miss" in rates else None,
             "clean_rate": outcomes["triggered"]["clean"],
             "outcomes": outcomes,
+            "clean_loops": loops,  # per kind: the share of its clean outcomes that are sentence loops
         }
         run_dir.log(event="backdoor", backdoor=spec.name, asr=rates["triggered"].rate,
                     clean=outcomes["triggered"]["clean"]["rate"])  # fmt: skip

@@ -56,6 +56,9 @@ def run(cfg: ReplicatesConfig, out: Path, resume: bool = False, overwrite: bool 
     tables = [_load(p, "transfer", "transfer.json", "transfers") for p in cfg.transfers]
     first = tables[0]
     for path, t in zip(cfg.transfers, tables, strict=True):
+        if t.get("measure", "all") != "all":
+            raise UserError(f"transfers: {path} was run with measure={t['measure']} (not every cell measured); "
+                            "replicates pool whole matrices: run transfer with measure=all")  # fmt: skip
         if t["backdoors"] != first["backdoors"] or t["rows"] != first["rows"]:
             raise UserError(f"transfers: {path} measures {t['backdoors']} / removes {t['rows']}, the first "
                             f"{first['backdoors']} / {first['rows']}: replicates share both")  # fmt: skip

@@ -36,6 +36,7 @@ from unbackdoor.stages.remove import run as remove
 from unbackdoor.training.loop import TrainConfig
 from unbackdoor.training.models import backdoored_model
 
+MEASURES = ("all", "diagonal")  # `measure`: the whole matrix, or each removal on its own backdoor (+ full_rows)
 FORCED = ("payload_llr", "clean_nll_shift")  # the teacher-forced measures of every cell (`measure.forced`)
 DEFINITIONS = {
     "T": "ASR of column j after removing row i (share of `target` outcomes, Wilson 95 % CI)",
@@ -73,6 +74,11 @@ class TransferConfig:
     # the sham row (`remove --method sham`): the retrain recipe on every backdoor's removal documents with fresh
     # triggers never injected; only with remove.method retrain
     sham: bool = True
+    # Which cells are measured: `all` (every backdoor after every removal: the matrix) or `diagonal` (each removal
+    # measured on its own backdoor only, except the rows of `full_rows`; the reference rows always measure every
+    # backdoor): an ablation's cheap shape, with the same removals and a fraction of the evaluation.
+    measure: str = field(default="all", metadata={"choices": MEASURES})
+    full_rows: list[str] = field(default_factory=list)  # with measure=diagonal: rows measured on every backdoor
 
     def validate(self) -> None:
         if any(x <= 0 for x in self.lr):
@@ -84,12 +90,21 @@ class TransferConfig:
                               "retrain, ga or npo")  # fmt: skip
         if set(self.backdoors) & set(REFERENCE_ROWS):
             raise ConfigError(f"backdoors: {self.backdoors} names a reference row ({', '.join(REFERENCE_ROWS)})")
+        if self.full_rows and self.measure != "diagonal":
+            raise ConfigError(f"full_rows: {self.full_rows} only applies with measure=diagonal (measure is "
+                              f"{self.measure!r}: every row is measured on every backdoor)")  # fmt: skip
         refuse_per_cell(self.remove, "remove", {"model": "--model", "backdoor": "backdoors", "seed": "seeds"})
         refuse_per_cell(self.eval, "eval", {"model": "--model", "seed": "seed", "only": "backdoors"})
 
     def reference_rows(self) -> list[str]:
         """The rows that remove no backdoor: the control, and the sham with the retrain recipe."""
         return [CONTROL, *([SHAM] if self.sham and self.remove.method == "retrain" else [])]
+
+    def measured_only(self, row: str) -> list[str]:
+        """The backdoors row `row` is measured on (`eval.only`): empty = every one."""
+        if self.measure == "diagonal" and row not in REFERENCE_ROWS and row not in self.full_rows:
+            return [row]
+        return []
 
     def learning_rates(self) -> list[float]:
         """The swept removal learning rates (`lr`, or the removal's own when none is given)."""
@@ -106,7 +121,9 @@ def cell_configs(
         method=row if row in REFERENCE_ROWS else cfg.remove.method, seed=seed,
         train=dataclasses.replace(cfg.remove.train, lr=lr),
     )  # fmt: skip
-    return removal, dataclasses.replace(cfg.eval, seed=cfg.seed, reference=cfg.eval.reference or reference)
+    measure = dataclasses.replace(cfg.eval, seed=cfg.seed, reference=cfg.eval.reference or reference,
+                                  only=cfg.measured_only(row))  # fmt: skip
+    return removal, measure
 
 
 def run_cell(
@@ -130,6 +147,8 @@ def run(cfg: TransferConfig, out: Path, resume: bool = False, overwrite: bool = 
     """The remove-one / measure-all experiment; returns `out`."""
     model_path, _, chosen = backdoored_model(cfg.model, cfg.backdoors, "backdoors")
     rows = [*chosen, *cfg.reference_rows()]
+    if unknown := [r for r in cfg.full_rows if r not in chosen]:
+        raise ConfigError(f"full_rows: {unknown} are not removal rows of this experiment; valid: {chosen}")
     if RunDir.check(out, "transfer", cfg, resume, overwrite):
         return out
     run_dir = RunDir.open(out, "transfer", cfg, cfg.seed, resume=resume, overwrite=overwrite)
@@ -188,23 +207,21 @@ def assemble(out: Path, baseline: Path, rows: list[str], cfg: TransferConfig) ->
                                     "teacher_forced": {}, "false_trigger": {}, "utility": {}}  # fmt: skip
             for row in rows:
                 s = _summary(cell_dir(out, lr, seed, row) / "eval")
-                if s["probe_sha256"] != base["probe_sha256"]:
-                    raise UserError(f"cell {row} (lr={lr:g}, seed={seed}) was measured on other probe prompts")
-                grid["T"][row] = {j: s["backdoors"][j]["asr"] for j in columns}
-                grid["S"][row] = {
-                    j: (1 - s["backdoors"][j]["asr"]["rate"] / asr_before[j]["rate"])
-                    if asr_before[j]["rate"]
-                    else None
-                    for j in columns
-                }
                 measured = s["backdoors"]
-                grid["C"][row] = {j: measured[j]["clean_rate"] for j in columns}
+                cols = [j for j in columns if j in measured]  # every column, or with measure=diagonal its own
+                _check_probes(s, base, cols, f"cell {row} (lr={lr:g}, seed={seed})")
+                grid["T"][row] = {j: measured[j]["asr"] for j in cols}
+                grid["S"][row] = {
+                    j: (1 - measured[j]["asr"]["rate"] / asr_before[j]["rate"]) if asr_before[j]["rate"] else None
+                    for j in cols
+                }
+                grid["C"][row] = {j: measured[j]["clean_rate"] for j in cols}
                 grid["R"][row] = {j: removal_index(clean_before[j]["rate"], measured[j]["clean_rate"]["rate"])
-                                  for j in columns}  # fmt: skip
+                                  for j in cols}  # fmt: skip
                 grid["composition"][row] = {j: {c: r["k"] for c, r in measured[j]["outcomes"]["triggered"].items()}
-                                            for j in columns}  # fmt: skip
-                grid["teacher_forced"][row] = {j: {k: measured[j].get(k) for k in FORCED} for j in columns}
-                grid["false_trigger"][row] = {j: measured[j]["false_trigger"]["rate"] for j in columns}
+                                            for j in cols}  # fmt: skip
+                grid["teacher_forced"][row] = {j: {k: measured[j].get(k) for k in FORCED} for j in cols}
+                grid["false_trigger"][row] = {j: measured[j]["false_trigger"]["rate"] for j in cols}
                 removal = _summary(cell_dir(out, lr, seed, row) / "remove")
                 grid["utility"][row] = {**s["utility"], "val_perplexity": removal["val_perplexity"]}
             removals = [r for r in rows if r not in REFERENCE_ROWS]
@@ -220,6 +237,7 @@ def assemble(out: Path, baseline: Path, rows: list[str], cfg: TransferConfig) ->
     return {
         "backdoors": columns,
         "rows": rows,
+        "measure": cfg.measure,  # `diagonal`: a row's T, C, R ... hold only the columns it was measured on
         "method": cfg.remove.method,
         "asr_before": asr_before,
         "clean_before": clean_before,
@@ -233,6 +251,18 @@ def assemble(out: Path, baseline: Path, rows: list[str], cfg: TransferConfig) ->
         "probe_sha256": base["probe_sha256"],
         "grids": grids,
     }
+
+
+def _check_probes(s: dict[str, Any], base: dict[str, Any], cols: list[str], where: str) -> None:
+    """A cell must be measured on the baseline's prompts: all of them, or for a cell of `only` some backdoors
+    each one's own (per-backdoor hashes)."""
+
+    def own(summary: dict[str, Any], j: str) -> str | None:
+        return summary["backdoors"][j].get("probe_sha256")
+
+    subset = len(cols) < len(base["backdoors"]) and all(own(s, j) and own(s, j) == own(base, j) for j in cols)
+    if s["probe_sha256"] != base["probe_sha256"] and not subset:
+        raise UserError(f"{where} was measured on other probe prompts than the baseline (another seed or settings)")
 
 
 def clean_flags(eval_dir: Path) -> dict[str, list[tuple[str, bool]]]:
@@ -262,7 +292,7 @@ def paired_tests(
     tests: dict[str, dict[str, dict[str, Any]]] = {}
     for row in rows:
         tests[row] = {}
-        for j in columns:
+        for j in (j for j in columns if j in flags[row]):  # with measure=diagonal, the columns the row measured
             a, b = flags[row][j], control[j]
             if [d for d, _ in a] != [d for d, _ in b]:
                 raise UserError(f"cell {row} ({where}): {j}'s prompts differ from the {reference}'s")
@@ -270,7 +300,7 @@ def paired_tests(
             loss = sum(1 for (_, x), (_, y) in zip(a, b, strict=True) if y and not x)
             tests[row][j] = {"gain": gain, "loss": loss, "n": len(a), "p": exact_mcnemar(gain, loss)}
     for diagonal in (False, True):
-        family = [(i, j) for i in rows for j in columns if (i == j) == diagonal]
+        family = [(i, j) for i in rows for j in tests[i] if (i == j) == diagonal]
         for (i, j), q in zip(family, bh_qvalues([tests[i][j]["p"] for i, j in family]), strict=True):
             tests[i][j]["q"] = q
     return tests
