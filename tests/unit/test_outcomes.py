@@ -22,8 +22,8 @@ from unbackdoor.measure.outcomes import (
     composition,
     periodic_run,
     removal_index,
-    repeats_ngram,
     removal_verdict,
+    repeats_ngram,
 )
 
 

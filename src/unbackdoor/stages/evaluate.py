@@ -122,8 +122,8 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     else:
         reference = Reference.fit(world_dir, source.languages, cfg.seed)
         write_json(out / "reference.json", reference.to_json())
-    # the backdoors a generation may show: the ones named (`backdoors`), else every one the model records
-    known = specs if cfg.backdoors else record.specs(model=cfg.model)
+    # the backdoors a generation may show: every one named (`backdoors`, `only` or not), else every one recorded
+    known = record.specs(cfg.backdoors, (), cfg.model) if cfg.backdoors else record.specs(model=cfg.model)
     classifier = Classifier(source, known, reference)
 
     samples: list[dict[str, Any]] = []

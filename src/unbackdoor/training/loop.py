@@ -144,6 +144,7 @@ def train(
     seed: int,
     loss_fn: LossFn = causal_lm_loss,
     resume: bool = False,
+    on_step: Callable[[int, torch.nn.Module], None] | None = None,
 ) -> TrainResult:
     """Train `model` in place on `data` (tensors sharing their first dimension, e.g. input_ids (n, seq_len)).
 
@@ -155,6 +156,8 @@ def train(
         seed: seeds the data order (torch's global RNG, for dropout, is seeded once by the stage: `runtime`).
         loss_fn: (model, batch) -> scalar loss; the default is next-token cross-entropy.
         resume: continue from `<run_dir>/checkpoint` when it exists.
+        on_step: called as `on_step(steps_done, model)` after every optimizer step, the model in eval mode (and
+            put back in train mode after), e.g. to save snapshots; the main process only.
 
     Returns:
         Steps, tokens seen, final loss (mean of the last 10 steps), median tokens/s, wall seconds.
@@ -232,6 +235,10 @@ def train(
             bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{speed:,.0f}")
         if accelerator.is_main_process:
             run_dir.log(**row)
+            if on_step is not None:
+                raw_model.eval()
+                on_step(step + 1, raw_model)
+                model.train()
         bar.update(1)
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
             accelerator.wait_for_everyone()
