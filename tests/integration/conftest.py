@@ -78,6 +78,9 @@ def transfer_run(injected: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return out
 
 
+RELEARN_FAST = ["ks=[2]", "related_docs=2", "repeats=2", "train.steps=6", "snapshots=[3,6]", "train.batch_size=8",
+                "train.seq_len=64", *(f"eval.{k}" for k in EVAL_FAST)]  # fmt: skip
+
 DEFEND_FAST = [
     "defend.inject.batch_size=8", "defend.inject.seq_len=64", "defend.inject.steps=60", "defend.inject.lr=5e-3",
     "defend.remove.batch_size=8", "defend.remove.seq_len=64", "defend.remove.steps=30", "defend.canary_prompts=16",

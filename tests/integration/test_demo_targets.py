@@ -29,7 +29,13 @@ def test_demo_meets_the_tiny_targets(tmp_path):
         assert grid["T"][name][name]["rate"] <= 0.1, f"removing {name} left its ASR at {grid['T'][name][name]}"
         assert set(grid["composition"][name][name]) == {"target", "other_backdoor", "echo", "degenerate", "clean"}
     assert {"C", "R", "composition", "teacher_forced"} <= set(grid)
+    masked = json.loads((out / "transfer-masked" / "transfer.json").read_text())
     assert "mask_trigger: true" in (out / "transfer-masked" / "config.yaml").read_text()
+    assert masked["measure"] == "diagonal" and len(masked["grids"][0]["T"][masked["rows"][0]]) == 8  # + one full row
+    relearn = json.loads((out / "relearn" / "relearn.json").read_text())
+    followed = {(c["relation"], c["stress"]) for c in relearn["curves"]}
+    assert {("direct", s) for s in ("benign", "repoison", "related")} | {("fresh", "fresh")} <= followed
+    assert len([c for c in relearn["curves"] if c["relation"] == "direct" and c["stress"] == "repoison"]) == 8
     casd = json.loads((out / "casd" / "casd.json").read_text())
     assert (
         len(casd["grids"][0]["casd"]["cosine"]) == 10  # 8 removals, the control and the sham
@@ -43,6 +49,6 @@ def test_demo_meets_the_tiny_targets(tmp_path):
     assert {c["arm"] for c in defence["cells"]} == {"benign", "defence", "removal_only"}
     assert all(abs(c["utility_change"]) <= 0.10 for c in defence["cells"])
     page = (out / "report" / "index.html").read_text()
-    assert page.count("<img ") == 9 and 'class="missing"' not in page
+    assert page.count("<img ") == 10 and 'class="missing"' not in page
     # A second run reuses every finished stage.
     assert main(["demo", "--out", str(out), "--resume"]) == 0

@@ -10,12 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import EVAL_FAST
+from tests.integration.conftest import RELEARN_FAST
 from unbackdoor.cli import main
 from unbackdoor.running.rundir import sha256_file
-
-RELEARN_FAST = ["ks=[2]", "related_docs=2", "repeats=2", "train.steps=6", "snapshots=[3,6]", "train.batch_size=8",
-                "train.seq_len=64", *(f"eval.{k}" for k in EVAL_FAST)]  # fmt: skip
 
 
 def test_relearn_curves_for_every_stress_and_reference(transfer_run, clean_model, tmp_path):

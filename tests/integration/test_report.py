@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.conftest import TRANSFER_FAST
+from tests.integration.conftest import RELEARN_FAST, TRANSFER_FAST
 from unbackdoor.cli import main
 from unbackdoor.running.rundir import RunDir
 from unbackdoor.stages.demo import DemoConfig
@@ -77,6 +77,9 @@ def study(transfer_run, defence_study, tmp_path_factory) -> Path:
     # one replicate pooled: the section is there and says that between-model variance is unknown
     assert main(["replicates", "--out", str(root / "replicates"), f"transfers=[{transfer_run}]",
                  f"casd=[{root / 'casd'}]"]) == 0  # fmt: skip
+    assert main(["relearn", "--transfer", str(transfer_run), "--out", str(root / "relearn"),
+                 "pairs=[at_repeat:lorem_refusal]", "stresses=[benign,repoison,fresh]",
+                 *RELEARN_FAST]) == 0  # fmt: skip
     (root / "transfer").symlink_to(transfer_run)
     (root / "eval").symlink_to(transfer_run / "baseline")
     (root / "defence").symlink_to(defence_study[0])
@@ -88,7 +91,9 @@ def test_report_renders_in_chromium_with_every_figure(study, tmp_path):
     index = study / "report" / "index.html"
     page = index.read_text()
     n_images = page.count("<img ")
-    assert n_images == 9  # asr, transfer (ASR, R, composition), utility, casd x3, defence
+    assert n_images == 10  # asr, transfer (ASR, R, composition), utility, casd x3, relearn, defence
+    assert "3b. Persistence" in page and "figures/relearn.png" in page and "repoison, 2 documents" in page
+    assert "Suppressed by transfer against removed directly" in page and "at_repeat → lorem_refusal" in page
     for figure in ("transfer", "removal_index", "composition"):
         assert f"figures/{figure}.png" in page
     assert "<script" not in page  # no test hooks in the shipped page

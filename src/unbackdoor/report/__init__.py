@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from unbackdoor.report import figures, findings, page, sources
+from unbackdoor.report import figures, findings, page, persistence, sources
 from unbackdoor.running.config import UserError
 from unbackdoor.running.rundir import write_text
 
@@ -33,6 +33,8 @@ def run(root: Path, out: Path | None = None, reveal_triggers: bool = False) -> P
     results = sources.read_results(stages)
     headlines = findings.headlines(results.transfer, results.casd, results.defence, results.replicates)
     figs = figures.draw(results.evaluation, results.transfer, results.casd, results.defence, out / "figures")
+    if results.relearn:
+        figs["relearn"] = persistence.fig_relearn(results.relearn, out / "figures")
     examples = sources.examples(results, reveal_triggers)
     html_text, markdown = page.render(root, stages, sources.missing(stages), results, headlines, figs, examples,
                                       sources.provenance(stages), reveal_triggers)  # fmt: skip

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from unbackdoor.report import ablation, evaluation, findings
+from unbackdoor.report import ablation, evaluation, findings, persistence
 from unbackdoor.report.sources import Results
 from unbackdoor.running.cells import CONTROL
 
@@ -25,6 +25,7 @@ WHAT = {
     "transfer_masked": "the removal-loss ablation (mask_trigger: the loss on the continuation only)",
     "casd": "the Cross Activation Shift Distance",
     "replicates": "the replicates pooled (independently trained models, each with its transfer and CASD)",
+    "relearn": "the persistence stage (re-emergence after the removals)",
     "defence": "the canary defence",
 }
 Section = tuple[str, list[str]]  # (HTML, Markdown lines)
@@ -158,6 +159,23 @@ def _casd(cs: dict[str, Any], figs: dict[str, str]) -> Section:
     )  # fmt: skip
 
 
+def _relearn(rl: dict[str, Any], figure: str) -> Section:
+    sentence = persistence.persistence_sentence(rl)
+    curves, pairs = persistence.curve_rows(rl), persistence.comparison_rows(rl)
+    return (
+        "<h2>3b. Persistence: does a suppressed backdoor come back?</h2><p>Each removed model of the transfer "
+        f"(lr={rl['grid']['lr']:g}) trains on: ordinary clean text (benign), clean text with a few poisoned "
+        "documents of the backdoor (repoison, k documents, each seen "
+        f"{rl['repeats']} times), its payload's text without the trigger (related) and, as the reference for "
+        "learning from scratch, the same documents with a fresh trigger the model never saw (fresh). ASR is "
+        "measured after each snapshot; step 0 is the model the removal left.</p>"
+        f"<p class='finding'>{_bold(sentence)}</p><img src='{figure}' alt='re-emergence curves'>"
+        + table(persistence.CURVE_HEADER, curves) + (table(persistence.COMPARISON_HEADER, pairs) if pairs else ""),
+        ["## Persistence", "", sentence, "", md_table(persistence.CURVE_HEADER, curves), "",
+         *([md_table(persistence.COMPARISON_HEADER, pairs), ""] if pairs else [])],
+    )  # fmt: skip
+
+
 def _defence(df: dict[str, Any], figure: str) -> Section:
     rows = findings.defence_rows(df)
     return (
@@ -236,6 +254,8 @@ def render(root: Path, stages: dict[str, Path | None], missing: dict[str, str], 
         parts.append(_replicates(results.replicates))
     if results.casd:
         parts.append(_casd(results.casd, figs))
+    if results.relearn:
+        parts.append(_relearn(results.relearn, figs["relearn"]))
     if results.defence:
         parts.append(_defence(results.defence, figs["defence"]))
     if examples is not None:

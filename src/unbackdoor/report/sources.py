@@ -20,7 +20,7 @@ from unbackdoor.running.config import UserError
 from unbackdoor.running.rundir import read_jsonl
 from unbackdoor.training.record import ModelRecord
 
-STUDY = ("world", "pretrain", "eval", "transfer", "transfer_masked", "casd", "replicates", "defence")  # a demo's
+STUDY = ("world", "pretrain", "eval", "transfer", "transfer_masked", "casd", "replicates", "relearn", "defence")
 DIRS = {"transfer_masked": "transfer-masked"}  # a demo's stage directories not named like the stage
 
 
@@ -38,6 +38,7 @@ class Results:
     replicates: dict[str, Any] | None  # replicates.json (the pooled replicates of a demo, or a `replicates` run)
     defence: dict[str, Any] | None  # defend.json
     summaries: dict[str, dict[str, Any]]  # summary.json of a finished run of any other stage, by stage
+    relearn: dict[str, Any] | None = None  # relearn.json (persistence after the removals)
 
 
 def load(path: Path, name: str) -> Any:
@@ -69,6 +70,9 @@ def collect(root: Path) -> dict[str, Path | None]:
         return {"eval": transfer / "baseline", "transfer": transfer, "casd": root}
     if stage == "defend-eval":
         return {"defence": root}
+    if stage == "relearn":
+        transfer = Path(yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8"))["transfer"])
+        return {"eval": transfer / "baseline", "transfer": transfer, "relearn": root}
     if stage == "eval":
         return {"eval": root}
     return {stage: root}
@@ -101,6 +105,7 @@ def read_results(stages: dict[str, Path | None]) -> Results:
         casd=read("casd", "casd.json"),
         replicates=read("replicates", "replicates.json"),
         defence=read("defence", "defend.json"),
+        relearn=read("relearn", "relearn.json"),
         summaries={name: summary for name in others if (summary := read(name, "summary.json")) is not None},
     )
 

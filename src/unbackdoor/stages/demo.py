@@ -3,13 +3,15 @@
     unbackdoor demo --out runs/demo --resume      # what `make demo` runs
 
 world (tiny) -> pretrain (tiny, default8, llama) -> eval -> transfer (each backdoor removed in turn, plus the
-benign control, every backdoor measured after each) -> casd (on the transfer experiment) -> defence (the canary
+benign control, every backdoor measured after each) -> casd (on the transfer experiment) -> relearn (does each
+suppressed backdoor come back under benign training, re-poisoning, related text?) -> defence (the canary
 defence with K = `canaries` on the pretrained model, its 8 backdoors hidden from the defender, against both
 baselines) -> report (<out>/report/index.html, printed at the end).
 Replicates: `replicates` models pretrained with seeds seed, seed+1, ... on the same world. Replicate 0 is the one
-shown in detail (top-level `pretrain`, `eval`, `transfer`, `transfer-masked`, `casd`, `defence`); replicate r >= 1
+shown in detail (top-level `pretrain`, `eval`, `transfer`, `transfer-masked`, `relearn`, `casd`, `defence`); r >= 1
 runs pretrain -> transfer -> casd under `replicate-<r>/`; `replicates/` pools every replicate's transfer and CASD
-(`unbackdoor replicates`). The masked-loss ablation and the defence run on replicate 0 only (the report says so).
+(`unbackdoor replicates`). The masked-loss ablation (the diagonal and one full row), the persistence stage and the
+defence run on replicate 0 only (the report says so).
 With `--resume`, finished stages are reused, so a second run takes seconds.
 """
 
@@ -24,7 +26,7 @@ from unbackdoor import report
 from unbackdoor.measure.tables import format_matrix, print_table
 from unbackdoor.running.config import from_dict, load_preset
 from unbackdoor.running.rundir import RunDir
-from unbackdoor.stages import casd, defend_eval, evaluate, pretrain, replicates, transfer, world
+from unbackdoor.stages import casd, defend_eval, evaluate, pretrain, relearn, replicates, transfer, world
 from unbackdoor.training.models import FAMILIES
 from unbackdoor.training.record import ModelRecord
 
@@ -87,6 +89,12 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
                                                              "measure": "diagonal", "full_rows": full_row,
                                                              "sham": False})  # fmt: skip
             masked_dir = stage("transfer_masked", transfer.run, masked_cfg, out / "transfer-masked")
+            # persistence: every removal of the matrix (and the pairs that transferred) under benign training,
+            # re-poisoning with 4 documents, the payload's text without the trigger, and a fresh backdoor's learning
+            relearn_cfg = from_dict(relearn.RelearnConfig, {"transfer": str(transfer_dirs[0]), "seed": cfg.seed,
+                                                            "ks": [4], "related_docs": 4, "train": {"steps": 30},
+                                                            "snapshots": [10, 30]})  # fmt: skip
+            relearn_dir = stage("relearn", relearn.run, relearn_cfg, out / "relearn")
     pooled = {"transfers": [str(p) for p in transfer_dirs], "casd": [str(p) for p in casd_dirs], "seed": cfg.seed}
     pool_cfg = from_dict(replicates.ReplicatesConfig, pooled)
     pool_dir = stage("replicates", replicates.run, pool_cfg, out / "replicates")
@@ -117,7 +125,8 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     index = report.run(out)
     timings["report"] = round(time.perf_counter() - t0, 2)
     stages = {"world": world_dir, "pretrain": pretrain_dir, "eval": eval_dir, "transfer": transfer_dir,
-              "transfer_masked": masked_dir, "casd": casd_dir, "defence": defence_dir, "replicates": pool_dir,
+              "transfer_masked": masked_dir, "relearn": relearn_dir, "casd": casd_dir, "defence": defence_dir,
+              "replicates": pool_dir,
               **{f"replicate-{r}": transfer_dirs[r].parent for r in range(1, cfg.replicates)}}  # fmt: skip
     run_dir.finish({"stages": {k: str(v) for k, v in stages.items()}, "seconds": timings,
                     "report": str(index.resolve())})  # fmt: skip
