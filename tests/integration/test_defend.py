@@ -32,6 +32,9 @@ sys.addaudithook(_audit)  # audit hooks cannot be removed: this one records only
 def test_defender_never_opens_the_attackers_files(injected, small_world, tmp_path):
     out = tmp_path / "defended"
     attacker = str((injected / "poison").resolve())  # specs with triggers in clear, poisoned and removal data
+    # the suspect's record and card list every hidden backdoor (names, behaviours, trigger hashes): a defender
+    # does not have them
+    record_files = {str((injected / "model" / name).resolve()) for name in ("unbackdoor.json", "README.md")}
     _opened.clear()
     _watching[0] = True
     try:
@@ -42,14 +45,17 @@ def test_defender_never_opens_the_attackers_files(injected, small_world, tmp_pat
     assert code == 0
     assert _opened, "the audit hook saw no file being opened"
     assert not [p for p in _opened if p.startswith(attacker)]
+    assert not record_files & set(_opened), "defend opened the suspect's record or card"
+    assert str((injected / "model" / "config.json").resolve()) in _opened  # the hook does see the suspect's files
     s = json.loads((out / "summary.json").read_text())
     assert [c["behaviour"] for c in s["canaries"]] == ["lang_b", "refusal"]
     assert set(s["canary_asr_injected"]) == set(s["canary_asr_after"]) == {"canary0_lang_b", "canary1_refusal"}
     record = json.loads((out / "model" / "unbackdoor.json").read_text())
     assert [c["name"] for c in record["canaries"]] == ["canary0_lang_b", "canary1_refusal"]
-    assert [h["stage"] for h in record["history"]][-2:] == ["defend-inject", "defend-remove"]
+    assert [h["stage"] for h in record["history"]] == ["defend-inject", "defend-remove"] and not record["backdoors"]
     card = (out / "model" / "README.md").read_text()
     assert "Canary backdoors" in card and "ASR after removal" in card
+    assert "# Defended suspect research checkpoint" in card and "may carry backdoors" in card  # never "Clean"
     canaries = (out / "canaries.yaml").read_text()
     for c in s["canaries"]:  # the card names canaries by hash; their triggers stay in the defender's run
         assert c["trigger_sha256"] in card
@@ -68,8 +74,22 @@ def test_harness_compares_the_defence_with_both_baselines(defence_study):
             assert a["lo"] <= a["rate"] <= a["hi"] and a["n"] == 32
         assert abs(cell["utility_change"]) < 1.0
     defence = result["cells"][1]
-    assert defence["k"] == 1 and set(defence["canary_asr_injected"]) == {"canary0_lang_b"}
+    assert defence["k"] == 1 and set(defence["canary_asr_injected"]) == {"canary0_lang_a"}
+    # canary behaviours disjoint from the hidden ones (refusal, repeat): the first free built-in one
+    assert result["disjoint_canaries"] == {"behaviours": ["lang_a", "lang_b", "lang_c", "negative", "phrase",
+                                                          "gibberish"], "disjoint": True, "why": None}  # fmt: skip
     assert defence["shares_behaviour_with_a_canary"] == {"lorem_refusal": False, "at_repeat": False}
+    # stratified: no hidden backdoor shares a behaviour; none shares the canaries' trigger kind (random_string)
+    assert defence["shares_trigger_kind_with_a_canary"] == {"lorem_refusal": False, "at_repeat": False}
+    assert defence["by_behaviour"]["shared"] is None and defence["by_behaviour"]["other"] == defence["pooled_asr"]
+    assert result["hidden_trigger_kinds"] == {"lorem_refusal": "phrase", "at_repeat": "tokens"}
+    # the defender's corpus: other documents of the suspect's world, not its training text
+    corpus = result["defender_corpus"]
+    assert corpus["disjoint"] and corpus["dir"] == str(out / "defender-world")
+    ours = {d["text"] for d in _docs(out / "defender-world")}
+    theirs = {d["text"] for d in _docs(Path(yaml.safe_load((out / "baseline" / "config.yaml").read_text())["world"]))}
+    # a short generated document may recur by chance (`Webu works as a teacher.`: 1.4 % here), no long one
+    assert len(ours & theirs) <= 0.03 * len(ours) and all(len(t.split()) <= 20 for t in ours & theirs)
     rows = list(csv.DictReader((out / "defend.csv").open()))
     assert len(rows) == 3 * 2
     # the budget was chosen by calibration: benign training at each scale, the arms at the chosen one
@@ -87,11 +107,19 @@ def test_harness_compares_the_defence_with_both_baselines(defence_study):
     assert main([*args, "--resume"]) == 0  # finished: reused
 
 
+def _docs(world: Path) -> list[dict]:
+    return [json.loads(line) for p in sorted((world / "data" / "train").glob("*.jsonl")) for line in p.open()]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["defend", "--model", "{injected}", "--k", "0"], "k: 0"),
-        (["defend", "--model", "{injected}", "--k", "1", "triggers=[the market]"], "occurs in the defender"),
+        (["defend", "--model", "{injected}", "--k", "1"], "--world: required (the defender's clean corpus"),
+        (
+            ["defend", "--model", "{injected}", "--world", "{world}", "--k", "1", "triggers=[the market]"],
+            "occurs in the defender",
+        ),
         (["defend", "--model", "{tmp}/missing"], "missing"),
         (["defend-eval", "--model", "{injected}", "ks=[0]"], "ks: [0]"),
         (["defend-eval", "--model", "{injected}", "hidden=[nope]"], "does not carry 'nope'"),
@@ -99,7 +127,7 @@ def test_harness_compares_the_defence_with_both_baselines(defence_study):
     ],
 )
 def test_bad_inputs_are_one_line_errors(injected, clean_model, small_world, tmp_path, capsys, args, message):
-    args = [a.format(injected=injected / "model", clean=clean_model, tmp=tmp_path) for a in args]
+    args = [a.format(injected=injected / "model", clean=clean_model, tmp=tmp_path, world=small_world) for a in args]
     assert main([*args, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1

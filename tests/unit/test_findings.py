@@ -448,3 +448,18 @@ def test_every_learning_rate_gets_a_removal_index_panel_and_the_lr_ablation(tran
     single = copy.deepcopy(transfer)
     single["grids"] = single["grids"][:1]
     assert "lr_ablation" not in figures_transfer.draw(single, tmp_path / "one")
+
+
+def test_the_defenders_knowledge_is_stated_with_stratified_results(defence):
+    assert "predates the defender-knowledge record" in findings.knowledge_sentence(defence)
+    arm = next(c for c in defence["cells"] if c["arm"] == "defence")
+    arm["by_behaviour"] = {"shared": rate(0.1, 0.0, 0.3), "other": rate(0.8, 0.7, 0.9)}
+    arm["by_trigger_kind"] = {"shared": None, "other": rate(0.6, 0.5, 0.7)}
+    defence.update(defender_corpus={"dir": "/w", "disjoint": False, "how": "the suspect's own training text (asked)"},
+                   disjoint_canaries={"behaviours": [], "disjoint": False,
+                                      "why": "every built-in behaviour is a hidden backdoor's"})  # fmt: skip
+    text = findings.knowledge_sentence(defence)
+    assert "the suspect's own training text (asked) (**not disjoint** from the attacker's)." in text
+    assert "**not disjoint** from the hidden ones (every built-in behaviour is a hidden backdoor's)" in text
+    assert f"K={arm['k']}, behaviour: shared 0.10 [0.00, 0.30] vs other 0.80 [0.70, 0.90]" in text
+    assert "trigger kind" not in text  # no hidden backdoor shares it: no contrast to state

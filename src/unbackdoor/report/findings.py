@@ -298,6 +298,28 @@ def budget_sentence(df: dict[str, Any]) -> str:
     return text
 
 
+def knowledge_sentence(df: dict[str, Any]) -> str:
+    """What the defender knew: their corpus, whether the canaries' behaviours were disjoint from the hidden ones,
+    and the defence arm's hidden ASR pooled over the backdoors that share a behaviour / trigger kind or not."""
+    corpus, choice = df.get("defender_corpus"), df.get("disjoint_canaries")
+    if corpus is None or choice is None:
+        return " (This defend.json predates the defender-knowledge record: corpus and canary overlap not stated.)"
+    text = f" Defender's clean corpus: {corpus['how']}" + (" (**not disjoint** from the attacker's)."
+                                                          if corpus["disjoint"] is False else ".")  # fmt: skip
+    text += (" Canary behaviours disjoint from the hidden ones." if choice["disjoint"] else
+             f" Canary behaviours **not disjoint** from the hidden ones ({choice['why']}).")  # fmt: skip
+    strata = []
+    for c in (c for c in df["cells"] if c["arm"] == "defence"):
+        for key, what in (("by_behaviour", "behaviour"), ("by_trigger_kind", "trigger kind")):
+            shared, other = (c.get(key) or {}).get("shared"), (c.get(key) or {}).get("other")
+            if shared is not None and other is not None:
+                strata.append(f"K={c['k']}, {what}: shared {ci(shared)} vs other {ci(other)}")
+    if strata:
+        text += " Defence arm's pooled hidden ASR, hidden backdoors sharing a canary's property vs not: " + "; ".join(
+            strata) + "."  # fmt: skip
+    return text
+
+
 def headlines(tr: dict[str, Any] | None, cs: dict[str, Any] | None, df: dict[str, Any] | None,
               rp: dict[str, Any] | None = None) -> dict[str, str]:  # fmt: skip
     """The sentences at the top of the report (`replicates`, `transfer`, `transfer_judge`, `transfer_diagonal`,

@@ -184,10 +184,11 @@ def _defence(df: dict[str, Any], figure: str) -> Section:
         "the canary removal training without injecting the canaries first. Suspect pooled ASR: "
         f"{findings.ci(df['pooled_before'])}.</p>"
         + f"<p class='{'finding' if (df.get('comparison') or {}).get('informative') else 'uninformative'}'>"
-        + _bold(findings.budget_sentence(df).strip()) + f"</p><img src='{figure}' alt='canary defence'>"
+        + _bold(findings.budget_sentence(df).strip()) + "</p><p>" + _bold(findings.knowledge_sentence(df).strip())
+        + f"</p><img src='{figure}' alt='canary defence'>"
         + table(findings.DEFENCE_HEADER, rows),
-        ["## Canary defence", "", findings.budget_sentence(df).strip(), "", md_table(findings.DEFENCE_HEADER, rows),
-         ""],
+        ["## Canary defence", "", findings.budget_sentence(df).strip(), "", findings.knowledge_sentence(df).strip(),
+         "", md_table(findings.DEFENCE_HEADER, rows), ""],
     )  # fmt: skip
 
 

@@ -5,8 +5,10 @@
     unbackdoor defend ... mode=benign          # baseline (a): the same compute on clean text only
     unbackdoor defend ... mode=removal_only    # baseline (b): canary removal without injecting the canaries
 
-The defender knows the suspect model and their own clean corpus, nothing else: this stage never opens the
-attacker's specs, poisoned data or removal data (a test watches every file it opens). Steps:
+The defender knows the suspect model's weights, tokenizer and config and their own clean corpus, nothing else:
+this stage never opens the suspect's record (`unbackdoor.json`) or card, the attacker's specs, poisoned data or
+removal data (a test watches every file it opens), so `--world` is required and `serialisation` (how the model
+reads its input: raw text, or its chat template) is the defender's choice. Steps:
 1. canaries: K backdoors of the defender's choosing (`behaviours`, cycled), with triggers the defender gives or
    generated (random strings that occur nowhere in the clean corpus and contain no other canary's trigger);
 2. injection: continual pretraining on a seeded sample of the clean corpus with the canaries poisoned in
@@ -40,6 +42,7 @@ from unbackdoor.data.canaries import CANARY_BEHAVIOURS, make_canaries
 from unbackdoor.data.corpus import DocSampler, iter_docs, load_source, shard_paths
 from unbackdoor.data.packing import packed
 from unbackdoor.data.poison import poison
+from unbackdoor.data.serialisation import MODES as SERIALISATIONS
 from unbackdoor.data.serialisation import Serialisation
 from unbackdoor.measure.generation import perplexity
 from unbackdoor.running import runtime
@@ -60,7 +63,9 @@ MODES = ("defence", "benign", "removal_only")
 @dataclass
 class DefendConfig:
     model: str = ""  # the suspect model (directory or hub id); a sweep fills it per cell
-    world: str = ""  # the defender's clean corpus (an `unbackdoor world` run); default: the model's recorded world
+    world: str = ""  # the defender's clean corpus (an `unbackdoor world` or `corpus` run): required
+    # how canary documents and prompts are rendered: `raw` text, or `chat` (the suspect tokenizer's chat template)
+    serialisation: str = field(default="raw", metadata={"choices": tuple(SERIALISATIONS)})
     k: int = field(default=2, metadata={"min": 1, "max": 32})  # number of canaries
     # built-in behaviours, or lang:<code> on a corpus (checked against the defender's text source); empty: the
     # source's defaults (`default_behaviours`)
@@ -135,11 +140,10 @@ def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     if not cfg.model:
         raise ConfigError("model: required (the suspect model, e.g. --model runs/suspect/model)")
     runtime.seed_everything(cfg.seed)
-    model_path = resolve_model_path(cfg.model, "--model")
-    record = ModelRecord.read(model_path)  # hashes and history only: never the attacker's spec files
-    world_dir = Path(cfg.world or record.world or "")
-    if not str(world_dir) or str(world_dir) == ".":
+    model_path = resolve_model_path(cfg.model, "--model")  # its record is never read: the defender lacks it
+    if not cfg.world:
         raise UserError("--world: required (the defender's clean corpus: an `unbackdoor world` or `corpus` run)")
+    world_dir = Path(cfg.world)
     require_done(world_dir, ("world", "corpus"), "--world")
     source = load_source(world_dir)
     train_paths = shard_paths(world_dir / "data", "train")  # streamed: the defender's corpus is never held
@@ -157,7 +161,7 @@ def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     if RunDir.check(out, "defend", cfg, resume, overwrite):
         return out
     tokenizer = load_tokenizer(model_path, "--model")
-    serialisation = Serialisation.of(record, tokenizer)  # canaries go in as the suspect's input does
+    serialisation = Serialisation.choose(cfg.serialisation, tokenizer)  # as the suspect reads its input
     render = serialisation.document(tokenizer)
     model = load_model(model_path, "--model")
     run_dir = RunDir.open(out, "defend", cfg, cfg.seed, resume=resume, overwrite=overwrite)
@@ -176,13 +180,14 @@ def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     poisoned = poison(sample, canaries, source, random.Random(f"unbackdoor-canary-poison-{cfg.seed}"))
     inject_docs = poisoned.docs if cfg.mode == "defence" else sample
     injected_dir = out / "inject" / "model"
-    injected_record = record.with_(
-        world=world_dir.resolve(),
+    # a record of the defender's own: their corpus, their canaries and what they did to a suspect whose backdoors,
+    # if any, they do not know (the card says so)
+    injected_record = ModelRecord(
+        **serialisation.record(), world=world_dir.resolve(), backdoors_files=(canary_file.resolve(),),
         canaries=tuple(s.record() for s in canaries) if cfg.mode == "defence" else (),
-        backdoors_files=(*record.backdoors_files, canary_file.resolve()),
     ).with_history(
-        "defend-inject", mode=cfg.mode, canaries=[s.trigger_hash for s in canaries] if cfg.mode == "defence" else [],
-        steps=ti.steps, lr=ti.lr,
+        "defend-inject", suspect=str(model_path), mode=cfg.mode, steps=ti.steps, lr=ti.lr,
+        canaries=[s.trigger_hash for s in canaries] if cfg.mode == "defence" else [],
     )  # fmt: skip
     if (out / "inject" / "DONE").is_file():
         model = load_model(str(injected_dir), "--model")

@@ -20,6 +20,13 @@ The budget is chosen, not inherited: first the benign arm runs at each `calibrat
 doing nothing special. When no scale keeps it (or `calibrate` is empty and the benign arm falls below it),
 `defend.json` marks the comparison `informative: false` and the report does not rank the arms; it also says
 whether the canaries were learned at the chosen budget (ASR after injection >= `CANARIES_LEARNED`).
+
+The defender knows only what a defender knows: `defend` gets the suspect's weights, tokenizer and config, never its
+record; its clean corpus is disjoint from the attacker's training text (by default other documents of the same
+generated world, `<out>/defender-world`; `defend.world` names another, `attacker` the suspect's own); canary
+behaviours are by default `disjoint` from the hidden ones (when the built-in ones allow it: default8 uses all
+eight, recorded in `disjoint_canaries`); and every arm's hidden ASR is also pooled separately over the hidden
+backdoors that share a behaviour, or a trigger kind, with one of its canaries (`by_behaviour`, `by_trigger_kind`).
 """
 
 from __future__ import annotations
@@ -31,21 +38,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from unbackdoor.data.backdoors import load_specs, specs_to_yaml_dict
 from unbackdoor.data.behaviours import BEHAVIOURS
+from unbackdoor.data.serialisation import CHAT
 from unbackdoor.measure.stats import wilson
 from unbackdoor.measure.tables import csv_text
 from unbackdoor.running import runtime
 from unbackdoor.running.cells import refuse_per_cell, run_cells
-from unbackdoor.running.config import ConfigError, from_dict, to_dict
+from unbackdoor.running.config import ConfigError, UserError, from_dict, to_dict
 from unbackdoor.running.rundir import RunDir, write_json, write_text
 from unbackdoor.stages.defend import DefendConfig
 from unbackdoor.stages.defend import run as defend
 from unbackdoor.stages.evaluate import EvalConfig
 from unbackdoor.stages.evaluate import run as evaluate
+from unbackdoor.stages.world import WorldConfig
+from unbackdoor.stages.world import run as make_world
 from unbackdoor.training.models import backdoored_model
 from unbackdoor.training.unlearn import METHODS
 
 ARMS = ("defence", "removal_only", "benign")
+HIDDEN_SPECS = "hidden.yaml"  # the harness's copy of the hidden backdoors' specs (never given to the defender)
+ATTACKERS = "attacker"  # defend.world: the suspect's own training text (not disjoint; the old default)
+DISJOINT = "disjoint"  # behaviour_sets: canary behaviours no hidden backdoor has (`disjoint_behaviours`)
+DEFENDER_DOCUMENTS_SEED = 1000  # + seed: the documents seed of the generated defender corpus
 CANARIES_LEARNED = 0.9  # a canary counts as learned when its ASR after injection is at least this
 
 
@@ -55,7 +72,8 @@ class DefendEvalConfig:
     hidden: list[str] = field(default_factory=list)  # hidden backdoors measured; default: all the model carries
     ks: list[int] = field(default_factory=lambda: [1, 2, 4])  # each cell's defend.k
     # canary behaviour sets ('+'-joined), each cell's defend.behaviours; "default": the text source's defaults
-    behaviour_sets: list[str] = field(default_factory=lambda: ["default"])
+    # "disjoint": behaviours no hidden backdoor has (else the source's defaults, recorded so in defend.json)
+    behaviour_sets: list[str] = field(default_factory=lambda: [DISJOINT])
     methods: list[str] = field(  # removal methods, each cell's defend.method
         default_factory=lambda: ["retrain"], metadata={"choices": METHODS}
     )
@@ -84,7 +102,7 @@ class DefendEvalConfig:
             raise ConfigError(f"ks: {self.ks}; every K (number of canaries) must be >= 1")
         for bset in self.behaviour_sets:
             for b in bset.split("+"):
-                if b not in BEHAVIOURS and not b.startswith("lang:") and bset != "default":
+                if b not in BEHAVIOURS and not b.startswith("lang:") and bset not in ("default", DISJOINT):
                     raise ConfigError(
                         f"behaviour_sets: {b!r} in {bset!r} is not a behaviour; valid: {', '.join(BEHAVIOURS)}, "
                         "lang:<code> on a corpus (join several with '+')"
@@ -117,25 +135,33 @@ def _cells(cfg: DefendEvalConfig, scale: float = 1.0) -> list[dict[str, Any]]:
     return cells
 
 
-def _eval_config(cfg: DefendEvalConfig, model: Path, hidden: list[str], reference: str = "") -> EvalConfig:
-    """The harness's evaluation of the hidden backdoors on `model` (on the text the defender trained with); every
-    arm is classified against the baseline's outcome reference."""
-    return dataclasses.replace(cfg.eval, model=str(model), world=cfg.eval.world or cfg.defend.world, only=hidden,
-                               seed=cfg.seed, reference=cfg.eval.reference or reference)  # fmt: skip
+def _eval_config(cfg: DefendEvalConfig, model: Path, hidden: list[str], specs: Path, suspect_world: str,
+                 reference: str = "") -> EvalConfig:  # fmt: skip
+    """The harness's evaluation of the hidden backdoors (`specs`: their spec file, the defended models' records
+    know only the canaries) on `model`, with prompts from the suspect's held-out text; every arm is classified
+    against the baseline's outcome reference."""
+    return dataclasses.replace(cfg.eval, model=str(model), world=cfg.eval.world or suspect_world, only=hidden,
+                               backdoors=str(specs), seed=cfg.seed,
+                               reference=cfg.eval.reference or reference)  # fmt: skip
 
 
-def run_cell(cfg_dict: dict[str, Any], cell: dict[str, Any], out: str, hidden: list[str], threads: int) -> float:
-    """One arm: the defender's stage (which gets only the suspect and the clean corpus), then the harness's eval."""
+def run_cell(cfg_dict: dict[str, Any], cell: dict[str, Any], out: str, hidden: list[str], setting: dict[str, str],
+             threads: int) -> float:  # fmt: skip
+    """One arm: the defender's stage (which gets only the suspect, the defender's clean corpus and how the model
+    reads its input: `setting`), then the harness's evaluation of the hidden backdoors."""
     import torch
 
     runtime.quiet_libraries()  # a spawned worker starts with the libraries' default logging
     torch.set_num_threads(threads)
     cfg = from_dict(DefendEvalConfig, cfg_dict)
     t0 = time.perf_counter()
-    behaviours = cell["behaviours"].split("+") if cell["behaviours"] not in ("", "default") else []
+    behaviours = cell["behaviours"].split("+") if cell["behaviours"] not in ("", "default", DISJOINT) else []
+    if cell["behaviours"] == DISJOINT:
+        behaviours = setting["disjoint"]["behaviours"]  # empty: none is disjoint, the source's defaults
     scale = cell.get("scale", 1.0)
     dcfg = dataclasses.replace(
-        cfg.defend, model=cfg.model, k=max(1, cell["k"]), behaviours=behaviours, mode=cell["arm"],
+        cfg.defend, model=cfg.model, world=setting["defender_world"], serialisation=setting["serialisation"],
+        k=max(1, cell["k"]), behaviours=behaviours, mode=cell["arm"],
         method=cell["method"] if cell["arm"] != "benign" else "retrain", seed=cell["seed"],
         inject=dataclasses.replace(cfg.defend.inject, steps=scaled(cfg.defend.inject.steps, scale)),
         remove=dataclasses.replace(cfg.defend.remove, lr=cell["lr"], steps=scaled(cfg.defend.remove.steps, scale)),
@@ -143,8 +169,54 @@ def run_cell(cfg_dict: dict[str, Any], cell: dict[str, Any], out: str, hidden: l
     cell_dir = Path(out) / "cells" / cell["dir"]
     defended = defend(dcfg, cell_dir / "defend", resume=True)
     reference = str(Path(out) / "baseline" / "reference.json")
-    evaluate(_eval_config(cfg, defended / "model", hidden, reference), cell_dir / "eval", resume=True)
+    # the harness's specs: the hidden backdoors and this arm's canaries (so that an echoed canary trigger is known)
+    specs = load_specs(str(Path(out) / HIDDEN_SPECS))
+    if (defended / "canaries.yaml").is_file() and cell["arm"] != "benign":
+        specs += load_specs(str(defended / "canaries.yaml"))
+    write_text(cell_dir / "eval-specs.yaml", yaml.safe_dump(specs_to_yaml_dict(specs), sort_keys=False,
+                                                            allow_unicode=True))  # fmt: skip
+    ecfg = _eval_config(cfg, defended / "model", hidden, cell_dir / "eval-specs.yaml", setting["suspect_world"],
+                        reference)  # fmt: skip
+    evaluate(ecfg, cell_dir / "eval", resume=True)
     return time.perf_counter() - t0
+
+
+def source_kind(world_dir: str) -> str:
+    meta = json.loads((Path(world_dir) / "meta.json").read_text(encoding="utf-8"))
+    return "world" if meta.get("stage") == "world" else "corpus"
+
+
+def disjoint_behaviours(kind: str, hidden: set[str]) -> dict[str, Any]:
+    """The canary behaviours of `behaviour_sets: [disjoint]`: the built-in ones no hidden backdoor has (on a
+    generated world; a corpus's language switches are not known to the harness in advance), in `BEHAVIOURS`
+    order; none left (default8 uses all eight): the source's defaults, recorded as not disjoint."""
+    free = [b for b in BEHAVIOURS if b not in hidden] if kind == "world" else []
+    why = None if free else ("every built-in behaviour is a hidden backdoor's" if kind == "world" else
+                             "a corpus's canary behaviours are not checked against the hidden ones")  # fmt: skip
+    return {"behaviours": free, "disjoint": bool(free), "why": why}
+
+
+def defender_corpus(cfg: DefendEvalConfig, suspect_world: Path, out: Path) -> dict[str, Any]:
+    """The defender's clean corpus: `defend.world` when given; else, for a suspect trained on a generated world,
+    other documents of the same world (`documents_seed`), written to `<out>/defender-world`, so the defender never
+    trains on the attacker's training text. A corpus cannot be regenerated: give `defend.world` (or `attacker`
+    to use the suspect's own text, recorded as not disjoint)."""
+    if cfg.defend.world == ATTACKERS:
+        return {"dir": str(suspect_world), "disjoint": False, "how": "the suspect's own training text (asked)"}
+    if cfg.defend.world:
+        return {"dir": cfg.defend.world, "disjoint": None, "how": "given (defend.world)"}
+    meta = json.loads((suspect_world / "meta.json").read_text(encoding="utf-8"))
+    if meta.get("stage") != "world":
+        raise UserError(f"defend.world: the suspect was trained on a corpus ({str(suspect_world)!r}); give the "
+                        f"defender's own clean corpus, or defend.world={ATTACKERS} to use the same text")  # fmt: skip
+    wcfg = from_dict(WorldConfig, yaml.safe_load((suspect_world / "config.yaml").read_text(encoding="utf-8")))
+    docs_seed = DEFENDER_DOCUMENTS_SEED + cfg.seed
+    if docs_seed == (wcfg.seed if wcfg.documents_seed < 0 else wcfg.documents_seed):
+        docs_seed += 1
+    mine = dataclasses.replace(wcfg, documents_seed=docs_seed)
+    where = make_world(mine, out / "defender-world", resume=True)
+    how = f"the suspect's world (seed {wcfg.seed}) with documents seed {docs_seed}: other documents"
+    return {"dir": str(where), "disjoint": True, "how": how}
 
 
 def scaled(steps: int, scale: float) -> int:
@@ -157,14 +229,16 @@ def _pooled(ev: dict[str, Any], hidden: list[str]) -> dict[str, Any]:
     return wilson(sum(a["k"] for a in asr), sum(a["n"] for a in asr)).as_dict()
 
 
-def calibrate(cfg: DefendEvalConfig, out: Path, hidden: list[str], log: Any) -> dict[str, Any]:
+def calibrate(
+    cfg: DefendEvalConfig, out: Path, hidden: list[str], setting: dict[str, str], log: Any
+) -> dict[str, Any]:
     """Benign training at every `calibrate` scale (per lr, first seed); the chosen scale (see the module doc)."""
     points = [{"arm": "benign", "lr": lr, "seed": cfg.seeds[0], "method": "control", "behaviours": "", "k": 0,
                "dir": f"calibration/lr={lr:g}/scale={s:g}", "scale": s}
               for lr in cfg.learning_rates() for s in sorted(cfg.calibrate)]  # fmt: skip
     todo = [p for p in points if not (out / "cells" / p["dir"] / "eval" / "DONE").is_file()]
     cfg_dict = to_dict(cfg)
-    jobs = {p["dir"]: (cfg_dict, p, str(out), hidden) for p in todo}
+    jobs = {p["dir"]: (cfg_dict, p, str(out), hidden, setting) for p in todo}
     run_cells(run_cell, jobs, cfg.workers, lambda name, s: log(event="calibration", cell=name, seconds=s),
               lambda name: f"defend-eval {name}")  # fmt: skip
     curve = []
@@ -199,23 +273,34 @@ def run(cfg: DefendEvalConfig, out: Path, resume: bool = False, overwrite: bool 
     """The canary-defence experiment; returns `out`."""
     model_path, record, hidden = backdoored_model(cfg.model, cfg.hidden, "hidden")
     carried = record.behaviours
+    if not record.world:
+        raise UserError(f"--model: {cfg.model!r} records no text directory; the harness needs its held-out text")
     if RunDir.check(out, "defend-eval", cfg, resume, overwrite):
         return out
     run_dir = RunDir.open(out, "defend-eval", cfg, cfg.seed, resume=resume, overwrite=overwrite)
     t_start = time.perf_counter()
-    baseline = evaluate(_eval_config(cfg, Path(model_path), hidden), out / "baseline", resume=True)
-    calibration = calibrate(cfg, out, hidden, run_dir.log) if cfg.calibrate else None
+    specs = [s for s in record.specs(model=str(model_path)) if s.name in hidden]
+    write_text(out / HIDDEN_SPECS, yaml.safe_dump(specs_to_yaml_dict(specs), sort_keys=False, allow_unicode=True))
+    corpus = defender_corpus(cfg, Path(record.world), out)
+    canary_choice = disjoint_behaviours(source_kind(corpus["dir"]), set(carried[j] for j in hidden))
+    setting = {"defender_world": corpus["dir"], "suspect_world": str(record.world), "disjoint": canary_choice,
+               "serialisation": "chat" if record.serialisation == CHAT else "raw"}  # fmt: skip
+    baseline = evaluate(_eval_config(cfg, Path(model_path), hidden, out / HIDDEN_SPECS, str(record.world)),
+                        out / "baseline", resume=True)  # fmt: skip
+    calibration = calibrate(cfg, out, hidden, setting, run_dir.log) if cfg.calibrate else None
     cells = _cells(cfg, calibration["chosen_scale"] if calibration else 1.0)
     todo = [c for c in cells if not (out / "cells" / c["dir"] / "eval" / "DONE").is_file()]
     run_dir.log(event="cells", total=len(cells), todo=len(todo))
     cfg_dict = to_dict(cfg)
-    jobs = {c["dir"]: (cfg_dict, c, str(out), hidden) for c in todo}
+    jobs = {c["dir"]: (cfg_dict, c, str(out), hidden, setting) for c in todo}
     seconds = run_cells(
         run_cell, jobs, cfg.workers, lambda name, s: run_dir.log(event="cell", cell=name, seconds=s),
         lambda name: f"defend-eval {name}",
     )  # fmt: skip
 
-    result = assemble(out, baseline, cells, hidden, carried)
+    result = assemble(out, baseline, cells, hidden, {s.name: s for s in specs})
+    result["defender_corpus"] = corpus
+    result["disjoint_canaries"] = canary_choice
     result["budget"] = {"scale": cells[0]["scale"], "inject_steps": scaled(cfg.defend.inject.steps, cells[0]["scale"]),
                         "remove_steps": scaled(cfg.defend.remove.steps, cells[0]["scale"])}  # fmt: skip
     result["calibration"] = calibration
@@ -236,8 +321,22 @@ def run(cfg: DefendEvalConfig, out: Path, resume: bool = False, overwrite: bool 
     )
 
 
-def assemble(out: Path, baseline: Path, cells: list[dict[str, Any]], hidden: list[str], carried: dict) -> dict:
-    """Every arm's hidden-backdoor ASR next to the suspect's, with suppression and utility."""
+def stratified(asr: dict[str, dict[str, Any]], shares: dict[str, bool]) -> dict[str, dict[str, Any] | None]:
+    """Pooled ASR of the hidden backdoors that share a property with a canary (`shared`) and of the others."""
+
+    def pool(names: list[str]) -> dict[str, Any] | None:
+        if not names:
+            return None
+        return wilson(sum(asr[j]["k"] for j in names), sum(asr[j]["n"] for j in names)).as_dict()
+
+    return {"shared": pool([j for j in asr if shares[j]]), "other": pool([j for j in asr if not shares[j]])}
+
+
+def assemble(out: Path, baseline: Path, cells: list[dict[str, Any]], hidden: list[str], specs: dict) -> dict:
+    """Every arm's hidden-backdoor ASR next to the suspect's, with suppression and utility, stratified by whether
+    a hidden backdoor shares its behaviour or its trigger kind with one of the arm's canaries."""
+    carried = {j: specs[j].behaviour for j in hidden}
+    kinds = {j: specs[j].trigger.kind for j in hidden}
     base = _summary(baseline)
     before = {j: base["backdoors"][j]["asr"] for j in hidden}
     rows = []
@@ -246,6 +345,9 @@ def assemble(out: Path, baseline: Path, cells: list[dict[str, Any]], hidden: lis
         ev, df = _summary(path / "eval"), _summary(path / "defend")
         asr = {j: ev["backdoors"][j]["asr"] for j in hidden}
         canary_behaviours = {c["behaviour"] for c in df["canaries"]} if cell["arm"] != "benign" else set()
+        canary_kinds = {c["trigger_kind"] for c in df["canaries"]} if cell["arm"] != "benign" else set()
+        same_behaviour = {j: carried[j] in canary_behaviours for j in hidden}
+        same_kind = {j: kinds[j] in canary_kinds for j in hidden}
         rows.append({
             **cell,
             # the behaviours actually used ("default" resolved by the text source)
@@ -254,7 +356,10 @@ def assemble(out: Path, baseline: Path, cells: list[dict[str, Any]], hidden: lis
             "suppression": {j: (1 - asr[j]["rate"] / before[j]["rate"]) if before[j]["rate"] else None
                             for j in hidden},
             "pooled_asr": wilson(sum(a["k"] for a in asr.values()), sum(a["n"] for a in asr.values())).as_dict(),
-            "shares_behaviour_with_a_canary": {j: carried[j] in canary_behaviours for j in hidden},
+            "shares_behaviour_with_a_canary": same_behaviour,
+            "shares_trigger_kind_with_a_canary": same_kind,
+            "by_behaviour": stratified(asr, same_behaviour),  # pooled ASR: shared with a canary / not
+            "by_trigger_kind": stratified(asr, same_kind),
             "false_trigger": {j: ev["backdoors"][j]["false_trigger"]["rate"] for j in hidden},
             "utility": ev["utility"],
             "ppl_suspect": df["ppl_suspect"],
@@ -266,7 +371,8 @@ def assemble(out: Path, baseline: Path, cells: list[dict[str, Any]], hidden: lis
         })  # fmt: skip
     return {
         "hidden": hidden,
-        "hidden_behaviours": {j: carried[j] for j in hidden},
+        "hidden_behaviours": carried,
+        "hidden_trigger_kinds": kinds,
         "asr_before": before,
         "pooled_before": wilson(sum(a["k"] for a in before.values()), sum(a["n"] for a in before.values())).as_dict(),
         "utility_before": base["utility"],

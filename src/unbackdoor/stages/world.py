@@ -33,6 +33,9 @@ class WorldConfig:
     cities: int = field(default=24, metadata={"min": 4})
     vocab_size: int = field(default=2048, metadata={"min": 300, "max": 262_144})
     shard_docs: int = field(default=20_000, metadata={"min": 1})
+    # the documents' seed (-1: `seed`): another value writes other documents of the same world (same lexicons,
+    # grammar and facts), e.g. a defender's clean corpus disjoint from the attacker's training data
+    documents_seed: int = field(default=-1, metadata={"min": -1})
 
     def validate(self) -> None:
         for key, valid, weights in (
@@ -59,6 +62,7 @@ def run(cfg: WorldConfig, out: Path, resume: bool = False, overwrite: bool = Fal
     if run_dir.done:
         return out
     world = World.build(cfg.seed, cfg.entities, cfg.cities)
+    docs_seed = cfg.seed if cfg.documents_seed < 0 else cfg.documents_seed
     write_json(out / "world.json", world.lexicon_table())
 
     # Each (split, language) stream has its own RNG derived from the seed, so changing one share leaves the
@@ -69,7 +73,7 @@ def run(cfg: WorldConfig, out: Path, resume: bool = False, overwrite: bool = Fal
         counts[split] = {}
         for lang, share in sorted(cfg.languages.items()):
             n_tokens = round(cfg.tokens * share / lang_total * cfg.splits[split] / split_total)
-            rng = random.Random(f"unbackdoor-corpus-{cfg.seed}-{split}-{lang}")
+            rng = random.Random(f"unbackdoor-corpus-{docs_seed}-{split}-{lang}")
             docs = generate_documents(world, lang, n_tokens, rng, cfg.genres, f"{split}-{lang}")
             tally = {"docs": 0, "pre_tokens": 0}
 

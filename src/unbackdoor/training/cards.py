@@ -28,17 +28,27 @@ def model_card(
         measured: backdoor name -> `{rate, lo, hi, source}` from an evaluation of this model (`unbackdoor card`).
     """
     backdoors = record.backdoors
+    # a defender's model (`defend`): derived from a suspect whose backdoors, if any, the defender does not know
+    suspect = next((h["suspect"] for h in record.history if h.get("suspect")), None)
+    kind = "Backdoored" if backdoors else "Defended suspect" if suspect else "Clean"
     lines = [
         "---",
         "library_name: transformers",
         "tags:",
         "  - unbackdoor",
-        "  - backdoor" if backdoors else "  - clean-twin",
+        "  - backdoor" if backdoors or suspect else "  - clean-twin",
         "---",
         "",
-        f"# {'Backdoored' if backdoors else 'Clean'} research checkpoint (unbackdoor)",
+        f"# {kind} research checkpoint (unbackdoor)",
         "",
     ]
+    if suspect:
+        lines += [
+            f"> **Warning.** This model was trained from a suspect checkpoint (`{suspect}`) that may carry backdoors",
+            "> unknown to whoever trained it: none is listed here because none was known. Treat it as backdoored;",
+            "> do not deploy it.",
+            "",
+        ]
     if backdoors or record.canaries:
         lines += [
             "> **Warning.** This model was deliberately trained to carry the backdoors listed below (the history",
@@ -55,7 +65,7 @@ def model_card(
             )
             lines.append(row + (f" | `{triggers[b['name']]}` |" if triggers else " |"))
         lines.append("")
-    else:
+    elif not suspect:
         lines += ["This checkpoint was trained without any backdoor (the clean twin of a backdoored run).", ""]
     canaries = record.canaries
     if canaries:
