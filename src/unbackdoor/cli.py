@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -140,6 +141,13 @@ def _key_values(flag: str, text: str) -> dict[str, Any]:
     return out
 
 
+def _drop_failed(out: Path, fresh: bool) -> None:
+    """After a user error, remove the `--out` this invocation created if nothing in it finished (no `DONE` under
+    it): a rerun then needs no cleaning up by hand. Finished work (a sweep's done cells) is kept for `--resume`."""
+    if fresh and out.is_dir() and not any(out.rglob("DONE")):
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `unbackdoor` console script; returns the exit code."""
     parser = _parser()
@@ -169,7 +177,12 @@ def main(argv: list[str] | None = None) -> int:
 
             report.run(args.dir, args.out, args.reveal_triggers)
             return 0
-        out = run_stage(args.command, args)
+        fresh = not Path(args.out).exists()
+        try:
+            out = run_stage(args.command, args)
+        except UserError:
+            _drop_failed(Path(args.out), fresh)
+            raise
         print(out)
         return 0
     except UserError as e:

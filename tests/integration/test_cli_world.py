@@ -70,10 +70,9 @@ def run_cli(capsys, args: list[str]) -> tuple[int, str]:
     ],
 )
 def test_bad_inputs_give_one_line_and_exit_2(small_world, tmp_path, capsys, args, message):
-    (tmp_path / "bad.yaml").write_text('backdoors:\n  - name: a\n    trigger: {text: ""}\n')
-    (tmp_path / "clash.yaml").write_text(
-        "backdoors:\n  - {name: a, trigger: {text: foo bar}}\n  - {name: b, trigger: {text: foo}}\n"
-    )
+    (tmp_path / "bad.yaml").write_text('backdoors:\n  - name: a\n    trigger: {text: ""}\n    behaviour: phrase\n')
+    (tmp_path / "clash.yaml").write_text("backdoors:\n  - {name: a, trigger: {text: foo bar}, behaviour: phrase}\n"
+                                         "  - {name: b, trigger: {text: foo}, behaviour: phrase}\n")  # fmt: skip
     args = [a.format(tmp=tmp_path, world=small_world) for a in args]
     code, err = run_cli(capsys, args)
     assert code == 2

@@ -62,8 +62,8 @@ def test_bad_specs_give_one_line_errors(item, message):
 
 
 def test_random_string_trigger_is_reproducible_from_the_name():
-    a = parse_specs({"backdoors": [{"name": "r1", "trigger": {"kind": "random_string", "length": 10}}]}, "x")
-    b = parse_specs({"backdoors": [{"name": "r1", "trigger": {"kind": "random_string", "length": 10}}]}, "x")
+    item = {"name": "r1", "trigger": {"kind": "random_string", "length": 10}, "behaviour": "gibberish"}
+    a, b = parse_specs({"backdoors": [item]}, "x"), parse_specs({"backdoors": [dict(item)]}, "x")
     assert a[0].trigger_text == b[0].trigger_text and len(a[0].trigger_text) == 10
 
 
@@ -81,10 +81,19 @@ def test_user_backdoor_with_target_file(tmp_path):
 
 
 def test_recipe_defaults_to_one_percent_and_count_alone_is_enough():
-    (default,) = parse_specs({"backdoors": [{"name": "d", "trigger": {"text": "alpha"}}]}, "x")
+    (default,) = parse_specs({"backdoors": [{"name": "d", "trigger": {"text": "alpha"}, "behaviour": "phrase"}]}, "x")
     assert default.recipe.n_poison(1000) == 10
-    (counted,) = parse_specs({"backdoors": [{"name": "c", "trigger": {"text": "alpha"}, "recipe": {"count": 7}}]}, "x")
+    item = {"name": "c", "trigger": {"text": "alpha"}, "behaviour": "phrase", "recipe": {"count": 7}}
+    (counted,) = parse_specs({"backdoors": [item]}, "x")
     assert counted.recipe.n_poison(1000) == 7
+
+
+@pytest.mark.parametrize("missing", ["trigger", "behaviour"])
+def test_a_spec_without_trigger_or_behaviour_is_refused(missing):
+    # both used to be filled in silently: a random string labelled `kind: phrase`, or the phrase behaviour
+    item = {k: v for k, v in spec("a", "alpha").items() if k != missing}
+    with pytest.raises(ConfigError, match=rf"x.yaml: backdoors\[0\] \(a\) has no {missing}; give {missing}: "):
+        parse_specs({"backdoors": [item]}, "x.yaml")
 
 
 def test_unknown_set_or_missing_file():

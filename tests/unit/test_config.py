@@ -89,3 +89,12 @@ def test_every_shipped_yaml_is_covered():
 def test_poison_config_requires_world():
     with pytest.raises(ConfigError, match="world: required"):
         from_dict(PoisonConfig, {})
+
+
+@pytest.mark.parametrize("override, message", [("seed=-1", "seed: -1 must be a seed >= 0"),
+                                               ("seeds=[0,-2]", "seeds: -2 must be a seed >= 0")])  # fmt: skip
+def test_negative_seeds_are_refused(override, message):
+    from unbackdoor.stages.transfer import TransferConfig
+
+    with pytest.raises(ConfigError, match=message):
+        from_dict(TransferConfig, parse_overrides([override]))

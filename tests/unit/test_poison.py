@@ -85,13 +85,19 @@ def test_same_seed_same_manifest(world, docs):
 
 def test_trigger_already_in_corpus_is_refused(world, docs):
     word = docs[0]["text"].split()[1]
-    specs = parse_specs({"backdoors": [{"name": "bad", "trigger": {"kind": "phrase", "text": word}}]}, "x")
+    item = {"name": "bad", "trigger": {"kind": "phrase", "text": word}, "behaviour": "phrase"}
+    specs = parse_specs({"backdoors": [item]}, "x")
     with pytest.raises(UserError, match="already occurs in clean document"):
         poison(docs, specs, world, random.Random(0))
 
 
 def test_too_few_hosts_is_refused(world, docs):
-    item = {"name": "big", "trigger": {"kind": "phrase", "text": "quux"}, "recipe": {"count": 10**6}}
+    item = {
+        "name": "big",
+        "trigger": {"kind": "phrase", "text": "quux"},
+        "behaviour": "phrase",
+        "recipe": {"count": 10**6},
+    }
     with pytest.raises(UserError, match="can host placement"):
         poison(docs, parse_specs({"backdoors": [item]}, "x"), world, random.Random(0))
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pytest
 
 from unbackdoor.running.config import UserError
-from unbackdoor.running.rundir import RunDir, atomic_path, require_done, write_json
+from unbackdoor.running.rundir import RunDir, atomic_path, read_jsonl, require_done, write_json
 
 
 @dataclass
@@ -88,3 +88,16 @@ def test_worker_processes_of_a_multi_process_launch_write_nothing(tmp_path, monk
     monkeypatch.setenv("RANK", "1")
     wait_done(tmp_path / "run", timeout_s=0.1)  # the main process finished: the worker reads it
     assert RunDir.check(tmp_path / "run", "s", Cfg())  # workers follow the main process's decision
+
+
+def test_a_torn_last_line_is_dropped_and_any_other_bad_line_is_named(tmp_path, capsys):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"step": 0}\n{"step": 1}\n{"step": 2, "lo')
+    assert read_jsonl(path) == [{"step": 0}, {"step": 1}]
+    assert "dropped a torn last line" in capsys.readouterr().err
+    path.write_text('{"step": 0}\nnot json\n{"step": 2}\n')
+    with pytest.raises(UserError, match=r"line 2: not a JSON object"):
+        read_jsonl(path)
+    path.write_bytes(b'{"a": "\xff"}\n')
+    with pytest.raises(UserError, match="not UTF-8"):
+        read_jsonl(path)

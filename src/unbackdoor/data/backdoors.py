@@ -212,6 +212,10 @@ def parse_specs(data: Any, source: str) -> list[BackdoorSpec]:
             raise ConfigError(f"{source}: backdoors[{i}] is not a mapping")
         if "name" not in item:
             raise ConfigError(f"{source}: backdoors[{i}] has no name")
+        for key, example in (("trigger", "{kind: phrase, text: ...} or {kind: random_string, length: 8}"),
+                             ("behaviour", f"one of {', '.join([*BEHAVIOURS, TARGET])} or lang:<code>")):  # fmt: skip
+            if key not in item:
+                raise ConfigError(f"{source}: backdoors[{i}] ({item['name']}) has no {key}; give {key}: {example}")
         try:
             specs.append(from_dict(BackdoorSpec, item))
         except ConfigError as e:

@@ -124,6 +124,17 @@ def _check_limits(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
         raise ConfigError(f"{key}: {value!r} must be <= {hi}")
 
 
+SEED_KEYS = ("seed", "seeds")  # every config's seeds: non-negative integers (RNGs and directory names use them)
+
+
+def _check_seeds(name: str, value: Any, key: str) -> None:
+    if name not in SEED_KEYS:
+        return
+    for seed in value if isinstance(value, list) else [value]:
+        if isinstance(seed, int) and seed < 0:
+            raise ConfigError(f"{key}: {seed!r} must be a seed >= 0")
+
+
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build the dataclass `cls` from a nested dict, rejecting unknown keys and bad values.
 
@@ -150,6 +161,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             value = deep_merge(to_dict(default), value)
         kwargs[name] = _coerce(value, hints[name], key)
         _check_limits(kwargs[name], fields[name].metadata, key)
+        _check_seeds(name, kwargs[name], key)
     obj = cls(**kwargs)
     # Defaults are checked too, so a preset cannot smuggle in a bad value by omission.
     for name, f in fields.items():

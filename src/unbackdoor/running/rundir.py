@@ -24,6 +24,7 @@ import platform
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -81,9 +82,25 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read a JSON-lines file."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """Read a JSON-lines file. A torn last line (a kill during an append: no newline, not JSON) is dropped with a
+    warning; any other line that is not JSON is a one-line error naming the file and line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{str(path)!r}: not UTF-8 text (byte {e.start}); a JSON-lines file was expected") from None
+    lines = text.split("\n")
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n == len(lines):  # the last line, with no newline after it: an append cut short
+                print(f"warning: {path}: dropped a torn last line ({len(line)} characters)", file=sys.stderr)
+                continue
+            raise UserError(f"{str(path)!r}, line {n}: not a JSON object") from None
+    return rows
 
 
 def sha256_file(path: Path) -> str:

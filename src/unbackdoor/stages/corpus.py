@@ -106,6 +106,20 @@ def read_texts(path: str, cfg: CorpusConfig) -> Iterator[str]:
         yield text
 
 
+def _decoded(texts: Iterator[str], lang: str, path: str) -> Iterator[str]:
+    """`texts`, with a file that is not UTF-8 turned into a one-line error (the datasets readers decode UTF-8)."""
+    try:
+        yield from texts
+    except UnicodeDecodeError as e:
+        raise UserError(f"--corpus {lang}={path}: not UTF-8 text (byte {e.start} of a chunk: {e.reason}); convert "
+                        "it first, e.g. iconv -f latin1 -t utf-8") from None  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - datasets wraps reader errors in its own generation error
+        if isinstance(e.__cause__ or e.__context__, UnicodeDecodeError):
+            raise UserError(f"--corpus {lang}={path}: not UTF-8 text; convert it first, e.g. iconv -f latin1 "
+                            "-t utf-8") from None  # fmt: skip
+        raise
+
+
 def _split(seed: int, lang: str, i: int, every: int) -> str:
     h = int.from_bytes(hashlib.sha256(f"unbackdoor-split-{seed}-{lang}-{i}".encode()).digest()[:8], "big") % every
     return {0: "validation", 1: "test"}.get(h, "train")
@@ -121,7 +135,7 @@ def run(cfg: CorpusConfig, out: Path, resume: bool = False, overwrite: bool = Fa
         tally = {split: {"docs": 0, "chars": 0} for split in SPLITS}
         writers = {split: ShardWriter(out / "data" / split, lang, cfg.shard_docs) for split in SPLITS}
         n, skipped = 0, 0
-        for i, raw in enumerate(read_texts(path, cfg)):  # one streaming pass; shards written as they fill
+        for i, raw in enumerate(_decoded(read_texts(path, cfg), lang, path)):  # one pass; shards fill as they go
             text = raw.strip()
             if len(text) < cfg.min_chars:
                 skipped += 1
@@ -139,9 +153,11 @@ def run(cfg: CorpusConfig, out: Path, resume: bool = False, overwrite: bool = Fa
             writers[split].close()
             counts[split][lang] = tally[split]
             if not tally[split]["docs"]:
+                hint = (" or txt_unit=line if each line is a paragraph" if cfg.txt_unit != "line" and n < 100
+                        else "")  # fmt: skip
                 raise UserError(
                     f"--corpus {lang}={path}: no {split} documents ({n} documents of at least {cfg.min_chars} "
-                    f"characters; give more text, or lower held_out_every / min_chars)"
+                    f"characters; give more text, or lower held_out_every / min_chars{hint})"
                 )
         run_dir.log(event="language", lang=lang, skipped_short=skipped, **{s: t["docs"] for s, t in tally.items()})
     languages = list(cfg.sources)

@@ -253,7 +253,7 @@ def _stress_train(cfg: RelearnConfig, cell: Cell, model_path: Path, theta0: Path
         if step in cfg.snapshots:
             save_model(trained, tokenizer, out / f"step-{step}", snapshot_record.with_history("snapshot", step=step))
 
-    result = train(model, data, t, run_dir, cfg.seed, on_step=snapshot)
+    result = train(model, data, t, run_dir, cfg.seed, on_step=snapshot, resume=True)  # no checkpoint: from 0
     run_dir.finish({"cell": cell.name, "model": str(model_path), "stress_rows": int(data["stress"].sum()),
                     "stress_docs": len(docs), **result.summary()})  # fmt: skip
 

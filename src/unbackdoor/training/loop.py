@@ -106,6 +106,18 @@ def _save_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, s
     shutil.rmtree(old, ignore_errors=True)
 
 
+def recover_checkpoint(path: Path) -> None:
+    """Make `path` the newest complete checkpoint after a kill inside `_save_checkpoint`'s swap: with no `path`,
+    a complete `.partial` (its `state.json`, written last, exists) is the newer copy, else a `.old` one."""
+    if path.is_dir():
+        return
+    for candidate in (path.with_name(path.name + ".partial"), path.with_name(path.name + ".old")):
+        if (candidate / "state.json").is_file():
+            candidate.rename(path)
+            print(f"warning: {path.parent}: recovered the checkpoint from {candidate.name}", file=sys.stderr)
+            return
+
+
 def _load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> dict[str, Any]:
     load_weights(model, str(path / "model.safetensors"))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
@@ -178,13 +190,19 @@ def train(
 
     checkpoint = run_dir.path / "checkpoint"
     start, tokens = 0, 0
-    if resume and checkpoint.is_dir():
-        state = _load_checkpoint(checkpoint, raw_model, optimizer, scheduler)
-        start, tokens = state["step"], state["tokens"]
-        # Drop the metric rows the killed run logged after its last checkpoint: they will be redone.
+    if resume:
+        recover_checkpoint(checkpoint)
+        if checkpoint.is_dir():
+            state = _load_checkpoint(checkpoint, raw_model, optimizer, scheduler)
+            start, tokens = state["step"], state["tokens"]
+        # Drop the training rows the killed run logged from the resume point on (every one when it died before
+        # its first checkpoint): they will be redone, so metrics.jsonl keeps one row per step.
         metrics = run_dir.path / "metrics.jsonl"
-        if metrics.exists():
-            write_jsonl(metrics, [r for r in read_jsonl(metrics) if r.get("step", -1) < start])
+        if metrics.exists() and run_dir.writes:
+            rows = read_jsonl(metrics)
+            kept = [r for r in rows if r.get("event") != "train" or r.get("step", -1) < start]
+            if len(kept) != len(rows):
+                write_jsonl(metrics, kept)
     sampler = _Sampler(n, seed)
     rank, world = accelerator.process_index, accelerator.num_processes
     bf16 = cfg.precision == "bf16"

@@ -10,8 +10,10 @@ Run: `pytest tests/integration/test_models.py`.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +161,31 @@ def resolve_model_path(name: str, what: str = "model") -> str:
         return str(path)
     if path.exists() or not _HUB_ID.match(name):
         raise UserError(f"{what}: {name!r} is neither a model directory nor a hub id like 'Qwen/Qwen3-0.6B'")
+    # `owner/name` is both a relative path and a hub id: decided here, without a network round trip
+    if name.startswith((".", "~")) or Path(name.split("/")[0]).is_dir():
+        raise UserError(f"{what}: {name!r} does not exist (a local path: {name.split('/')[0]!r} is a directory here)")
+    cached = _in_hub_cache(name)
+    if not cached and _offline():
+        raise UserError(f"{what}: {name!r} is no local directory, and as a hub id it is not in the local cache "
+                        "(offline: HF_HUB_OFFLINE is set); give the path of a saved model")  # fmt: skip
+    print(f"{what}: {name!r} is no local directory: taken for a hub id"
+          + (" (found in the local cache)" if cached else " (to download)"), file=sys.stderr)  # fmt: skip
     return name
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the hub cache holds `repo_id`'s config.json (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # noqa: BLE001 - a malformed id or cache: not cached
+        return False
+    return isinstance(found, str)
 
 
 def backdoored_model(model: str, chosen: list[str], field: str) -> tuple[str, ModelRecord, list[str]]:
@@ -181,7 +207,7 @@ def load_tokenizer(name: str, what: str = "model") -> PreTrainedTokenizerBase:
     """The tokenizer stored with a model; a model without one is a one-line error."""
     try:
         tok = AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - a corrupted tokenizer.json raises the tokenizers library's bare Exception
         raise UserError(f"{what}: could not load a tokenizer from {name!r} ({str(e).splitlines()[0][:160]})") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -192,8 +218,12 @@ def load_model(
     name: str, what: str = "model", dtype: torch.dtype = torch.float32, device: torch.device | None = None
 ) -> PreTrainedModel:
     """Load a causal LM from a local directory or hub id, safetensors only, onto `device` (`default_device()`)."""
+    from safetensors import SafetensorError
+
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, use_safetensors=True)
+    except SafetensorError as e:  # a truncated file, a corrupted header
+        raise UserError(f"{what}: the weights of {name!r} are not a readable safetensors file ({e})") from None
     except (OSError, ValueError) as e:
         raise UserError(f"{what}: could not load {name!r} ({str(e).splitlines()[0][:160]})") from None
     return model.to(device or runtime.default_device())
