@@ -24,7 +24,7 @@ def test_finished_run_has_every_file(tmp_path):
     run.log(step=1, loss=2.0)
     run.finish({"answer": 42})
     files = sorted(p.name for p in (tmp_path / "r").iterdir())
-    assert files == ["DONE", "config.yaml", "meta.json", "metrics.jsonl", "summary.json"]
+    assert files == [".lock", "DONE", "config.yaml", "meta.json", "metrics.jsonl", "summary.json"]
     meta = json.loads((tmp_path / "r" / "meta.json").read_text())
     assert {"git", "versions", "seed", "host", "started_at", "ended_at"} <= set(meta)
     assert meta["versions"]["torch"].startswith("2.13.0")
@@ -101,3 +101,36 @@ def test_a_torn_last_line_is_dropped_and_any_other_bad_line_is_named(tmp_path, c
     path.write_bytes(b'{"a": "\xff"}\n')
     with pytest.raises(UserError, match="not UTF-8"):
         read_jsonl(path)
+
+
+def test_a_second_process_is_refused_the_same_run_directory_and_a_killed_one_leaves_no_stale_lock(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    holder = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from dataclasses import dataclass\n"
+        "from unbackdoor.running.rundir import RunDir\n"
+        "@dataclass\n"
+        "class Cfg:\n"
+        "    seed: int = 0\n"
+        f"RunDir.open(Path({str(tmp_path / 'r')!r}), 'demo', Cfg(), 0)\n"
+        "print('held', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=rf"is in use by unbackdoor pid {proc.pid} on .*; wait for it to end"):
+            RunDir.open(tmp_path / "r", "demo", Cfg(), 0, resume=True)
+        with pytest.raises(UserError, match="is in use by"):  # --overwrite never replaces a live run either
+            RunDir.open(tmp_path / "r", "demo", Cfg(), 0, overwrite=True)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    time.sleep(0.1)
+    run = RunDir.open(tmp_path / "r", "demo", Cfg(), 0, resume=True)  # the kernel released the dead one's lock
+    assert run.path == tmp_path / "r" and (tmp_path / "r" / "config.yaml").is_file()

@@ -147,6 +147,38 @@ def _config_text(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
 
 
+LOCK = ".lock"  # a run directory's lock file: held (flock) by the process writing it, released when it exits
+_HELD: dict[str, int] = {}  # run directory -> the descriptor of its lock file, while this process holds it
+
+
+def _lock(path: Path) -> None:
+    """Hold `path`'s lock until this process exits; another process holding it is a one-line error. The kernel
+    releases a lock when its process dies, so a killed run leaves no stale lock (the file stays, unlocked)."""
+    import fcntl
+
+    lock, key = path / LOCK, str(path.resolve())
+    fd = _HELD.get(key)
+    if fd is not None:
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                return  # this process holds it already (a sweep reopening a cell, a resumed call)
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the directory was replaced (--overwrite): lock the new file
+        del _HELD[key]
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+        os.close(fd)
+        raise UserError(f"--out: {str(path)!r} is in use by {holder}; wait for it to end or choose another --out") \
+            from None  # fmt: skip
+    os.ftruncate(fd, 0)
+    os.write(fd, f"unbackdoor pid {os.getpid()} on {socket.gethostname()}".encode())
+    _HELD[key] = fd
+
+
 class RunDir:
     """One stage's output directory. Create with `RunDir.open(path, stage, cfg, ...)`.
 
@@ -170,7 +202,7 @@ class RunDir:
         path = Path(path)
         if not runtime.is_main_process():  # the main process checked (and refuses for every process)
             return (path / "DONE").is_file()
-        if not path.exists() or not any(path.iterdir()) or overwrite:
+        if not path.exists() or not any(p.name != LOCK for p in path.iterdir()) or overwrite:
             return False
         if not resume:
             raise UserError(
@@ -203,10 +235,12 @@ class RunDir:
         if not runtime.is_main_process():
             return cls(path, stage, writes=False)
         if overwrite and path.exists():
+            _lock(path)  # never replace a directory another process is writing
             shutil.rmtree(path)
         config_text = _config_text(cfg)
         run = cls(path, stage)
         path.mkdir(parents=True, exist_ok=True)
+        _lock(path)
         if not (path / "meta.json").is_file():
             write_text(path / "config.yaml", config_text)
             run.write_meta(
@@ -253,7 +287,14 @@ class RunDir:
         if not (self.path / "metrics.jsonl").exists():
             write_text(self.path / "metrics.jsonl", "")
         write_text(self.path / "DONE", "")
+        _unlock(self.path)  # a finished run is only read from now on
         return self.path
+
+
+def _unlock(path: Path) -> None:
+    fd = _HELD.pop(str(Path(path).resolve()), None)
+    if fd is not None:
+        os.close(fd)
 
 
 def require_done(path: Path, stage: str | tuple[str, ...], what: str) -> dict[str, Any]:
