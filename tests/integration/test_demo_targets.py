@@ -49,6 +49,8 @@ def test_demo_meets_the_tiny_targets(tmp_path):
     assert {c["arm"] for c in defence["cells"]} == {"benign", "defence", "removal_only"}
     assert all(abs(c["utility_change"]) <= 0.10 for c in defence["cells"])
     page = (out / "report" / "index.html").read_text()
-    assert page.count("<img ") == 10 and 'class="missing"' not in page
+    assert page.count("<img ") == 11 and 'class="missing"' not in page  # + the lr ablation
+    lr = json.loads((out / "transfer-lr" / "transfer.json").read_text())
+    assert [g["lr"] for g in lr["grids"]] == [3e-3] and lr["measure"] == "diagonal"
     # A second run reuses every finished stage.
     assert main(["demo", "--out", str(out), "--resume"]) == 0

@@ -80,6 +80,9 @@ def study(transfer_run, defence_study, tmp_path_factory) -> Path:
     assert main(["relearn", "--transfer", str(transfer_run), "--out", str(root / "relearn"),
                  "pairs=[at_repeat:lorem_refusal]", "stresses=[benign,repoison,fresh]",
                  *RELEARN_FAST]) == 0  # fmt: skip
+    # the lr ablation: the diagonal at a second removal learning rate
+    assert main(["transfer", "--model", model, "--out", str(root / "transfer-lr"), *TRANSFER_FAST, "lr=[3e-3]",
+                 "measure=diagonal", "sham=false"]) == 0  # fmt: skip
     (root / "transfer").symlink_to(transfer_run)
     (root / "eval").symlink_to(transfer_run / "baseline")
     (root / "defence").symlink_to(defence_study[0])
@@ -91,7 +94,9 @@ def test_report_renders_in_chromium_with_every_figure(study, tmp_path):
     index = study / "report" / "index.html"
     page = index.read_text()
     n_images = page.count("<img ")
-    assert n_images == 10  # asr, transfer (ASR, R, composition), utility, casd x3, relearn, defence
+    assert n_images == 11  # asr, transfer (ASR, R, composition, lr ablation), utility, casd x3, relearn, defence
+    assert "figures/lr_ablation.png" in page and "Learning-rate ablation (mean removal index R" in page
+    assert "diagonal (own target) lr 0.001: " in page and "lr 0.003: " in page
     assert "3b. Persistence" in page and "figures/relearn.png" in page and "repoison, 2 documents" in page
     assert "Suppressed by transfer against removed directly" in page and "at_repeat → lorem_refusal" in page
     for figure in ("transfer", "removal_index", "composition"):

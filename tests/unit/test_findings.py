@@ -463,3 +463,24 @@ def test_the_defenders_knowledge_is_stated_with_stratified_results(defence):
     assert "**not disjoint** from the hidden ones (every built-in behaviour is a hidden backdoor's)" in text
     assert f"K={arm['k']}, behaviour: shared 0.10 [0.00, 0.30] vs other 0.80 [0.70, 0.90]" in text
     assert "trigger kind" not in text  # no hidden backdoor shares it: no contrast to state
+
+
+def test_the_diagonal_at_another_lr_joins_the_lr_ablation(transfer):
+    from unbackdoor.report.figures_transfer import lr_curves
+
+    other = copy.deepcopy(transfer)
+    other["measure"] = "diagonal"
+    g = other["grids"][0]
+    g["lr"] = 3e-3
+    for key in ("T", "S", "C", "R", "composition"):
+        g[key] = {r: {r: g[key][r][r]} for r in ("a", "b")} | {CONTROL: g[key][CONTROL]}
+    g["R"]["a"]["a"], g["R"]["b"]["b"] = 0.9, 0.5
+    both = findings.with_grids(transfer, other)
+    assert [x["lr"] for x in both["grids"]] == [1e-3, 3e-3] and transfer["grids"][0]["lr"] == 1e-3
+    curves = lr_curves(both)
+    assert curves["diagonal (own target)"] == [(1e-3, pytest.approx(0.45)), (3e-3, pytest.approx(0.7))]
+    assert curves["off-diagonal (others)"][1] == (3e-3, None)  # measured on the diagonal only
+    text = findings.lr_sentence(curves)
+    assert "diagonal (own target) lr 0.001: +0.45, lr 0.003: +0.70" in text and "1 replicate" in text
+    other["probe_sha256"] = "other"
+    assert findings.with_grids(transfer, other) is None  # other prompts: not combined

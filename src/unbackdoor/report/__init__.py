@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from unbackdoor.report import figures, findings, page, persistence, sources
+from unbackdoor.report import figures, figures_transfer, findings, page, persistence, sources
 from unbackdoor.running.config import UserError
 from unbackdoor.running.rundir import write_text
 
@@ -35,6 +35,10 @@ def run(root: Path, out: Path | None = None, reveal_triggers: bool = False) -> P
     figs = figures.draw(results.evaluation, results.transfer, results.casd, results.defence, out / "figures")
     if results.relearn:
         figs["relearn"] = persistence.fig_relearn(results.relearn, out / "figures")
+    combined = findings.with_grids(results.transfer, results.transfer_lr) if results.transfer else None
+    if combined is not None and findings.has_outcomes(combined):  # the lr ablation: the diagonal at other lrs
+        figs["lr_ablation"] = figures_transfer.fig_lr_ablation(combined, out / "figures")
+        headlines["lr_ablation"] = findings.lr_sentence(figures_transfer.lr_curves(combined))
     examples = sources.examples(results, reveal_triggers)
     html_text, markdown = page.render(root, stages, sources.missing(stages), results, headlines, figs, examples,
                                       sources.provenance(stages), reveal_triggers)  # fmt: skip

@@ -66,6 +66,18 @@ def measured(tr: dict[str, Any], i: str, j: str) -> bool:
     return j in tr["grids"][0]["T"].get(i, {})
 
 
+def with_grids(tr: dict[str, Any], other: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`tr` with the grids of `other` (the demo's diagonal at other learning rates) appended, when both were
+    measured on the same prompts with the same rows; None when they cannot be combined (or `other` is None)."""
+    if (
+        other is None
+        or other["probe_sha256"] != tr["probe_sha256"]
+        or other["rows"][: len(tr["rows"])] != [r for r in tr["rows"] if r in other["rows"]]
+    ):
+        return None
+    return {**tr, "grids": tr["grids"] + other["grids"]}
+
+
 def pairs(tr: dict[str, Any]) -> list[tuple[str, str]]:
     """The measured off-diagonal (removal target i, measured j != i) pairs, i not a reference row."""
     return [(i, j) for i in tr["rows"] if i not in REFERENCE_ROWS for j in tr["backdoors"]
@@ -318,6 +330,17 @@ def knowledge_sentence(df: dict[str, Any]) -> str:
         text += " Defence arm's pooled hidden ASR, hidden backdoors sharing a canary's property vs not: " + "; ".join(
             strata) + "."  # fmt: skip
     return text
+
+
+def lr_sentence(curves: dict[str, list[tuple[float, float | None]]]) -> str:
+    """The learning-rate ablation in words: mean R per curve and removal learning rate (`lr_curves`)."""
+    parts = []
+    for name, points in curves.items():
+        said = ", ".join(f"lr {lr:g}: {signed(v)}" for lr, v in points if v is not None)
+        if said:
+            parts.append(f"{name} {said}")
+    return ("Learning-rate ablation (mean removal index R per removal learning rate; a learning rate measured on "
+            f"the diagonal only has no off-diagonal point): {'; '.join(parts)}. {ONE_MODEL}.")  # fmt: skip
 
 
 def headlines(tr: dict[str, Any] | None, cs: dict[str, Any] | None, df: dict[str, Any] | None,

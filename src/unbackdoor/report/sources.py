@@ -20,8 +20,19 @@ from unbackdoor.running.config import UserError
 from unbackdoor.running.rundir import read_jsonl
 from unbackdoor.training.record import ModelRecord
 
-STUDY = ("world", "pretrain", "eval", "transfer", "transfer_masked", "casd", "replicates", "relearn", "defence")
-DIRS = {"transfer_masked": "transfer-masked"}  # a demo's stage directories not named like the stage
+STUDY = (
+    "world",
+    "pretrain",
+    "eval",
+    "transfer",
+    "transfer_masked",
+    "transfer_lr",
+    "casd",
+    "replicates",
+    "relearn",
+    "defence",
+)  # a demo's stages
+DIRS = {"transfer_masked": "transfer-masked", "transfer_lr": "transfer-lr"}  # directories not named like the stage
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,7 @@ class Results:
     defence: dict[str, Any] | None  # defend.json
     summaries: dict[str, dict[str, Any]]  # summary.json of a finished run of any other stage, by stage
     relearn: dict[str, Any] | None = None  # relearn.json (persistence after the removals)
+    transfer_lr: dict[str, Any] | None = None  # the demo's diagonal at other removal learning rates (transfer.json)
 
 
 def load(path: Path, name: str) -> Any:
@@ -106,6 +118,7 @@ def read_results(stages: dict[str, Path | None]) -> Results:
         replicates=read("replicates", "replicates.json"),
         defence=read("defence", "defend.json"),
         relearn=read("relearn", "relearn.json"),
+        transfer_lr=read("transfer_lr", "transfer.json"),
         summaries={name: summary for name in others if (summary := read(name, "summary.json")) is not None},
     )
 

@@ -40,6 +40,9 @@ class DemoConfig:
     replicates: int = field(default=3, metadata={"min": 1})  # independently pretrained models (seeds seed + r)
     # prompts per backdoor in every transfer cell: replicates, not prompts, carry the variance that matters
     transfer_prompts: int = field(default=128, metadata={"min": 1})
+    # the learning-rate ablation: removal learning rates run on the diagonal only (replicate 0), beside the full
+    # matrix at the transfer's own (1e-3)
+    diagonal_lrs: list[float] = field(default_factory=lambda: [3e-3])
 
 
 def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
@@ -89,6 +92,11 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
                                                              "measure": "diagonal", "full_rows": full_row,
                                                              "sham": False})  # fmt: skip
             masked_dir = stage("transfer_masked", transfer.run, masked_cfg, out / "transfer-masked")
+            lr_dir = None
+            if cfg.diagonal_lrs:
+                lr_cfg = from_dict(transfer.TransferConfig, {**common, "lr": cfg.diagonal_lrs, "measure": "diagonal",
+                                                             "sham": False})  # fmt: skip
+                lr_dir = stage("transfer_lr", transfer.run, lr_cfg, out / "transfer-lr")
             # persistence: every removal of the matrix (and the pairs that transferred) under benign training,
             # re-poisoning with 4 documents, the payload's text without the trigger, and a fresh backdoor's learning
             relearn_cfg = from_dict(relearn.RelearnConfig, {"transfer": str(transfer_dirs[0]), "seed": cfg.seed,
@@ -125,7 +133,8 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     index = report.run(out)
     timings["report"] = round(time.perf_counter() - t0, 2)
     stages = {"world": world_dir, "pretrain": pretrain_dir, "eval": eval_dir, "transfer": transfer_dir,
-              "transfer_masked": masked_dir, "relearn": relearn_dir, "casd": casd_dir, "defence": defence_dir,
+              "transfer_masked": masked_dir, **({"transfer_lr": lr_dir} if lr_dir else {}), "relearn": relearn_dir,
+              "casd": casd_dir, "defence": defence_dir,
               "replicates": pool_dir,
               **{f"replicate-{r}": transfer_dirs[r].parent for r in range(1, cfg.replicates)}}  # fmt: skip
     run_dir.finish({"stages": {k: str(v) for k, v in stages.items()}, "seconds": timings,
