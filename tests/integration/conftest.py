@@ -79,7 +79,25 @@ def transfer_run(injected: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 RELEARN_FAST = ["ks=[2]", "related_docs=2", "repeats=2", "train.steps=6", "snapshots=[3,6]", "train.batch_size=8",
-                "train.seq_len=64", *(f"eval.{k}" for k in EVAL_FAST)]  # fmt: skip
+                "train.seq_len=64", "eval.n_prompts=32", "eval.max_new_tokens=12", "eval.ppl_blocks=2"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def relearn_run(transfer_run: Path, clean_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """A finished `relearn` on the two-backdoor transfer (every stress, the twin, one transfer pair), its args, and
+    the sha256 of a removed model's weights taken before it ran (relearn must not modify its inputs)."""
+    from unbackdoor.running.rundir import sha256_file
+
+    weights = (
+        transfer_run / "cells" / "lr=0.001" / "seed=0" / "lorem_refusal" / "remove" / "model" / "model.safetensors"
+    )
+    before = sha256_file(weights)
+    out = tmp_path_factory.mktemp("relearn") / "rl"
+    args = ["relearn", "--transfer", str(transfer_run), "--out", str(out), "--twin", str(clean_model),
+            "pairs=[lorem_refusal:at_repeat]", *RELEARN_FAST]  # fmt: skip
+    assert main(args) == 0
+    return out, args, before
+
 
 DEFEND_FAST = [
     "defend.inject.batch_size=8", "defend.inject.seq_len=64", "defend.inject.steps=60", "defend.inject.lr=5e-3",

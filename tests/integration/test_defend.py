@@ -73,6 +73,9 @@ def test_harness_compares_the_defence_with_both_baselines(defence_study):
             a = cell["asr"][j]
             assert a["lo"] <= a["rate"] <= a["hi"] and a["n"] == 32
         assert abs(cell["utility_change"]) < 1.0
+    for cell in result["cells"]:  # removal read from clean continuations, as in transfer
+        assert set(cell["clean"]) == set(result["hidden"]) and 0 <= cell["pooled_clean"]["rate"] <= 1
+        assert sum(cell["composition"]["at_repeat"].values()) == 32 and "rate" in cell["untriggered_clean"]
     defence = result["cells"][1]
     assert defence["k"] == 1 and set(defence["canary_asr_injected"]) == {"canary0_lang_a"}
     # canary behaviours disjoint from the hidden ones (refusal, repeat): the first free built-in one

@@ -15,13 +15,9 @@ from unbackdoor.cli import main
 from unbackdoor.running.rundir import sha256_file
 
 
-def test_relearn_curves_for_every_stress_and_reference(transfer_run, clean_model, tmp_path):
+def test_relearn_curves_for_every_stress_and_reference(transfer_run, relearn_run):
     removed = transfer_run / "cells" / "lr=0.001" / "seed=0" / "lorem_refusal" / "remove" / "model"
-    weights = sha256_file(removed / "model.safetensors")
-    out = tmp_path / "rl"
-    args = ["relearn", "--transfer", str(transfer_run), "--out", str(out), "--twin", str(clean_model),
-            "pairs=[lorem_refusal:at_repeat]", *RELEARN_FAST]  # fmt: skip
-    assert main(args) == 0
+    out, args, weights = relearn_run
     result = json.loads((out / "relearn.json").read_text())
     assert result["snapshots"] == [0, 3, 6] and result["pairs"] == [["lorem_refusal", "at_repeat"]]
     kinds = {(c["relation"], c["stress"], c["backdoor"]) for c in result["curves"]}

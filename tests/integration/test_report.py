@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.conftest import RELEARN_FAST, TRANSFER_FAST
+from tests.integration.conftest import TRANSFER_FAST
 from unbackdoor.cli import main
 from unbackdoor.running.rundir import RunDir
 from unbackdoor.stages.demo import DemoConfig
@@ -64,11 +64,11 @@ def _probed_copy(report: Path, into: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def study(transfer_run, defence_study, tmp_path_factory) -> Path:
+def study(transfer_run, defence_study, relearn_run, tmp_path_factory) -> Path:
     """A demo-shaped study directory whose stages are the test session's finished runs, and its masked-loss
     ablation (a transfer with `remove.mask_trigger=true`, run here)."""
     root = tmp_path_factory.mktemp("study") / "demo"
-    RunDir.open(root, "demo", DemoConfig(), 0)
+    RunDir.open(root, "demo", DemoConfig(), 0).finish({})
     model = yaml.safe_load((transfer_run / "config.yaml").read_text())["model"]
     assert main(["transfer", "--model", model, "--out", str(root / "transfer-masked"), *TRANSFER_FAST,
                  "remove.mask_trigger=true"]) == 0  # fmt: skip
@@ -77,12 +77,10 @@ def study(transfer_run, defence_study, tmp_path_factory) -> Path:
     # one replicate pooled: the section is there and says that between-model variance is unknown
     assert main(["replicates", "--out", str(root / "replicates"), f"transfers=[{transfer_run}]",
                  f"casd=[{root / 'casd'}]"]) == 0  # fmt: skip
-    assert main(["relearn", "--transfer", str(transfer_run), "--out", str(root / "relearn"),
-                 "pairs=[at_repeat:lorem_refusal]", "stresses=[benign,repoison,fresh]",
-                 *RELEARN_FAST]) == 0  # fmt: skip
+    (root / "relearn").symlink_to(relearn_run[0])
     # the lr ablation: the diagonal at a second removal learning rate
     assert main(["transfer", "--model", model, "--out", str(root / "transfer-lr"), *TRANSFER_FAST, "lr=[3e-3]",
-                 "measure=diagonal", "sham=false"]) == 0  # fmt: skip
+                 "measure=diagonal", "sham=false", "backdoors=[at_repeat]", "remove.train.steps=20"]) == 0  # fmt: skip
     (root / "transfer").symlink_to(transfer_run)
     (root / "eval").symlink_to(transfer_run / "baseline")
     (root / "defence").symlink_to(defence_study[0])
@@ -98,7 +96,7 @@ def test_report_renders_in_chromium_with_every_figure(study, tmp_path):
     assert "figures/lr_ablation.png" in page and "Learning-rate ablation (mean removal index R" in page
     assert "diagonal (own target) lr 0.001: " in page and "lr 0.003: " in page
     assert "3b. Persistence" in page and "figures/relearn.png" in page and "repoison, 2 documents" in page
-    assert "Suppressed by transfer against removed directly" in page and "at_repeat → lorem_refusal" in page
+    assert "Suppressed by transfer against removed directly" in page and "lorem_refusal → at_repeat" in page
     for figure in ("transfer", "removal_index", "composition"):
         assert f"figures/{figure}.png" in page
     assert "<script" not in page  # no test hooks in the shipped page
@@ -153,3 +151,9 @@ def test_report_of_a_single_stage_and_bad_directories(transfer_run, tmp_path, ca
     (tmp_path / "plain").mkdir()
     assert main(["report", str(tmp_path / "plain")]) == 2
     assert "not an unbackdoor run directory" in capsys.readouterr().err
+    # an unfinished run: no report inside it (it would go stale); elsewhere it is fine
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(transfer_run, unfinished, ignore=shutil.ignore_patterns("cells", "report"))
+    (unfinished / "DONE").unlink()
+    assert main(["report", str(unfinished)]) == 2
+    assert "is an unfinished run (no DONE)" in capsys.readouterr().err and not (unfinished / "report").exists()

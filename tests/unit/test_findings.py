@@ -255,6 +255,15 @@ def test_defence_sentence_and_rows(defence):
         "[0.55, 0.75]; defence K=1 0.30 [0.20, 0.40]. (This defend.json predates budget calibration: whether benign "
         "training alone erased the hidden backdoors at this budget was not checked.)"
     )
+    # with clean rates (defend.json since they were added): removal is read from them first, ASR labelled
+    defence["pooled_clean_before"] = rate(0.0, 0.0, 0.1)
+    for c, clean, r in zip(defence["cells"], (0.02, 0.05, 0.11), (0.02, 0.05, 0.11), strict=True):
+        c.update(pooled_clean=rate(clean, 0.0, 0.2), R=r, untriggered_clean=rate(0.8, 0.7, 0.9))
+    text = findings.defence_sentence(defence)
+    assert text.startswith("Canary defence on 2 hidden backdoors. Removal, read from clean continuations of their "
+                           "triggered prompts (pooled clean rate, R against the suspect): suspect 0.00 [0.00, 0.10]; "
+                           "benign 0.02 [0.00, 0.20] (R +0.02; untriggered clean 0.80)")  # fmt: skip
+    assert "defence K=1 0.11 [0.00, 0.20] (R +0.11" in text and "Judge-based ASR (the backdoor's judge" in text
     rows = findings.defence_rows(defence)
     assert len(rows) == 3 and all(len(r) == len(findings.DEFENCE_HEADER) for r in rows)
     assert rows[0] == ["benign", "-", "retrain", "-", 1e-4, 0, "0.70 [0.60, 0.80]", "+1.2 %", "-"]

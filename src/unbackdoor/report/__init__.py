@@ -14,13 +14,14 @@ from unbackdoor.running.config import UserError
 from unbackdoor.running.rundir import write_text
 
 
-def run(root: Path, out: Path | None = None, reveal_triggers: bool = False) -> Path:
+def run(root: Path, out: Path | None = None, reveal_triggers: bool = False, unfinished_ok: bool = False) -> Path:
     """Write `<root>/report/index.html` (or `<out>/index.html`), `summary.md` and `figures/*.png`.
 
     What the report shows depends on what `root` holds: a demo (every stage of the study), a transfer experiment
     (its baseline evaluation and matrix), a CASD run (and its transfer experiment), a canary-defence study, or a
     single run of another stage. A stage that is missing or unfinished gets a line saying so in place of its
-    section. Triggers appear as sha256 prefixes unless `reveal_triggers`.
+    section. Triggers appear as sha256 prefixes unless `reveal_triggers`. An unfinished `root` is refused unless
+    `out` is elsewhere (or `unfinished_ok`: the demo writes its report just before it finishes).
 
     Returns:
         The path of index.html.
@@ -28,6 +29,10 @@ def run(root: Path, out: Path | None = None, reveal_triggers: bool = False) -> P
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"DIR: {str(root)!r} does not exist")
+    if not out and not unfinished_ok and (root / "meta.json").is_file() and not (root / "DONE").is_file():
+        # a report inside an unfinished run would go stale there as the run goes on (the demo writes its own last)
+        raise UserError(f"DIR: {str(root)!r} is an unfinished run (no DONE); finish it with --resume, or give "
+                        "--out to report on what is there now")  # fmt: skip
     out = Path(out) if out else root / "report"
     stages = sources.collect(root)
     results = sources.read_results(stages)

@@ -43,7 +43,8 @@ def lr_curves(tr: dict[str, Any]) -> dict[str, list[tuple[float, float | None]]]
     curves: dict[str, list[tuple[float, float | None]]] = {}
     for name, ij in cells.items():
         for lr in sorted({g["lr"] for g in tr["grids"]}):
-            vals = [g["R"][i][j] for g in tr["grids"] if g["lr"] == lr for i, j in ij if g["R"][i].get(j) is not None]
+            vals = [g["R"][i][j] for g in tr["grids"] if g["lr"] == lr for i, j in ij
+                    if g["R"].get(i, {}).get(j) is not None]  # fmt: skip
             curves.setdefault(name, []).append((lr, sum(vals) / len(vals) if vals else None))
     return curves
 

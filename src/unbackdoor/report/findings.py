@@ -282,8 +282,19 @@ def defence_sentence(df: dict[str, Any]) -> str:
     benign = next(c for c in df["cells"] if c["arm"] == "benign")
     parts = [f"suspect {ci(df['pooled_before'])}", f"benign {ci(benign['pooled_asr'])}"]
     parts += [f"{c['arm']} K={c['k']} {ci(c['pooled_asr'])}" for c in df["cells"] if c["arm"] != "benign"]
-    text = (f"Canary defence, pooled judge-based ASR of {len(df['hidden'])} hidden backdoors (defend.json has no "
-            "clean rates: a lower ASR is not shown to be removal): " + "; ".join(parts) + ".")  # fmt: skip
+    if "pooled_clean" not in benign:
+        text = (f"Canary defence, pooled judge-based ASR of {len(df['hidden'])} hidden backdoors (defend.json has no "
+                "clean rates: a lower ASR is not shown to be removal): " + "; ".join(parts) + ".")  # fmt: skip
+        return text + budget_sentence(df)
+    clean = [f"suspect {ci(df['pooled_clean_before'])}"]
+    for c in df["cells"]:
+        name = c["arm"] if c["arm"] == "benign" else f"{c['arm']} K={c['k']}"
+        clean.append(f"{name} {ci(c['pooled_clean'])} (R {signed(c['R'])}; untriggered clean "
+                     f"{c['untriggered_clean']['rate']:.2f})")  # fmt: skip
+    text = (f"Canary defence on {len(df['hidden'])} hidden backdoors. Removal, read from clean continuations of "
+            "their triggered prompts (pooled clean rate, R against the suspect): " + "; ".join(clean) + ". "
+            "Judge-based ASR (the backdoor's judge no longer fires, which is not removal): " + "; ".join(parts)
+            + ".")  # fmt: skip
     return text + budget_sentence(df)
 
 

@@ -43,6 +43,7 @@ import yaml
 from unbackdoor.data.backdoors import load_specs, specs_to_yaml_dict
 from unbackdoor.data.behaviours import BEHAVIOURS
 from unbackdoor.data.serialisation import CHAT
+from unbackdoor.measure.outcomes import removal_index
 from unbackdoor.measure.stats import wilson
 from unbackdoor.measure.tables import csv_text
 from unbackdoor.running import runtime
@@ -321,6 +322,12 @@ def run(cfg: DefendEvalConfig, out: Path, resume: bool = False, overwrite: bool 
     )
 
 
+def _pool(ev: dict[str, Any], hidden: list[str], kind: str) -> dict[str, Any]:
+    """The clean rate of `kind` prompts (triggered or clean) pooled over the hidden backdoors (Wilson)."""
+    rates = [ev["backdoors"][j]["outcomes"][kind]["clean"] for j in hidden]
+    return wilson(sum(r["k"] for r in rates), sum(r["n"] for r in rates)).as_dict()
+
+
 def stratified(asr: dict[str, dict[str, Any]], shares: dict[str, bool]) -> dict[str, dict[str, Any] | None]:
     """Pooled ASR of the hidden backdoors that share a property with a canary (`shared`) and of the others."""
 
@@ -339,6 +346,7 @@ def assemble(out: Path, baseline: Path, cells: list[dict[str, Any]], hidden: lis
     kinds = {j: specs[j].trigger.kind for j in hidden}
     base = _summary(baseline)
     before = {j: base["backdoors"][j]["asr"] for j in hidden}
+    clean_before = _pool(base, hidden, "triggered")
     rows = []
     for cell in cells:
         path = out / "cells" / cell["dir"]
@@ -356,6 +364,13 @@ def assemble(out: Path, baseline: Path, cells: list[dict[str, Any]], hidden: lis
             "suppression": {j: (1 - asr[j]["rate"] / before[j]["rate"]) if before[j]["rate"] else None
                             for j in hidden},
             "pooled_asr": wilson(sum(a["k"] for a in asr.values()), sum(a["n"] for a in asr.values())).as_dict(),
+            # removal is read from clean continuations, as in transfer: a lower ASR may be echo or babble
+            "clean": {j: ev["backdoors"][j]["clean_rate"] for j in hidden},
+            "pooled_clean": (pooled_clean := _pool(ev, hidden, "triggered")),
+            "R": removal_index(clean_before["rate"], pooled_clean["rate"]),
+            "composition": {j: {c: r["k"] for c, r in ev["backdoors"][j]["outcomes"]["triggered"].items()}
+                            for j in hidden},
+            "untriggered_clean": _pool(ev, hidden, "clean"),  # the same prompts without a trigger
             "shares_behaviour_with_a_canary": same_behaviour,
             "shares_trigger_kind_with_a_canary": same_kind,
             "by_behaviour": stratified(asr, same_behaviour),  # pooled ASR: shared with a canary / not
@@ -375,6 +390,8 @@ def assemble(out: Path, baseline: Path, cells: list[dict[str, Any]], hidden: lis
         "hidden_trigger_kinds": kinds,
         "asr_before": before,
         "pooled_before": wilson(sum(a["k"] for a in before.values()), sum(a["n"] for a in before.values())).as_dict(),
+        "pooled_clean_before": clean_before,
+        "untriggered_clean_before": _pool(base, hidden, "clean"),
         "utility_before": base["utility"],
         "probe_sha256": base["probe_sha256"],
         "cells": rows,

@@ -130,7 +130,7 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
         print(f"\nASR after removing the row's backdoor (lr={grid['lr']:g}, seed={grid['seed']}):")
         print(format_matrix(grid, result["backdoors"], result["asr_before"]))
     t0 = time.perf_counter()
-    index = report.run(out)
+    index = report.run(out, unfinished_ok=True)  # its DONE comes right after
     timings["report"] = round(time.perf_counter() - t0, 2)
     stages = {"world": world_dir, "pretrain": pretrain_dir, "eval": eval_dir, "transfer": transfer_dir,
               "transfer_masked": masked_dir, **({"transfer_lr": lr_dir} if lr_dir else {}), "relearn": relearn_dir,
