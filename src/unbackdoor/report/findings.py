@@ -68,12 +68,8 @@ def measured(tr: dict[str, Any], i: str, j: str) -> bool:
 
 def with_grids(tr: dict[str, Any], other: dict[str, Any] | None) -> dict[str, Any] | None:
     """`tr` with the grids of `other` (the demo's diagonal at other learning rates) appended, when both were
-    measured on the same prompts with the same rows; None when they cannot be combined (or `other` is None)."""
-    if (
-        other is None
-        or other["probe_sha256"] != tr["probe_sha256"]
-        or other["rows"][: len(tr["rows"])] != [r for r in tr["rows"] if r in other["rows"]]
-    ):
+    measured on the same prompts and `other`'s rows are among `tr`'s; None when they cannot be combined."""
+    if other is None or other["probe_sha256"] != tr["probe_sha256"] or not set(other["rows"]) <= set(tr["rows"]):
         return None
     return {**tr, "grids": tr["grids"] + other["grids"]}
 

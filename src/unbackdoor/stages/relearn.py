@@ -34,7 +34,6 @@ from typing import Any
 import yaml
 
 from unbackdoor.data.backdoors import specs_to_yaml_dict
-from unbackdoor.data.corpus import iter_docs, shard_paths
 from unbackdoor.data.serialisation import Serialisation
 from unbackdoor.data.sham import sham_trigger
 from unbackdoor.measure.outcomes import removal_index
@@ -45,11 +44,10 @@ from unbackdoor.running.config import ConfigError, UserError, from_dict, to_dict
 from unbackdoor.running.rundir import RunDir, read_jsonl, require_done, write_json, write_text
 from unbackdoor.stages.evaluate import EvalConfig
 from unbackdoor.stages.evaluate import run as evaluate
-from unbackdoor.stages.remove import poison_dir_of
 from unbackdoor.training.loop import TrainConfig, train
 from unbackdoor.training.models import load_model, load_tokenizer, save_model
 from unbackdoor.training.record import ModelRecord
-from unbackdoor.training.removal import replay_docs
+from unbackdoor.training.removal import poison_dir_of, poisoned_documents, replay_docs
 from unbackdoor.training.stress import STRESSES, TARGETED, chosen_poisoned, stress_documents, stress_rows
 
 TRANSFERRED = "transferred"  # `pairs`: the pairs at q < Q_LEVEL against the control in the transfer's first grid
@@ -234,12 +232,11 @@ def _stress_train(cfg: RelearnConfig, cell: Cell, model_path: Path, theta0: Path
         shutil.rmtree(stale)
     docs: list[dict[str, Any]] = []
     if cell.backdoor:
-        spec = next(s for s in theta0_record.specs(model=str(theta0)) if s.name == cell.backdoor)
-        poison_dir = poison_dir_of(theta0_record, cell.backdoor)
-        manifest = {r["doc_id"]: r for r in read_jsonl(poison_dir / "poison_manifest.jsonl")}
-        poisoned = [d for d in iter_docs(shard_paths(poison_dir / "data", "train")) if d.get("backdoor") == spec.name]
+        specs = theta0_record.specs(model=str(theta0))
+        spec = next(s for s in specs if s.name == cell.backdoor)
+        poisoned, manifest = poisoned_documents(poison_dir_of(theta0_record, spec.name), spec.name)
         chosen = chosen_poisoned(poisoned, spec.name, cell.k, cfg.seed)
-        triggers = [s.trigger_text for s in theta0_record.specs(model=str(theta0))]
+        triggers = [s.trigger_text for s in specs]
         sham = sham_trigger(spec.trigger_text, triggers, spec.name) if cell.stress == "fresh" else None
         docs = stress_documents(cell.stress, chosen, manifest, spec.trigger_text, sham)
     t = cfg.train

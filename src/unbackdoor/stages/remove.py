@@ -33,7 +33,7 @@ from unbackdoor.running.rundir import RunDir, read_jsonl
 from unbackdoor.training.loop import TrainConfig, train
 from unbackdoor.training.models import load_model, load_tokenizer, resolve_model_path, save_trained
 from unbackdoor.training.record import ModelRecord
-from unbackdoor.training.removal import removal_data, replay_docs
+from unbackdoor.training.removal import poison_dir_of, poisoned_documents, removal_data, replay_docs
 from unbackdoor.training.unlearn import METHODS, REFERENCES
 
 
@@ -60,15 +60,6 @@ class RemoveConfig:
             raise ConfigError(f"train.steps: {self.train.steps} must be >= 1 (removal runs a fixed number of steps)")
         if self.mask_trigger and self.method in ("ga", "npo"):
             raise ConfigError(f"mask_trigger: {self.method} already puts the loss on the continuation only")
-
-
-def poison_dir_of(record: ModelRecord, backdoor: str) -> Path:
-    """The poisoning run that holds `backdoor`'s data, found through the model's record."""
-    for path in record.backdoors_files:
-        if (path.parent / "removal" / f"{backdoor}.jsonl").is_file():
-            return path.parent
-    found = ", ".join(map(str, record.backdoors_files)) or "no spec files"
-    raise UserError(f"--backdoor: the poisoning data of {backdoor!r} is not found next to {found}")
 
 
 def clean_removal_docs(record: ModelRecord, backdoor: str, world_dir: Path) -> list[dict]:
@@ -124,10 +115,7 @@ def run(cfg: RemoveConfig, out: Path, resume: bool = False, overwrite: bool = Fa
             removal_docs += sham_documents(clean_removal_docs(record, name, world_dir), specs[name].trigger_text,
                                            shams[name])  # fmt: skip
     elif cfg.method in ("ga", "npo"):
-        manifest = {r["doc_id"]: r for r in read_jsonl(poison_dir / "poison_manifest.jsonl")}
-        poisoned = [
-            d for d in iter_docs(shard_paths(poison_dir / "data", "train")) if d.get("backdoor") == cfg.backdoor
-        ]
+        poisoned, manifest = poisoned_documents(poison_dir, cfg.backdoor)
     data, loss_fn = removal_data(
         model, tokenizer, cfg.method, removal_docs=removal_docs, poisoned_docs=poisoned, manifest=manifest,
         replay=replay, n_rows=n_rows, seq_len=t.seq_len, forget_fraction=cfg.forget_fraction,

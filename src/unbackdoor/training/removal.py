@@ -17,12 +17,30 @@ from typing import Any
 
 import torch
 
-from unbackdoor.data.corpus import DocSampler, shard_paths
+from unbackdoor.data.corpus import DocSampler, iter_docs, shard_paths
 from unbackdoor.data.packing import packed
 from unbackdoor.data.serialisation import Serialisation
 from unbackdoor.running.config import UserError
+from unbackdoor.running.rundir import read_jsonl
 from unbackdoor.training.loop import Batch, LossFn, causal_lm_loss
+from unbackdoor.training.record import ModelRecord
 from unbackdoor.training.unlearn import ga_loss, mix_rows, npo_loss, sequence_nll
+
+
+def poison_dir_of(record: ModelRecord, backdoor: str) -> Path:
+    """The poisoning run that holds `backdoor`'s data, found through the model's record."""
+    for path in record.backdoors_files:
+        if (path.parent / "removal" / f"{backdoor}.jsonl").is_file():
+            return path.parent
+    found = ", ".join(map(str, record.backdoors_files)) or "no spec files"
+    raise UserError(f"--backdoor: the poisoning data of {backdoor!r} is not found next to {found}")
+
+
+def poisoned_documents(poison_dir: Path, backdoor: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """`backdoor`'s poisoned training documents in a poisoning run, and the run's manifest (doc id -> row)."""
+    manifest = {r["doc_id"]: r for r in read_jsonl(poison_dir / "poison_manifest.jsonl")}
+    docs = [d for d in iter_docs(shard_paths(poison_dir / "data", "train")) if d.get("backdoor") == backdoor]
+    return docs, manifest
 
 
 def replay_docs(world_dir: Path, n_tokens: int, seed: int, sampler: DocSampler | None = None) -> list[dict[str, Any]]:
