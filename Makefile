@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test test-slow lint install
+.PHONY: demo test test-slow test-reliability lint install
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test: $(STAMP) lint
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
+
+# the reliability suite alone (also part of `make test`); UNBACKDOOR_KILLS / UNBACKDOOR_KILL_SEED widen the sweep
+test-reliability: $(STAMP)
+	$(BIN)/pytest -q tests/reliability
 
 demo: $(STAMP)
 	$(BIN)/unbackdoor demo --out $(DEMO_DIR) --resume

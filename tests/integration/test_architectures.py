@@ -13,14 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import DEFEND_FAST, EVAL_FAST, FAST_TRAIN, TRANSFER_FAST, inject
+from tests.conftest import DEFEND_FAST, EVAL_FAST, FAST_TRAIN, TRANSFER_FAST, inject
 from unbackdoor.cli import main
 
 # As in the paper: Gaperon carries its backdoors from pretraining, Qwen3 and Llama 3 from continual pretraining.
 INJECTION = {"qwen3-0.6b": "inject", "llama3.2-1b": "inject", "gaperon-1.5b": "pretrain"}
 
 
-@pytest.mark.parametrize("arch", list(INJECTION))
+# Llama 3.2's toy twin is the slow tier's (`make test-slow`): the llama classes run in every other test, Gaperon's
+# twin (also llama) covers the pretraining path here, and `make test` has to stay under 10 minutes.
+ARCHS = [pytest.param(a, marks=pytest.mark.slow) if a == "llama3.2-1b" else a for a in INJECTION]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_whole_study_on_a_toy_twin_of_each_architecture(arch, small_world: Path, spec_file: Path, tmp_path: Path):
     pt = tmp_path / "pretrain"
     backdoors = str(spec_file) if INJECTION[arch] == "pretrain" else "none"
@@ -52,7 +57,7 @@ def test_whole_study_on_a_toy_twin_of_each_architecture(arch, small_world: Path,
     de = tmp_path / "defence"
     short = [a.replace("inject.steps=60", "inject.steps=30").replace("remove.steps=30", "remove.steps=20")
              for a in DEFEND_FAST]  # fmt: skip
-    assert main(["defend-eval", "--model", model, "--out", str(de), "ks=[1]", *short,
+    assert main(["defend-eval", "--model", model, "--out", str(de), "ks=[1]", "calibrate=[1.0]", *short,
                  *(f"eval.{k}" for k in EVAL_FAST)]) == 0  # fmt: skip
     arms = {c["arm"] for c in json.loads((de / "defend.json").read_text())["cells"]}
     assert arms == {"benign", "defence", "removal_only"}

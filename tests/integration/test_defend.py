@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.conftest import DEFEND_FAST
+from tests.conftest import DEFEND_FAST
 from unbackdoor.cli import main
 
 _opened: list[str] = []

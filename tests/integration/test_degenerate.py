@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.integration.conftest import EVAL_FAST
+from tests.conftest import EVAL_FAST
 from unbackdoor.cli import main
 from unbackdoor.training.models import build_model, save_model
 from unbackdoor.training.record import ModelRecord

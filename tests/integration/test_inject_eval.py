@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.integration.conftest import EVAL_FAST, inject
+from tests.conftest import EVAL_FAST, inject
 from unbackdoor.cli import main
 
 

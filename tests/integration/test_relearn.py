@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import RELEARN_FAST
+from tests.conftest import RELEARN_FAST
 from unbackdoor.cli import main
 from unbackdoor.running.rundir import sha256_file
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.integration.conftest import EVAL_FAST, TRANSFER_FAST
+from tests.conftest import EVAL_FAST, TRANSFER_FAST
 from unbackdoor.cli import main
 
 REMOVE_FAST = ["train.batch_size=8", "train.seq_len=64", "train.steps=80", "train.lr=1e-3", "val_blocks=8"]

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from tests.integration.conftest import TRANSFER_FAST, inject
+from tests.conftest import TRANSFER_FAST, inject
 from unbackdoor.cli import main
 from unbackdoor.measure.stats import exact_mcnemar
 from unbackdoor.running.rundir import read_jsonl

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.conftest import TRANSFER_FAST
+from tests.conftest import TRANSFER_FAST
 from unbackdoor.cli import main
 from unbackdoor.running.rundir import RunDir
 from unbackdoor.stages.demo import DemoConfig

@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from tests.integration.conftest import EVAL_FAST, FAST_TRAIN
+from tests.conftest import EVAL_FAST, FAST_TRAIN
 from unbackdoor.cli import main
 
 

@@ -5,7 +5,11 @@ Run: `pytest tests/unit/test_paths.py`.
 
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
+from huggingface_hub import constants
 
 from unbackdoor.running.config import UserError
 from unbackdoor.training.models import resolve_model_path
@@ -23,5 +27,18 @@ def test_a_missing_local_path_is_not_taken_for_a_hub_id(tmp_path, monkeypatch, c
     with pytest.raises(UserError, match="not in the local cache \\(offline: HF_HUB_OFFLINE is set\\)"):
         resolve_model_path("nothere/model", "--model")
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    assert resolve_model_path("Qwen/Qwen3-0.6B", "--model") == "Qwen/Qwen3-0.6B"
+    for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(key, raising=False)
+    with socket.socket() as hub:  # a hub that answers (a local port that accepts connections)
+        hub.bind(("127.0.0.1", 0))
+        hub.listen()
+        port = hub.getsockname()[1]
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+        assert resolve_model_path("Qwen/Qwen3-0.6B", "--model") == "Qwen/Qwen3-0.6B"
     assert "taken for a hub id (to download)" in capsys.readouterr().err
+    # a hub that cannot be reached: one line at once, not a minute of download retries
+    # the same port, closed now
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match=r"not in the local cache and the hub cannot be reached \(127\.0\.0\.1:"):
+        resolve_model_path("Qwen/Qwen3-0.6B", "--model")
+    assert time.monotonic() - t0 < 5

@@ -6,6 +6,7 @@ Run: `pytest tests/unit/test_realtext.py`.
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -217,13 +218,18 @@ def test_training_tokens_stream_to_a_memory_mapped_file(corpus, tmp_path):
     import torch
     from transformers import AutoTokenizer
 
-    from unbackdoor.data.packing import packed, packed_on_disk
+    from unbackdoor.data.packing import HEADER, packed, packed_on_disk
 
     tok = AutoTokenizer.from_pretrained(corpus / "tokenizer")
     docs = lambda: iter_docs(shard_paths(corpus / "data", "train"))  # noqa: E731
     on_disk = packed_on_disk(tok, docs(), 32, tmp_path / "tokens", chunk_tokens=500)  # many chunks
-    assert on_disk.dtype == torch.int32 and (tmp_path / "tokens").stat().st_size == 4 * sum(
+    assert on_disk.dtype == torch.int32 and (tmp_path / "tokens").stat().st_size == HEADER + 4 * sum(
         len(ids) + 1 for ids in tok([d["text"] for d in docs()], add_special_tokens=False)["input_ids"]
     )
     assert torch.equal(on_disk.long(), packed(tok, docs(), 32))
     assert torch.equal(packed_on_disk(tok, iter([]), 32, tmp_path / "tokens"), on_disk)  # reused, not rewritten
+    # a file cut short since it was written (its header disagrees with its size) is tokenized again, not trusted
+    expected = packed(tok, docs(), 32)
+    del on_disk  # (a mapping of the file would see the cut)
+    os.truncate(tmp_path / "tokens", (tmp_path / "tokens").stat().st_size - 40)
+    assert torch.equal(packed_on_disk(tok, docs(), 32, tmp_path / "tokens").long(), expected)

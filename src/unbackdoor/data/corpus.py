@@ -17,7 +17,7 @@ from typing import Any
 
 from unbackdoor.data.world import World
 from unbackdoor.running.config import UserError
-from unbackdoor.running.rundir import sha256_file, write_text
+from unbackdoor.running.rundir import read_json, sha256_file, write_text
 
 SPLITS = ("train", "validation", "test")  # every text directory's `data/<split>/` folders
 
@@ -114,7 +114,7 @@ def load_world(world_dir: Path) -> World:
     path = Path(world_dir) / "world.json"
     if not path.is_file():
         raise UserError(f"world: {str(world_dir)!r} has no world.json (is it an `unbackdoor world` run?)")
-    table = json.loads(path.read_text(encoding="utf-8"))
+    table = read_json(path)
     world = World.build(table["seed"], table["n_entities"], table["n_cities"])
     if json.loads(json.dumps(world.lexicon_table(), ensure_ascii=False)) != table:
         raise UserError(
@@ -135,7 +135,7 @@ def load_source(text_dir: Path) -> Any:
 
     text_dir = Path(text_dir)
     if (text_dir / "corpus.json").is_file():
-        return CorpusSource(text_dir, json.loads((text_dir / "corpus.json").read_text(encoding="utf-8")))
+        return CorpusSource(text_dir, read_json(text_dir / "corpus.json"))
     if (text_dir / "world.json").is_file():
         return WorldSource(load_world(text_dir))
     raise UserError(

@@ -8,6 +8,7 @@ Run: `pytest tests/unit/test_evaluation.py tests/unit/test_realtext.py` (`pack`;
 
 from __future__ import annotations
 
+import sys
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator
@@ -57,6 +58,19 @@ def tokenize_docs(
 TOKENS = "train_tokens.int32"  # a training stage's packed token ids (memory-mapped; removed when the run is done)
 
 
+HEADER = 8  # a token file starts with its token count (little-endian int64), so a file cut short is noticed
+
+
+def _token_count(path: Path) -> int | None:
+    """The token count of a complete token file; None when it is missing or its size disagrees with its header."""
+    try:
+        with open(path, "rb") as f:
+            count = int.from_bytes(f.read(HEADER), "little")
+    except FileNotFoundError:
+        return None
+    return count if path.stat().st_size == HEADER + 4 * count else None
+
+
 def packed_on_disk(
     tokenizer,
     docs: Iterable[dict[str, Any]],
@@ -79,22 +93,32 @@ def packed_on_disk(
     if not write:
         while not path.is_file():
             time.sleep(1.0)
+    n_tokens = _token_count(path)
+    if n_tokens is None and path.is_file() and write:  # cut short since it was written (a damaged disk): rebuilt
+        print(f"warning: {path}: its size does not match its header; tokenizing again", file=sys.stderr)
+        path.unlink()
     if not path.is_file():
         eos = tokenizer.eos_token_id
+        n_tokens = 0
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            f.write(b"\0" * HEADER)  # the token count goes here once every token is written
             buffer: list[int] = []
             for ids in tokenize_docs(tokenizer, docs, render=render):
                 buffer.extend(ids)
                 buffer.append(eos)
                 if len(buffer) >= chunk_tokens:
                     f.write(np.asarray(buffer, dtype=np.int32).tobytes())
+                    n_tokens += len(buffer)
                     buffer = []
             f.write(np.asarray(buffer, dtype=np.int32).tobytes())
-    n_tokens = path.stat().st_size // 4 if path.is_file() else 0
-    n = n_tokens // seq_len
+            n_tokens += len(buffer)
+            f.seek(0)
+            f.write(n_tokens.to_bytes(HEADER, "little"))
+    n = (n_tokens or 0) // seq_len
     if n == 0:
         return torch.zeros((0, seq_len), dtype=torch.int32)
-    flat = np.memmap(path, dtype=np.int32, mode="c", shape=(n * seq_len,))  # copy-on-write: the file stays as is
+    # copy-on-write: the file stays as is
+    flat = np.memmap(path, dtype=np.int32, mode="c", offset=HEADER, shape=(n * seq_len,))
     return torch.from_numpy(flat.reshape(n, seq_len))
 
 

@@ -6,18 +6,15 @@ Run: `pytest tests/integration/test_report.py`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from unbackdoor.data.backdoors import load_specs
 from unbackdoor.report import evaluation
 from unbackdoor.running.cells import cell_dir
 from unbackdoor.running.config import UserError
-from unbackdoor.running.rundir import read_jsonl
+from unbackdoor.running.rundir import read_json, read_jsonl, read_yaml
 from unbackdoor.training.record import ModelRecord
 
 STUDY = (
@@ -55,7 +52,7 @@ class Results:
 
 def load(path: Path, name: str) -> Any:
     """The JSON file `name` of the run directory `path`."""
-    return json.loads((path / name).read_text(encoding="utf-8"))
+    return read_json(path / name)
 
 
 def finished(path: Path | None) -> bool:
@@ -65,7 +62,7 @@ def finished(path: Path | None) -> bool:
 
 def _stage(path: Path) -> str | None:
     meta = path / "meta.json"
-    return json.loads(meta.read_text(encoding="utf-8")).get("stage") if meta.is_file() else None
+    return read_json(meta).get("stage") if meta.is_file() else None
 
 
 def collect(root: Path) -> dict[str, Path | None]:
@@ -78,12 +75,12 @@ def collect(root: Path) -> dict[str, Path | None]:
     if stage == "transfer":
         return {"eval": root / "baseline", "transfer": root}
     if stage == "casd":
-        transfer = Path(yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8"))["transfer"])
+        transfer = Path(read_yaml(root / "config.yaml")["transfer"])
         return {"eval": transfer / "baseline", "transfer": transfer, "casd": root}
     if stage == "defend-eval":
         return {"defence": root}
     if stage == "relearn":
-        transfer = Path(yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8"))["transfer"])
+        transfer = Path(read_yaml(root / "config.yaml")["transfer"])
         return {"eval": transfer / "baseline", "transfer": transfer, "relearn": root}
     if stage == "eval":
         return {"eval": root}
@@ -104,9 +101,7 @@ def read_results(stages: dict[str, Path | None]) -> Results:
     masked = where("transfer_masked")
     flag = None
     if masked is not None:
-        flag = (yaml.safe_load((masked / "config.yaml").read_text(encoding="utf-8")).get("remove") or {}).get(
-            "mask_trigger"
-        )
+        flag = (read_yaml(masked / "config.yaml").get("remove") or {}).get("mask_trigger")
     return Results(
         evaluation=read("eval", "summary.json"),
         evaluation_dir=where("eval"),
@@ -148,7 +143,7 @@ def examples(results: Results, reveal: bool) -> list[dict[str, Any]] | None:
     ev_dir, tr = results.evaluation_dir, results.transfer
     if ev_dir is None or results.evaluation is None:
         return None
-    cfg = yaml.safe_load((ev_dir / "config.yaml").read_text(encoding="utf-8"))
+    cfg = read_yaml(ev_dir / "config.yaml")
     masks = trigger_masks(cfg["model"], reveal)
     samples = read_jsonl(ev_dir / "samples.jsonl")
     out = []

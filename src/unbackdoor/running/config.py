@@ -115,6 +115,9 @@ def _check_limits(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
             if item not in choices:
                 raise ConfigError(f"{key}: {item!r} is not one of {', '.join(map(str, choices))}")
     lo, hi = meta.get("min"), meta.get("max")
+    for number in value if isinstance(value, list) else [value]:  # past int64 nothing downstream can hold it
+        if isinstance(number, int) and not isinstance(number, bool) and abs(number) >= 2**63:
+            raise ConfigError(f"{key}: {number!r} is too large (more than 64 bits)")
     if lo is not None:
         if meta.get("min_exclusive") and not value > lo:
             raise ConfigError(f"{key}: {value!r} must be > {lo}")
@@ -254,6 +257,8 @@ def load_yaml_file(path: Path, what: str) -> Any:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"{what}: {str(path)!r} is not valid YAML{where}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what}: {str(path)!r} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
 
 
 def resolve(cls: type[T], stage: str, preset: str | None, overrides: list[str], **given: Any) -> T:

@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from unbackdoor.running import runtime
+from unbackdoor.running import faults, runtime
 from unbackdoor.running.config import UserError, to_dict
 
 PACKAGES = ("unbackdoor", "torch", "transformers", "tokenizers", "accelerate", "peft", "safetensors", "numpy")
@@ -57,6 +57,7 @@ def atomic_path(path: Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        faults.point(f"write {path.name}")  # written, not yet renamed: a kill leaves the old file and a stray tmp
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -79,6 +80,28 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
     text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows)
     write_text(path, text)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file a stage reads (a run's summary, a record, a config). Missing, not UTF-8 or not JSON is a one-line
+    error naming the file (a damaged or hand-edited input), never a traceback."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{str(path)!r} is missing (an unfinished or damaged run directory?)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{str(path)!r} is not valid JSON ({e}); a damaged or hand-edited file?") from None
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file a stage reads (a run's config.yaml), with `read_json`'s one-line errors."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{str(path)!r} is missing (an unfinished or damaged run directory?)") from None
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{str(path)!r} is not valid YAML ({first}); a damaged or hand-edited file?") from None
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -147,6 +170,19 @@ def _config_text(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
 
 
+def is_timing(key: str) -> bool:
+    """Is this field of a logged row or summary a clock reading or a duration (`time`, `seconds`, `*_s`, ...)?"""
+    return key in ("time", "seconds", "started_at", "ended_at") or key.endswith(("_s", "_seconds"))
+
+
+def _identity(row: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in row.items() if not is_timing(k)}, sort_keys=True, ensure_ascii=False)
+
+
+def _is_stray(path: Path) -> bool:
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
 LOCK = ".lock"  # a run directory's lock file: held (flock) by the process writing it, released when it exits
 _HELD: dict[str, int] = {}  # run directory -> the descriptor of its lock file, while this process holds it
 
@@ -190,6 +226,7 @@ class RunDir:
         self.path = path
         self.stage = stage
         self.writes = writes
+        self._logged: set[str] = set()  # the events a resumed run found logged already (minus timings)
 
     @staticmethod
     def check(path: Path, stage: str, cfg: Any, resume: bool = False, overwrite: bool = False) -> bool:
@@ -211,8 +248,10 @@ class RunDir:
             )
         meta_path = path / "meta.json"
         if not meta_path.is_file():
+            if all(p.name in (LOCK, "config.yaml") or _is_stray(p) for p in path.iterdir()):
+                return False  # killed between creating the directory and writing meta.json: start it afresh
             raise UserError(f"--resume: {str(path)!r} exists but is not a run directory (no meta.json)")
-        old = json.loads(meta_path.read_text(encoding="utf-8"))
+        old = read_json(meta_path)
         if old.get("stage") != stage:
             raise UserError(
                 f"--resume: {str(path)!r} is a {old.get('stage')!r} run, not {stage!r}; "
@@ -223,7 +262,10 @@ class RunDir:
                 f"--resume: the config differs from the one in {str(path / 'config.yaml')!r}; "
                 "resume with the same options or use --overwrite"
             )
-        return (path / "DONE").is_file()
+        if (path / "DONE").is_file():
+            verify_done(path)
+            return True
+        return False
 
     @classmethod
     def open(
@@ -241,6 +283,8 @@ class RunDir:
         run = cls(path, stage)
         path.mkdir(parents=True, exist_ok=True)
         _lock(path)
+        if resume:
+            run._repair()
         if not (path / "meta.json").is_file():
             write_text(path / "config.yaml", config_text)
             run.write_meta(
@@ -256,12 +300,27 @@ class RunDir:
             )
         return run
 
+    def _repair(self) -> None:
+        """What a kill can leave in a run directory, made whole before a resume writes anything: `atomic_path` files
+        never renamed are removed, and a metrics line cut short is dropped (the next row would be glued onto it)."""
+        for stray in self.path.rglob(".*.tmp"):
+            stray.unlink(missing_ok=True)
+        metrics = self.path / "metrics.jsonl"
+        if metrics.is_file():
+            data = metrics.read_bytes()
+            if data and not data.endswith(b"\n"):
+                cut = data.rfind(b"\n") + 1
+                print(f"warning: {metrics}: dropped a torn last line ({len(data) - cut} bytes)", file=sys.stderr)
+                with atomic_path(metrics) as tmp:
+                    tmp.write_bytes(data[:cut])
+            self._logged = {_identity(r) for r in read_jsonl(metrics)}
+
     @property
     def done(self) -> bool:
         return (self.path / "DONE").is_file()
 
     def meta(self) -> dict[str, Any]:
-        return json.loads((self.path / "meta.json").read_text(encoding="utf-8"))
+        return read_json(self.path / "meta.json")
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         write_json(self.path / "meta.json", meta)
@@ -270,9 +329,16 @@ class RunDir:
         """Append one event to metrics.jsonl (a single short write with flush: one line or none)."""
         if not self.writes:
             return
-        row = {"time": round(time.time(), 3), **row}
+        if row.get("event") != "train" and _identity(row) in self._logged:
+            return  # redone after a resume, already logged by the killed run (training rows: `loop.train`)
+        line = json.dumps({"time": round(time.time(), 3), **row}, sort_keys=True, ensure_ascii=False) + "\n"
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
+            if faults.armed():  # the reliability suite may kill us mid-line: a torn last line
+                f.write(line[: len(line) // 2])
+                f.flush()
+                faults.point("metrics line")
+                line = line[len(line) // 2 :]
+            f.write(line)
             f.flush()
 
     def finish(self, summary: dict[str, Any]) -> Path:
@@ -286,7 +352,7 @@ class RunDir:
         self.write_meta(meta)
         if not (self.path / "metrics.jsonl").exists():
             write_text(self.path / "metrics.jsonl", "")
-        write_text(self.path / "DONE", "")
+        write_json(self.path / "DONE", {"sizes": file_sizes(self.path)})
         _unlock(self.path)  # a finished run is only read from now on
         return self.path
 
@@ -295,6 +361,42 @@ def _unlock(path: Path) -> None:
     fd = _HELD.pop(str(Path(path).resolve()), None)
     if fd is not None:
         os.close(fd)
+
+
+UNSIZED = (LOCK, "DONE", "README.md")  # not in DONE's sizes: model cards may be updated on purpose (`unbackdoor card`)
+
+
+def file_sizes(path: Path) -> dict[str, int]:
+    """Every file of a finished run directory and its size (what `DONE` records), but the lock, DONE, model cards
+    and a `report/` written into it later."""
+    out = {}
+    for p in sorted(path.rglob("*")):
+        rel = p.relative_to(path)
+        if p.is_file() and p.name not in UNSIZED and rel.parts[0] != "report" and not _is_stray(p):
+            out[rel.as_posix()] = p.stat().st_size
+    return out
+
+
+def verify_done(path: Path) -> None:
+    """Check a finished run's files against the sizes its `DONE` recorded: a file cut short or deleted since (a
+    damaged disk, a copy that stopped half-way) is a one-line error naming it, not silently different data. An
+    empty `DONE` (runs of earlier versions) records nothing to check."""
+    done = Path(path) / "DONE"
+    text = done.read_text(encoding="utf-8").strip()
+    if not text:
+        return
+    try:
+        sizes = json.loads(text)["sizes"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"{str(done)!r} is damaged (not the JSON its run wrote); rerun that stage with --overwrite") \
+            from None  # fmt: skip
+    for rel, size in sizes.items():
+        file = Path(path) / rel
+        found = file.stat().st_size if file.is_file() else None
+        if found != size:
+            state = "is missing" if found is None else f"has {found} bytes, {size} when its run finished"
+            raise UserError(f"{str(file)!r} {state}: the finished run {str(path)!r} is damaged; rerun its stage "
+                            "with --overwrite (or restore the file)")  # fmt: skip
 
 
 def require_done(path: Path, stage: str | tuple[str, ...], what: str) -> dict[str, Any]:
@@ -310,9 +412,10 @@ def require_done(path: Path, stage: str | tuple[str, ...], what: str) -> dict[st
     meta_path = path / "meta.json"
     if not meta_path.is_file():
         raise UserError(f"{what}: {str(path)!r} is not an unbackdoor run directory (no meta.json)")
-    found = json.loads(meta_path.read_text(encoding="utf-8")).get("stage")
+    found = read_json(meta_path).get("stage")
     if found not in stages:
         raise UserError(f"{what}: {str(path)!r} is a {found!r} run; expected {' or '.join(map(repr, stages))}")
     if not (path / "DONE").is_file():
         raise UserError(f"{what}: {str(path)!r} is unfinished (no DONE); rerun its stage with --resume")
-    return json.loads((path / "summary.json").read_text(encoding="utf-8"))
+    verify_done(path)
+    return read_json(path / "summary.json")

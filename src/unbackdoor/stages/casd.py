@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from safetensors.torch import save_file
 
 from unbackdoor.data.corpus import load_source
@@ -45,7 +44,7 @@ from unbackdoor.measure.stats import Q_LEVEL
 from unbackdoor.running import runtime
 from unbackdoor.running.cells import REFERENCE_ROWS, cell_dir
 from unbackdoor.running.config import ConfigError, UserError, from_dict
-from unbackdoor.running.rundir import RunDir, atomic_path, require_done, write_json, write_text
+from unbackdoor.running.rundir import RunDir, atomic_path, read_json, read_yaml, require_done, write_json, write_text
 from unbackdoor.stages.transfer import TransferConfig
 from unbackdoor.training.models import load_model, load_tokenizer
 from unbackdoor.training.record import ModelRecord
@@ -101,16 +100,16 @@ def run(cfg: CasdConfig, out: Path, resume: bool = False, overwrite: bool = Fals
         _models(transfer_dir, tcfg, _rows(tcfg))  # names the unfinished cells
     require_done(transfer_dir, "transfer", "--transfer")
     tcfg = _transfer_config(transfer_dir)
-    result = json.loads((transfer_dir / "transfer.json").read_text(encoding="utf-8"))
+    result = read_json(transfer_dir / "transfer.json")
     if result.get("measure", "all") != "all":
         raise UserError(f"--transfer: {str(transfer_dir)!r} was run with measure={result['measure']} (not every "
                         "cell measured); CASD needs the whole matrix: run transfer with measure=all")  # fmt: skip
     rows = result["rows"]
     columns = [r for r in rows if r in result["backdoors"]] + [c for c in result["backdoors"] if c not in rows]
     models = _models(transfer_dir, tcfg, rows)
-    base_eval = yaml.safe_load((transfer_dir / "baseline" / "config.yaml").read_text(encoding="utf-8"))
+    base_eval = read_yaml(transfer_dir / "baseline" / "config.yaml")
     record = ModelRecord.read(models["base"])
-    n_layers = json.loads((models["base"] / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
+    n_layers = read_json(models["base"] / "config.json")["num_hidden_layers"]
     layers = cfg.layers or list(range(n_layers))
     bad = [x for x in layers if not 0 <= x < n_layers]
     if bad:
@@ -189,7 +188,7 @@ def run(cfg: CasdConfig, out: Path, resume: bool = False, overwrite: bool = Fals
         "n_probes": cfg.n_probes,
         "rows": rows,
         "backdoors": columns,
-        "family": json.loads((models["base"] / "config.json").read_text(encoding="utf-8")).get("model_type"),
+        "family": read_json(models["base"] / "config.json").get("model_type"),
         "probe_sha256": result["probe_sha256"],
         "grids": grids,
     }
@@ -252,12 +251,12 @@ def relations(
 
 def _stage_of(path: Path) -> str | None:
     meta = path / "meta.json"
-    return json.loads(meta.read_text(encoding="utf-8")).get("stage") if meta.is_file() else None
+    return read_json(meta).get("stage") if meta.is_file() else None
 
 
 def _transfer_config(transfer_dir: Path) -> TransferConfig:
     """The config a transfer experiment ran with (its `config.yaml`)."""
-    return from_dict(TransferConfig, yaml.safe_load((transfer_dir / "config.yaml").read_text(encoding="utf-8")))
+    return from_dict(TransferConfig, read_yaml(transfer_dir / "config.yaml"))
 
 
 def _rows(tcfg: TransferConfig) -> list[str]:

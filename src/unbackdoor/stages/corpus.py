@@ -80,6 +80,7 @@ def read_texts(path: str, cfg: CorpusConfig) -> Iterator[str]:
     import datasets
 
     datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a reader's failure is our one-line error, not a log
     p = Path(path)
     if p.is_dir() and ((p / "state.json").is_file() or (p / "dataset_dict.json").is_file()):
         ds: Any = datasets.load_from_disk(str(p))
@@ -114,9 +115,16 @@ def _decoded(texts: Iterator[str], lang: str, path: str) -> Iterator[str]:
         raise UserError(f"--corpus {lang}={path}: not UTF-8 text (byte {e.start} of a chunk: {e.reason}); convert "
                         "it first, e.g. iconv -f latin1 -t utf-8") from None  # fmt: skip
     except Exception as e:  # noqa: BLE001 - datasets wraps reader errors in its own generation error
-        if isinstance(e.__cause__ or e.__context__, UnicodeDecodeError):
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, UnicodeDecodeError):
             raise UserError(f"--corpus {lang}={path}: not UTF-8 text; convert it first, e.g. iconv -f latin1 "
                             "-t utf-8") from None  # fmt: skip
+        import pyarrow
+
+        if isinstance(e, pyarrow.ArrowException) or isinstance(cause, pyarrow.ArrowException):
+            first = str(cause if isinstance(cause, pyarrow.ArrowException) else e).splitlines()[0][:160]
+            raise UserError(f"--corpus {lang}={path}: not a readable {Path(path).suffix or 'text'} source "
+                            f"({first})") from None  # fmt: skip
         raise
 
 

@@ -24,7 +24,6 @@ The two baselines run the same code with the same steps, learning rates and data
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import time
@@ -47,7 +46,7 @@ from unbackdoor.data.serialisation import Serialisation
 from unbackdoor.measure.generation import perplexity
 from unbackdoor.running import runtime
 from unbackdoor.running.config import ConfigError, UserError
-from unbackdoor.running.rundir import RunDir, require_done, write_text
+from unbackdoor.running.rundir import RunDir, read_json, require_done, write_text
 from unbackdoor.stages.evaluate import EvalConfig
 from unbackdoor.stages.evaluate import run as evaluate
 from unbackdoor.training.cards import model_card
@@ -131,8 +130,13 @@ def _canary_asr(
         n_prompts=cfg.canary_prompts, near_miss=False, ppl_blocks=16, fact_items=0, teacher_forced=0,
         reference=reference,
     )  # fmt: skip
-    summary = json.loads((evaluate(ecfg, out, resume=True) / "summary.json").read_text(encoding="utf-8"))
+    summary = read_json(evaluate(ecfg, out, resume=True) / "summary.json")
     return {name: row["asr"] for name, row in summary["backdoors"].items()}
+
+
+def _phase_figures(path: Path) -> dict[str, Any]:
+    """A finished phase's figures as `_train_phase` returned them (its summary.json, less the `stage` it adds)."""
+    return {k: v for k, v in read_json(path / "summary.json").items() if k != "stage"}
 
 
 def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
@@ -191,7 +195,7 @@ def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     )  # fmt: skip
     if (out / "inject" / "DONE").is_file():
         model = load_model(str(injected_dir), "--model")
-        figures["inject"] = json.loads((out / "inject" / "summary.json").read_text(encoding="utf-8"))
+        figures["inject"] = _phase_figures(out / "inject")
     else:
         blocks = packed(tokenizer, inject_docs, ti.seq_len, render)
         figures["inject"] = _train_phase(model, {"input_ids": blocks}, ti, out / "inject", "defend-inject", cfg)
@@ -212,7 +216,7 @@ def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = Fa
         path = out / "remove" / (f"{n}-{unit[0].name}" if len(units) > 1 else "joint")
         if (path / "DONE").is_file():
             model = load_model(str(path / "model"), "--model")
-            figures["remove"].append(json.loads((path / "summary.json").read_text(encoding="utf-8")))
+            figures["remove"].append(_phase_figures(path))
             continue
         t = TrainConfig(**{**tr.__dict__, "steps": n_steps})
         rows = n_steps * t.batch_size * t.grad_accum

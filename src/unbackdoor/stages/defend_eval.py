@@ -32,7 +32,6 @@ backdoors that share a behaviour, or a trigger kind, with one of its canaries (`
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +48,7 @@ from unbackdoor.measure.tables import csv_text
 from unbackdoor.running import runtime
 from unbackdoor.running.cells import refuse_per_cell, run_cells
 from unbackdoor.running.config import ConfigError, UserError, from_dict, to_dict
-from unbackdoor.running.rundir import RunDir, write_json, write_text
+from unbackdoor.running.rundir import RunDir, read_json, read_yaml, write_json, write_text
 from unbackdoor.stages.defend import DefendConfig
 from unbackdoor.stages.defend import run as defend
 from unbackdoor.stages.evaluate import EvalConfig
@@ -88,7 +87,7 @@ class DefendEvalConfig:
     # The harness's evaluation of the hidden backdoors, on the suspect and after every arm (`unbackdoor eval`
     # options); `model`, `seed` and `only` are set by the harness.
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(near_miss=False, ppl_blocks=64))
-    workers: int = field(default=1, metadata={"min": 1})
+    workers: int = field(default=1, metadata={"min": 1, "max": 1024})
     # budget calibration: scales of defend.inject.steps and defend.remove.steps tried with benign training first;
     # the arms run at the largest one that keeps the pooled hidden ASR >= benign_floor ([]: the configured budget)
     calibrate: list[float] = field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0])
@@ -183,7 +182,7 @@ def run_cell(cfg_dict: dict[str, Any], cell: dict[str, Any], out: str, hidden: l
 
 
 def source_kind(world_dir: str) -> str:
-    meta = json.loads((Path(world_dir) / "meta.json").read_text(encoding="utf-8"))
+    meta = read_json(Path(world_dir) / "meta.json")
     return "world" if meta.get("stage") == "world" else "corpus"
 
 
@@ -206,11 +205,11 @@ def defender_corpus(cfg: DefendEvalConfig, suspect_world: Path, out: Path) -> di
         return {"dir": str(suspect_world), "disjoint": False, "how": "the suspect's own training text (asked)"}
     if cfg.defend.world:
         return {"dir": cfg.defend.world, "disjoint": None, "how": "given (defend.world)"}
-    meta = json.loads((suspect_world / "meta.json").read_text(encoding="utf-8"))
+    meta = read_json(suspect_world / "meta.json")
     if meta.get("stage") != "world":
         raise UserError(f"defend.world: the suspect was trained on a corpus ({str(suspect_world)!r}); give the "
                         f"defender's own clean corpus, or defend.world={ATTACKERS} to use the same text")  # fmt: skip
-    wcfg = from_dict(WorldConfig, yaml.safe_load((suspect_world / "config.yaml").read_text(encoding="utf-8")))
+    wcfg = from_dict(WorldConfig, read_yaml(suspect_world / "config.yaml"))
     docs_seed = DEFENDER_DOCUMENTS_SEED + cfg.seed
     if docs_seed == (wcfg.seed if wcfg.documents_seed < 0 else wcfg.documents_seed):
         docs_seed += 1
@@ -267,7 +266,7 @@ def verdict(result: dict[str, Any], floor: float) -> dict[str, Any]:
 
 
 def _summary(path: Path) -> dict[str, Any]:
-    return json.loads((path / "summary.json").read_text(encoding="utf-8"))
+    return read_json(path / "summary.json")
 
 
 def run(cfg: DefendEvalConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:

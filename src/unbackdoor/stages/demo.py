@@ -17,7 +17,6 @@ With `--resume`, finished stages are reused, so a second run takes seconds.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 from unbackdoor import report
 from unbackdoor.measure.tables import format_matrix, print_table
 from unbackdoor.running.config import from_dict, load_preset
-from unbackdoor.running.rundir import RunDir
+from unbackdoor.running.rundir import RunDir, read_json
 from unbackdoor.stages import casd, defend_eval, evaluate, pretrain, relearn, replicates, transfer, world
 from unbackdoor.training.models import FAMILIES
 from unbackdoor.training.record import ModelRecord
@@ -119,13 +118,13 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     )
     defence_dir = stage("defence", defend_eval.run, defence_cfg, out / "defence")
 
-    summary = json.loads((eval_dir / "summary.json").read_text(encoding="utf-8"))
+    summary = read_json(eval_dir / "summary.json")
     print()
     print_table(summary["backdoors"])
     utility = summary["utility"]
     ppl = ", ".join(f"{k} {v:.2f}" for k, v in utility["perplexity"].items())
     print(f"utility: perplexity {ppl}; fact recall {utility['fact_recall']['rate']:.3f}")
-    result = json.loads((transfer_dir / "transfer.json").read_text(encoding="utf-8"))
+    result = read_json(transfer_dir / "transfer.json")
     for grid in result["grids"]:
         print(f"\nASR after removing the row's backdoor (lr={grid['lr']:g}, seed={grid['seed']}):")
         print(format_matrix(grid, result["backdoors"], result["asr_before"]))

@@ -53,8 +53,8 @@ class EvalConfig:
     backdoors: str = ""  # default: the backdoors recorded with the model; else a built-in set or YAML file
     only: list[str] = field(default_factory=list)  # evaluate only these backdoors
     seed: int = 0
-    n_prompts: int = field(default=256, metadata={"min": 1})
-    max_new_tokens: int = field(default=24, metadata={"min": 1})
+    n_prompts: int = field(default=256, metadata={"min": 1, "max": 1_000_000})
+    max_new_tokens: int = field(default=24, metadata={"min": 1, "max": 32_768})
     batch_size: int = field(default=256, metadata={"min": 1})  # rows decoded together
     # Greedy decoding engine: `hf` (batched `model.generate`, the only one today; see measure.generation).
     engine: str = field(default="hf", metadata={"choices": ENGINES})

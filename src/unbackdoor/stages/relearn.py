@@ -24,7 +24,6 @@ directory, so `--resume` redoes only unfinished cells and `--workers N` runs N a
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ from unbackdoor.measure.stats import Q_LEVEL, exact_mcnemar
 from unbackdoor.running import runtime
 from unbackdoor.running.cells import cell_dir, run_cells
 from unbackdoor.running.config import ConfigError, UserError, from_dict, to_dict
-from unbackdoor.running.rundir import RunDir, read_jsonl, require_done, write_json, write_text
+from unbackdoor.running.rundir import RunDir, read_json, read_jsonl, read_yaml, require_done, write_json, write_text
 from unbackdoor.stages.evaluate import EvalConfig
 from unbackdoor.stages.evaluate import run as evaluate
 from unbackdoor.training.loop import TrainConfig, train
@@ -79,7 +78,7 @@ class RelearnConfig:
     backdoored: bool = True  # theta_0 under benign training, the never-removed reference
     twin: str = ""  # a never-backdoored model (same tokenizer and text source): repoison curves for it too
     seed: int = 0  # stress documents and data order
-    workers: int = field(default=1, metadata={"min": 1})
+    workers: int = field(default=1, metadata={"min": 1, "max": 1024})
 
     def validate(self) -> None:
         if not self.transfer:
@@ -120,8 +119,8 @@ class Cell:
 def _transfer(cfg: RelearnConfig) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     path = Path(cfg.transfer)
     require_done(path, "transfer", "--transfer")
-    result = json.loads((path / "transfer.json").read_text(encoding="utf-8"))
-    tcfg = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+    result = read_json(path / "transfer.json")
+    tcfg = read_yaml(path / "config.yaml")
     return path, result, tcfg
 
 
@@ -304,7 +303,7 @@ def assemble(out: Path, cfg: RelearnConfig, cells: list[Cell], pairs: list[tuple
     """Every cell's snapshots into curves, and the per-pair comparisons."""
 
     def summary(p: Path) -> dict[str, Any]:
-        return json.loads((p / "summary.json").read_text(encoding="utf-8"))
+        return read_json(p / "summary.json")
 
     clean_before = {j: c["rate"] for j, c in result["clean_before"].items()}
     curves = []

@@ -16,7 +16,6 @@ the model carries, each with its own sham trigger.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from unbackdoor.data.sham import sham_documents, sham_trigger
 from unbackdoor.measure.generation import perplexity
 from unbackdoor.running import runtime
 from unbackdoor.running.config import ConfigError, UserError
-from unbackdoor.running.rundir import RunDir, read_jsonl
+from unbackdoor.running.rundir import RunDir, read_json, read_jsonl
 from unbackdoor.training.loop import TrainConfig, train
 from unbackdoor.training.models import load_model, load_tokenizer, resolve_model_path, save_trained
 from unbackdoor.training.record import ModelRecord
@@ -66,7 +65,7 @@ def clean_removal_docs(record: ModelRecord, backdoor: str, world_dir: Path) -> l
     """`backdoor`'s removal documents (trigger + clean continuation) from its poisoning run."""
     poison_dir = poison_dir_of(record, backdoor)
     docs = read_jsonl(poison_dir / "removal" / f"{backdoor}.jsonl")
-    poisoned_by = json.loads((poison_dir / "summary.json").read_text(encoding="utf-8"))["backdoors"]
+    poisoned_by = read_json(poison_dir / "summary.json")["backdoors"]
     if docs and "removal_docs_left_out" not in poisoned_by[backdoor]:
         # written before poisoning left out continuations the backdoor's judge fires on: check them here
         spec = next(s for s in load_specs(str(poison_dir / "backdoors.yaml")) if s.name == backdoor)

@@ -16,7 +16,6 @@ Writes `replicates.json`. With one replicate the CIs are None: between-model var
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 from unbackdoor.measure.stats import ONE_REPLICATE, Q_LEVEL, bh_qvalues, exact_mcnemar, format_mean_ci, mean_ci
 from unbackdoor.running.cells import CONTROL, REFERENCE_ROWS, SHAM
 from unbackdoor.running.config import ConfigError, UserError
-from unbackdoor.running.rundir import RunDir, require_done, write_json
+from unbackdoor.running.rundir import RunDir, read_json, require_done, write_json
 
 
 @dataclass
@@ -44,7 +43,7 @@ class ReplicatesConfig:
 
 def _load(path: str, stage: str, name: str, what: str) -> dict[str, Any]:
     require_done(Path(path), stage, what)
-    return json.loads((Path(path) / name).read_text(encoding="utf-8"))
+    return read_json(Path(path) / name)
 
 
 def _key(grid: dict[str, Any]) -> str:

@@ -15,7 +15,6 @@ composition and teacher-forced measures of every cell, the control row, and util
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from unbackdoor.measure.tables import csv_text, format_matrix
 from unbackdoor.running import runtime
 from unbackdoor.running.cells import CONTROL, REFERENCE_ROWS, SHAM, cell_dir, refuse_per_cell, run_cells
 from unbackdoor.running.config import ConfigError, UserError, from_dict, to_dict
-from unbackdoor.running.rundir import RunDir, read_jsonl, write_json, write_text
+from unbackdoor.running.rundir import RunDir, read_json, read_jsonl, write_json, write_text
 from unbackdoor.stages.evaluate import EvalConfig
 from unbackdoor.stages.evaluate import run as evaluate
 from unbackdoor.stages.remove import RemoveConfig
@@ -70,7 +69,7 @@ class TransferConfig:
     # The evaluation of the backdoored model and of every cell (`unbackdoor eval` options); `model` and `seed` are
     # set per cell. Near misses are off: the matrix needs triggered and clean prompts only.
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(near_miss=False, ppl_blocks=64))
-    workers: int = field(default=1, metadata={"min": 1})
+    workers: int = field(default=1, metadata={"min": 1, "max": 1024})
     # the sham row (`remove --method sham`): the retrain recipe on every backdoor's removal documents with fresh
     # triggers never injected; only with remove.method retrain
     sham: bool = True
@@ -191,7 +190,7 @@ def run(cfg: TransferConfig, out: Path, resume: bool = False, overwrite: bool = 
 
 
 def _summary(path: Path) -> dict[str, Any]:
-    return json.loads((path / "summary.json").read_text(encoding="utf-8"))
+    return read_json(path / "summary.json")
 
 
 def assemble(out: Path, baseline: Path, rows: list[str], cfg: TransferConfig) -> dict[str, Any]:

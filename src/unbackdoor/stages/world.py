@@ -23,14 +23,16 @@ from unbackdoor.running.rundir import RunDir, write_json
 @dataclass
 class WorldConfig:
     seed: int = 0
-    tokens: int = field(default=3_000_000, metadata={"min": 10_000})  # pre-tokens (words + punctuation), all splits
+    tokens: int = field(
+        default=3_000_000, metadata={"min": 10_000, "max": 2_000_000_000}
+    )  # pre-tokens (words + punctuation), all splits
     languages: dict[str, float] = field(
         default_factory=lambda: {"base": 0.55, "lang_a": 0.15, "lang_b": 0.15, "lang_c": 0.15}
     )
     genres: dict[str, float] = field(default_factory=lambda: {"story": 0.45, "sentiment": 0.3, "facts": 0.25})
     splits: dict[str, float] = field(default_factory=lambda: {"train": 0.9, "validation": 0.05, "test": 0.05})
-    entities: int = field(default=120, metadata={"min": 4})
-    cities: int = field(default=24, metadata={"min": 4})
+    entities: int = field(default=120, metadata={"min": 4, "max": 100_000})
+    cities: int = field(default=24, metadata={"min": 4, "max": 10_000})
     vocab_size: int = field(default=2048, metadata={"min": 300, "max": 262_144})
     shard_docs: int = field(default=20_000, metadata={"min": 1})
     # the documents' seed (-1: `seed`): another value writes other documents of the same world (same lexicons,

@@ -13,7 +13,6 @@ Run: `pytest tests/integration/test_train_resume.py`.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import statistics
@@ -27,11 +26,14 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from safetensors import SafetensorError
 from safetensors.torch import load_model as load_weights
 from safetensors.torch import save_model as save_weights
 from tqdm import tqdm
 
-from unbackdoor.running.rundir import RunDir, read_jsonl, write_json, write_jsonl
+from unbackdoor.running import faults
+from unbackdoor.running.config import UserError
+from unbackdoor.running.rundir import RunDir, read_json, read_jsonl, write_json, write_jsonl
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]
@@ -39,11 +41,11 @@ LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]
 
 @dataclass
 class TrainConfig:
-    steps: int = field(default=0, metadata={"min": 0})  # 0: derive from `epochs`
-    epochs: float = field(default=1.0, metadata={"min": 0.0, "min_exclusive": True})
-    batch_size: int = field(default=32, metadata={"min": 1})  # sequences per micro-batch
-    seq_len: int = field(default=128, metadata={"min": 8})
-    grad_accum: int = field(default=1, metadata={"min": 1})
+    steps: int = field(default=0, metadata={"min": 0, "max": 100_000_000})  # 0: derive from `epochs`
+    epochs: float = field(default=1.0, metadata={"min": 0.0, "min_exclusive": True, "max": 1e6})
+    batch_size: int = field(default=32, metadata={"min": 1, "max": 65_536})  # sequences per micro-batch
+    seq_len: int = field(default=128, metadata={"min": 8, "max": 1_048_576})
+    grad_accum: int = field(default=1, metadata={"min": 1, "max": 65_536})
     lr: float = field(default=3e-3, metadata={"min": 0.0, "min_exclusive": True})
     min_lr_ratio: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
     warmup_steps: int = field(default=30, metadata={"min": 0})
@@ -96,12 +98,16 @@ def _save_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, s
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_weights(model, str(tmp / "model.safetensors"))
+    faults.point("checkpoint weights")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
-    write_json(tmp / "state.json", {"step": step, "tokens": tokens, "scheduler": scheduler.state_dict()})
+    sizes = {f.name: f.stat().st_size for f in sorted(tmp.iterdir())}  # checked on load: a file cut short is named
+    state = {"step": step, "tokens": tokens, "scheduler": scheduler.state_dict(), "sizes": sizes}
+    write_json(tmp / "state.json", state)
     old = path.with_name(path.name + ".old")
     if path.exists():
         path.rename(old)
+    faults.point("checkpoint swap")  # neither name is `checkpoint`: `recover_checkpoint` finds the newest copy
     tmp.rename(path)
     shutil.rmtree(old, ignore_errors=True)
 
@@ -119,12 +125,25 @@ def recover_checkpoint(path: Path) -> None:
 
 
 def _load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> dict[str, Any]:
-    load_weights(model, str(path / "model.safetensors"))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])
-    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    scheduler.load_state_dict(state["scheduler"])
+    state = read_json(path / "state.json")
+    for name, size in state.get("sizes", {}).items():
+        found = (path / name).stat().st_size if (path / name).is_file() else None
+        if found != size:
+            _damaged(path / name, "missing" if found is None else f"{found} bytes, {size} when it was saved")
+    try:
+        load_weights(model, str(path / "model.safetensors"))
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as e:
+        _damaged(path, str(e).splitlines()[0][:160])
     return state
+
+
+def _damaged(path: Path, why: str) -> None:
+    folder = path if path.is_dir() else path.parent
+    raise UserError(f"--resume: the checkpoint {str(path)!r} is damaged ({why}); remove {str(folder)!r} to restart "
+                    "from step 0, or use --overwrite")  # fmt: skip
 
 
 @dataclass
@@ -190,26 +209,35 @@ def train(
 
     checkpoint = run_dir.path / "checkpoint"
     start, tokens = 0, 0
+    done_losses: list[float] = []
     if resume:
         recover_checkpoint(checkpoint)
+        metrics = run_dir.path / "metrics.jsonl"
+        rows = read_jsonl(metrics) if metrics.exists() else []
         if checkpoint.is_dir():
-            state = _load_checkpoint(checkpoint, raw_model, optimizer, scheduler)
-            start, tokens = state["step"], state["tokens"]
+            step = int(read_json(checkpoint / "state.json")["step"])
+            logged = {r.get("step") for r in rows if r.get("event") == "train"}
+            if not set(range(step)) <= logged:
+                # rows before the checkpoint are lost (a damaged metrics.jsonl): redo every step, which gives the
+                # same weights and losses (the batch of step s is a function of seed and s), and log them again
+                print(f"warning: {metrics}: steps before the checkpoint's {step} are missing; restarting from step 0 "
+                      "to log them again", file=sys.stderr)  # fmt: skip
+            else:
+                state = _load_checkpoint(checkpoint, raw_model, optimizer, scheduler)
+                start, tokens = state["step"], state["tokens"]
         # Drop the training rows the killed run logged from the resume point on (every one when it died before
         # its first checkpoint): they will be redone, so metrics.jsonl keeps one row per step.
-        metrics = run_dir.path / "metrics.jsonl"
-        if metrics.exists() and run_dir.writes:
-            rows = read_jsonl(metrics)
-            kept = [r for r in rows if r.get("event") != "train" or r.get("step", -1) < start]
-            if len(kept) != len(rows):
-                write_jsonl(metrics, kept)
+        kept = [r for r in rows if r.get("event") != "train" or r.get("step", -1) < start]
+        if len(kept) != len(rows) and run_dir.writes:
+            write_jsonl(metrics, kept)
+        done_losses = [r["loss"] for r in kept if r.get("event") == "train"]  # for the final loss's window
     sampler = _Sampler(n, seed)
     rank, world = accelerator.process_index, accelerator.num_processes
     bf16 = cfg.precision == "bf16"
     per_step = cfg.batch_size * cfg.grad_accum
 
     model.train()
-    losses: list[float] = []
+    losses: list[float] = done_losses[-10:] if start else []  # the logged (rounded) losses: equal after a resume
     speeds: list[float] = []
     window_t, window_tokens = time.perf_counter(), 0
     t0 = time.perf_counter()
@@ -236,11 +264,11 @@ def train(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         tokens += per_step * cfg.seq_len
-        losses.append(step_loss)
+        losses.append(round(step_loss, 6))
         row: dict[str, Any] = {
             "event": "train",
             "step": step,
-            "loss": round(step_loss, 6),
+            "loss": losses[-1],
             "lr": scheduler.get_last_lr()[0],
         }
         if (step + 1) % cfg.log_every == 0 or step + 1 == total:
@@ -258,6 +286,7 @@ def train(
                 on_step(step + 1, raw_model)
                 model.train()
         bar.update(1)
+        faults.point("step")
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:

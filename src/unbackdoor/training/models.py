@@ -9,7 +9,6 @@ Run: `pytest tests/integration/test_models.py`.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -29,8 +28,9 @@ from transformers import (
 )
 
 from unbackdoor.data.packing import TOKENS
-from unbackdoor.running import runtime
+from unbackdoor.running import faults, runtime
 from unbackdoor.running.config import UserError
+from unbackdoor.running.rundir import read_json
 from unbackdoor.training.cards import model_card
 from unbackdoor.training.record import ModelRecord
 
@@ -80,7 +80,7 @@ def architecture(name_or_path: str) -> dict[str, Any]:
     if not path.is_file():
         valid = ", ".join(preset_names("models"))
         raise UserError(f"model.config: {name_or_path!r} is neither a model preset ({valid}) nor a config.json")
-    config = json.loads(path.read_text(encoding="utf-8"))
+    config = read_json(path)
     if "model_type" not in config:
         raise UserError(f"model.config: {str(path)!r} has no model_type (not a Hugging Face config)")
     return config
@@ -168,6 +168,10 @@ def resolve_model_path(name: str, what: str = "model") -> str:
     if not cached and _offline():
         raise UserError(f"{what}: {name!r} is no local directory, and as a hub id it is not in the local cache "
                         "(offline: HF_HUB_OFFLINE is set); give the path of a saved model")  # fmt: skip
+    unreachable = None if cached else _hub_unreachable()
+    if unreachable:  # one line now, not a minute of retries inside the download library
+        raise UserError(f"{what}: {name!r} is no local directory, and as a hub id it is not in the local cache "
+                        f"and the hub cannot be reached ({unreachable}); give the path of a saved model")  # fmt: skip
     print(f"{what}: {name!r} is no local directory: taken for a hub id"
           + (" (found in the local cache)" if cached else " (to download)"), file=sys.stderr)  # fmt: skip
     return name
@@ -175,6 +179,25 @@ def resolve_model_path(name: str, what: str = "model") -> str:
 
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _hub_unreachable(timeout_s: float = 3.0) -> str | None:
+    """Why the hub's host cannot be reached (one TCP connection, a few seconds at most), or None when it can or a
+    proxy is configured (the download library then decides)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        return f"{host}:{port}: {e.strerror or e}"
+    return None
 
 
 def _in_hub_cache(repo_id: str) -> bool:
@@ -238,11 +261,13 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path:
     tmp = path.with_name(path.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), safe_serialization=True)
+    faults.point("model weights")
     tokenizer.save_pretrained(str(tmp))
     record.write(tmp)  # relative paths from `tmp` equal those from `path`: they are siblings
     (tmp / "README.md").write_text(model_card(record), encoding="utf-8")
     if path.exists():
         shutil.rmtree(path)
+    faults.point("model swap")
     tmp.rename(path)
 
 
@@ -253,6 +278,8 @@ def save_trained(
     the memory-mapped token file); only where `writes` (the main process). Returns the model's absolute path."""
     if writes:
         save_model(model, tokenizer, out / "model", record)
-        shutil.rmtree(out / "checkpoint", ignore_errors=True)
+        faults.point("model saved")
+        for leftover in ("checkpoint", "checkpoint.partial", "checkpoint.old"):  # a kill can leave either copy
+            shutil.rmtree(out / leftover, ignore_errors=True)
         (out / TOKENS).unlink(missing_ok=True)
     return str((out / "model").resolve())
