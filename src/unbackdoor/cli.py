@@ -142,9 +142,11 @@ def _key_values(flag: str, text: str) -> dict[str, Any]:
 
 
 def _drop_failed(out: Path, fresh: bool) -> None:
-    """After a user error, remove the `--out` this invocation created if nothing in it finished (no `DONE` under
-    it): a rerun then needs no cleaning up by hand. Finished work (a sweep's done cells) is kept for `--resume`."""
-    if fresh and out.is_dir() and not any(out.rglob("DONE")):
+    """After a failure, remove the `--out` this invocation created if nothing in it is worth resuming (no `DONE`
+    and no training checkpoint under it): a rerun then needs no cleaning up by hand. Finished work (a sweep's done
+    cells) and checkpoints are kept for `--resume`."""
+    keep = ("DONE", "checkpoint", "checkpoint.partial", "checkpoint.old")
+    if fresh and out.is_dir() and not any(p.name in keep for p in out.rglob("*")):
         shutil.rmtree(out, ignore_errors=True)
 
 
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         fresh = not Path(args.out).exists()
         try:
             out = run_stage(args.command, args)
-        except UserError:
+        except Exception:  # a user's mistake, or a bug (its traceback follows): nothing half-written is left
             _drop_failed(Path(args.out), fresh)
             raise
         print(out)

@@ -54,6 +54,8 @@ def _files(root: Path) -> dict[str, Path]:
         "bad-kind.yaml": SPEC.replace("kind: phrase", "kind: smell").encode(),
         "unknown-field.yaml": (SPEC + "    colour: red\n").encode(),
         "twice.yaml": (SPEC + SPEC.split("\n", 1)[1]).encode(),
+        "not-objects.jsonl": b'[1, 2]\n"a string"\n',
+        "a-file": b"not a directory\n",
     }
     for name, data in files.items():
         (root / name).write_bytes(data)
@@ -265,6 +267,26 @@ CASES: dict[str, Case] = {
     "corpus malformed Parquet": (lambda i: ["corpus", "--corpus", f"en={i.f('bad.parquet')}"],
                                  "bad.parquet: not a readable .parquet source"),
     "corpus unknown format": (lambda i: ["corpus", "--corpus", f"en={i.f('data.csv')}"], "data.csv"),
+    "corpus JSONL of non-objects": (lambda i: ["corpus", "--corpus", f"en={i.f('not-objects.jsonl')}"],
+                                    "not-objects.jsonl: not a readable .jsonl source"),
+    # beyond the model's context: refused before anything is written (not an out-of-memory kill)
+    "pretrain seq_len beyond the context": (lambda i: _pretrain(i, "train.seq_len=100000", "train.steps=1"),
+                                            "train.seq_len: 100000 positions do not fit the model's context (512"),
+    "inject seq_len beyond the context": (lambda i: ["inject", "--model", str(i.clean), "--world", str(i.world),
+                                                     "--backdoors",
+                                                     str(i.injected / "poison" / "backdoors.yaml"),
+                                                     "train.seq_len=4096"],
+                                          "train.seq_len: 4096 positions do not fit the model's context"),
+    "remove seq_len beyond the context": (lambda i: ["remove", "--model", i.model, "--backdoor", "lorem_refusal",
+                                                     "train.seq_len=4096"], "train.seq_len: 4096 positions"),
+    "eval generation beyond the context": (lambda i: ["eval", "--model", i.model, "max_new_tokens=30000"],
+                                           "max_new_tokens: 30001 positions do not fit"),
+    # a file where a directory is expected, and the other way round
+    "--out is a file": (lambda i: ["world", "--preset", "tiny", "--out", i.f("a-file")],
+                        "is a file; give a directory"),
+    "--world is a file": (lambda i: _pretrain(i)[:3] + ["--world", i.f("a-file")], "is a file; expected a run"),
+    "--backdoors is a directory": (lambda i: _pretrain(i, "--backdoors", i.f("emptydir")),
+                                   "is a directory; expected a YAML file"),
     "corpus language twice": (lambda i: ["corpus", "--corpus", f"en={i.f('lines.txt')}", "--corpus",
                                          f"en={i.f('lines.txt')}"], "language 'en' is given twice"),
 }  # fmt: skip
@@ -281,7 +303,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(case, inputs, tmp_path, capsys
     make, message = CASES[case]
     argv = make(inputs)
     out = tmp_path / "out"
-    if argv[0] not in ("report", "card"):
+    if argv[0] not in ("report", "card") and "--out" not in argv:
         argv = [*argv, "--out", str(out)]
     code = main(argv)
     err = capsys.readouterr().err

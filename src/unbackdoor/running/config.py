@@ -249,6 +249,8 @@ def load_preset(stage: str, name: str) -> dict[str, Any]:
 
 def load_yaml_file(path: Path, what: str) -> Any:
     """Load a user's YAML file, turning a missing or malformed file into a one-line `UserError`."""
+    if path.is_dir():
+        raise UserError(f"{what}: {str(path)!r} is a directory; expected a YAML file")
     if not path.is_file():
         raise UserError(f"{what}: file {str(path)!r} does not exist")
     try:

@@ -239,6 +239,8 @@ class RunDir:
         path = Path(path)
         if not runtime.is_main_process():  # the main process checked (and refuses for every process)
             return (path / "DONE").is_file()
+        if path.exists() and not path.is_dir():
+            raise UserError(f"--out: {str(path)!r} is a file; give a directory to write the run into")
         if not path.exists() or not any(p.name != LOCK for p in path.iterdir()) or overwrite:
             return False
         if not resume:
@@ -407,6 +409,8 @@ def require_done(path: Path, stage: str | tuple[str, ...], what: str) -> dict[st
     """
     stages = (stage,) if isinstance(stage, str) else stage
     path = Path(path)
+    if path.is_file():
+        raise UserError(f"{what}: {str(path)!r} is a file; expected a run directory")
     if not path.is_dir():
         raise UserError(f"{what}: directory {str(path)!r} does not exist")
     meta_path = path / "meta.json"

@@ -119,13 +119,14 @@ def _decoded(texts: Iterator[str], lang: str, path: str) -> Iterator[str]:
         if isinstance(cause, UnicodeDecodeError):
             raise UserError(f"--corpus {lang}={path}: not UTF-8 text; convert it first, e.g. iconv -f latin1 "
                             "-t utf-8") from None  # fmt: skip
-        import pyarrow
-
-        if isinstance(e, pyarrow.ArrowException) or isinstance(cause, pyarrow.ArrowException):
-            first = str(cause if isinstance(cause, pyarrow.ArrowException) else e).splitlines()[0][:160]
-            raise UserError(f"--corpus {lang}={path}: not a readable {Path(path).suffix or 'text'} source "
-                            f"({first})") from None  # fmt: skip
-        raise
+        if isinstance(e, UserError):
+            raise
+        # anything else raised while the reader iterates is about the file (pyarrow's JSON / Parquet parse errors,
+        # pandas' fallback reader, datasets' generation errors)
+        inner = cause if cause is not None and not isinstance(e, (ValueError, OSError)) else e
+        first = (str(inner).splitlines() or [type(inner).__name__])[0][:160]
+        raise UserError(f"--corpus {lang}={path}: not a readable {Path(path).suffix or 'text'} source "
+                        f"({first})") from None  # fmt: skip
 
 
 def _split(seed: int, lang: str, i: int, every: int) -> str:

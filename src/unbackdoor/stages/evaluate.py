@@ -42,7 +42,7 @@ from unbackdoor.measure.tables import print_table
 from unbackdoor.running import runtime
 from unbackdoor.running.config import ConfigError, UserError
 from unbackdoor.running.rundir import RunDir, require_done, write_json, write_jsonl
-from unbackdoor.training.models import load_model, load_tokenizer, resolve_model_path
+from unbackdoor.training.models import check_context, load_model, load_tokenizer, resolve_model_path
 from unbackdoor.training.record import ModelRecord
 
 
@@ -114,6 +114,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     if RunDir.check(out, "eval", cfg, resume, overwrite):
         return out
     model = load_model(model_path, "--model", getattr(torch, cfg.dtype)).eval()
+    check_context(model, cfg.max_new_tokens + 1, "max_new_tokens")  # (prompts are a sentence or two on top)
     run_dir = RunDir.open(out, "eval", cfg, cfg.seed, resume=resume, overwrite=overwrite)
     test_docs = held_out_documents(world_dir, cfg.prompt_genres, source)
     doc_text = {d["id"]: d["text"] for d in test_docs}

@@ -26,7 +26,14 @@ from unbackdoor.running.rundir import RunDir, read_jsonl, require_done
 from unbackdoor.stages.poison import PoisonConfig
 from unbackdoor.stages.poison import run as poison
 from unbackdoor.training.loop import TrainConfig, train
-from unbackdoor.training.models import load_model, load_tokenizer, n_parameters, resolve_model_path, save_trained
+from unbackdoor.training.models import (
+    check_context,
+    load_model,
+    load_tokenizer,
+    n_parameters,
+    resolve_model_path,
+    save_trained,
+)
 from unbackdoor.training.record import ModelRecord
 
 
@@ -127,6 +134,7 @@ def run(cfg: InjectConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     model = load_model(model_path, "--model")
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         raise UserError(f"--model: its tokenizer has {len(tokenizer)} tokens but the model only embeds fewer")
+    check_context(model, cfg.train.seq_len, "train.seq_len")
     if cfg.lora.r:
         check_lora_targets(model, cfg.lora)  # before the run directory exists: a bad module name leaves nothing
     run_dir = RunDir.open(out, "inject", cfg, cfg.seed, resume=resume, overwrite=overwrite)

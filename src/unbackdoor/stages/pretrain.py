@@ -31,6 +31,7 @@ from unbackdoor.training.models import (
     architecture,
     build_from_config,
     build_model,
+    check_context,
     n_parameters,
     save_trained,
     shrink,
@@ -80,6 +81,15 @@ def run(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite: bool = 
         architecture(cfg.model.config)  # a bad name is an error before anything is written
     if RunDir.check(out, "pretrain", cfg, resume, overwrite):
         return out
+    # The model first (initialised from the seeded RNG): a context too short for train.seq_len is an error before
+    # the run directory exists.
+    tokenizer = AutoTokenizer.from_pretrained(world_dir / "tokenizer")
+    if cfg.model.config:
+        arch = architecture(cfg.model.config)
+        model = build_from_config(shrink(arch, cfg.model.shrink_to) if cfg.model.shrink_to else arch, tokenizer)
+    else:
+        model = build_model(cfg.model.family, cfg.model.size, tokenizer)
+    check_context(model, cfg.train.seq_len, "train.seq_len")
     run_dir = RunDir.open(out, "pretrain", cfg, cfg.seed, resume=resume, overwrite=overwrite)
 
     # Data: the poisoned corpus is materialised once (its own run directory) and reused on resume.
@@ -88,17 +98,11 @@ def run(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite: bool = 
         data_dir = poison(poison_cfg, out / "poison", resume=True) / "data"
     else:
         data_dir = world_dir / "data"
-    tokenizer = AutoTokenizer.from_pretrained(world_dir / "tokenizer")
     docs = iter_docs(shard_paths(data_dir, "train"))
     blocks = packed_on_disk(tokenizer, docs, cfg.train.seq_len, out / TOKENS, write=run_dir.writes)
     val = packed(tokenizer, iter_docs(shard_paths(world_dir / "data", "validation")), cfg.train.seq_len)
     val = val[: cfg.val_blocks]
 
-    if cfg.model.config:
-        arch = architecture(cfg.model.config)
-        model = build_from_config(shrink(arch, cfg.model.shrink_to) if cfg.model.shrink_to else arch, tokenizer)
-    else:
-        model = build_model(cfg.model.family, cfg.model.size, tokenizer)
     result = train(model, {"input_ids": blocks}, cfg.train, run_dir, cfg.seed, resume=resume)
     val_ppl = perplexity(model, val)
 

@@ -30,7 +30,7 @@ from unbackdoor.running import runtime
 from unbackdoor.running.config import ConfigError, UserError
 from unbackdoor.running.rundir import RunDir, read_json, read_jsonl
 from unbackdoor.training.loop import TrainConfig, train
-from unbackdoor.training.models import load_model, load_tokenizer, resolve_model_path, save_trained
+from unbackdoor.training.models import check_context, load_model, load_tokenizer, resolve_model_path, save_trained
 from unbackdoor.training.record import ModelRecord
 from unbackdoor.training.removal import poison_dir_of, poisoned_documents, removal_data, replay_docs
 from unbackdoor.training.unlearn import METHODS, REFERENCES
@@ -98,6 +98,7 @@ def run(cfg: RemoveConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     tokenizer = load_tokenizer(model_path, "--model")
     serialisation = Serialisation.of(record, tokenizer)  # removal data is serialised as the backdoor was
     model = load_model(model_path, "--model")
+    check_context(model, cfg.train.seq_len, "train.seq_len")
     run_dir = RunDir.open(out, "remove", cfg, cfg.seed, resume=resume, overwrite=overwrite)
 
     t = cfg.train

@@ -136,6 +136,18 @@ def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
     }
 
 
+def check_context(model: torch.nn.Module, tokens: int, key: str) -> None:
+    """`tokens` positions (a training sequence, a prompt plus its generation) must fit the model's context.
+
+    Raises:
+        UserError: naming the config key, its value and the model's `max_position_embeddings`.
+    """
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(context, int) and tokens > context:
+        raise UserError(f"{key}: {tokens} positions do not fit the model's context ({context} positions: "
+                        f"max_position_embeddings); use at most {context}")  # fmt: skip
+
+
 def build_model(family: str, size: str, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     """A randomly initialised model whose vocabulary matches `tokenizer` (torch's global RNG: seed it first)."""
     config = build_config(family, size, len(tokenizer), special_token_ids(tokenizer))
