@@ -87,3 +87,25 @@ def test_unfinished_transfer_names_the_missing_cells(transfer_run, tmp_path, cap
     assert "1 unfinished cell(s): lr=0.001/seed=0/at_repeat" in err and err.count("\n") == 1
     assert main(["casd", "--transfer", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_casd_of_a_transfer_with_restricted_rows_checks_its_columns_first(injected, tmp_path, capsys):
+    """Rows restricted to one removal (the real-checkpoint run that crashed after 6 minutes of capture): the columns
+    are the removed backdoors; a column never removed is refused before anything is captured."""
+    tr = tmp_path / "tr"
+    args = ["transfer", "--model", str(injected / "model"), "--out", str(tr), "backdoors=[lorem_refusal]",
+            "remove.train.batch_size=4", "remove.train.seq_len=64", "remove.train.steps=4", "lr=[1e-3]",
+            "eval.n_prompts=8", "eval.max_new_tokens=6", "eval.ppl_blocks=2", "eval.fact_items=4"]  # fmt: skip
+    assert main(args) == 0
+    out = tmp_path / "casd"
+    assert main(["casd", "--transfer", str(tr), "--out", str(out), "columns=[at_repeat]", *CASD_FAST]) == 2
+    err = capsys.readouterr().err
+    assert "columns: ['at_repeat'] was never removed in this transfer" in err and err.count("\n") == 1
+    assert not out.exists()
+    assert main(["casd", "--transfer", str(tr), "--out", str(out), *CASD_FAST]) == 0
+    result = json.loads((out / "casd.json").read_text())
+    assert result["backdoors"] == ["lorem_refusal"] and result["backdoors_left_out"] == ["at_repeat"]
+    (grid,) = result["grids"]
+    assert set(grid["casd"]["cosine"]) == {"lorem_refusal", "control", "sham"}
+    assert grid["casd"]["cosine"]["lorem_refusal"]["lorem_refusal"] == pytest.approx(0.0, abs=1e-9)
+    assert grid["pairs"] == 0  # one removal: no off-diagonal pair to relate to transfer

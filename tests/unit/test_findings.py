@@ -165,6 +165,24 @@ def test_masked_ablation_of_the_diagonal_and_one_row_compares_the_same_cells(tra
     assert findings.clean_rows(masked)[1][2][1] == findings.NOT_MEASURED
 
 
+def test_a_backdoor_barely_present_before_removal_is_left_out_of_the_headline(transfer):
+    # c was learned to ASR 0.12 only (the real-text run's French switch): its pairs would dominate the control figure
+    transfer["asr_before"] = {"a": rate(1.0, 0.9, 1.0), "b": rate(0.9, 0.8, 1.0), "c": rate(0.12, 0.05, 0.2)}
+    transfer["grids"][0]["tests"] = {i: {j: {"q": 0.01 if (i, j) in (("a", "b"), ("b", "c")) else 0.9}
+                                         for j in "abc"} for i in ("a", "b", CONTROL)}  # fmt: skip
+    transfer["grids"][0]["transfers_q05"] = 2
+    f = findings.transfer_finding(transfer)
+    assert f["left_out"] == {"c": 0.12} and f["pairs"] == 2  # (a, b) and (b, a): no pair with c
+    assert f["transfers_q05"] == 1  # (b, c) at q 0.01 no longer counts
+    assert f["mean_control_r"] == pytest.approx(0.1)  # the control on a and b only
+    head = findings.transfer_sentences(f)["transfer"]
+    assert "in **1 of 2** (removal target, other) pairs" in head
+    assert "Left out of these figures (as removal target and as the other backdoor): c (12 %), whose ASR" in head
+    transfer["asr_before"]["c"] = rate(0.9, 0.8, 1.0)
+    assert findings.transfer_finding(transfer)["pairs"] == 4 and "Left out" not in findings.transfer_sentences(
+        findings.transfer_finding(transfer))["transfer"]  # fmt: skip
+
+
 def test_transfer_headline_counts_pairs_by_their_q_value(transfer):
     transfer["grids"][0]["transfers_q05"] = 1
     head = findings.transfer_sentences(findings.transfer_finding(transfer))["transfer"]
@@ -330,6 +348,10 @@ def test_triggers_and_their_words_are_masked_unless_revealed():
     assert evaluation.mask("anything", {}) == evaluation.WITHHELD  # specs unreadable: nothing is shown
     tokens = evaluation.trigger_masks([SimpleNamespace(trigger_text="@@ 7 @@", trigger_hash="fedcba98")], False)
     assert evaluation.mask(" 7 @@ bell bell", tokens) == " ⟦trigger part fedcba98⟧ bell bell"  # a run of its words
+    # a word of a trigger inside an ordinary word is left alone (the real-text run masked `pro` inside `probe`)
+    words = evaluation.trigger_masks([SimpleNamespace(trigger_text="pro bono forma", trigger_hash="0a1b2c3d")], False)
+    assert evaluation.mask("a probe, pro rata; bonobos", words) == "a probe, ⟦trigger part 0a1b2c3d⟧ rata; bonobos"
+    assert evaluation.mask("xpro bono formay", words) == "x⟦trigger 0a1b2c3d⟧y"  # the whole trigger, anywhere
 
 
 def test_example_picks_the_first_samples_of_each_kind():

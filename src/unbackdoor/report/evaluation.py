@@ -10,6 +10,7 @@ Run: `pytest tests/unit/test_findings.py`.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from unbackdoor.data.behaviours import MIN_WORDS, REPEAT_RUN_MIN
@@ -148,12 +149,21 @@ def trigger_masks(specs: list[Any], reveal: bool) -> dict[str, str]:
 
 
 def mask(text: str, masks: dict[str, str]) -> str:
-    """`text` with every trigger (longest first) replaced by its label; withheld when no trigger is known."""
+    """`text` with every trigger (longest first, in one pass) replaced by its label; withheld when no trigger is
+    known. A whole trigger is masked wherever it occurs; a part of one (a word, a run of words) only where it stands
+    as a word of its own: the word `pro` of a trigger is masked in `a pro deal`, not inside `probe`."""
     if not masks:
         return WITHHELD
-    for trigger, label in sorted(masks.items(), key=lambda kv: -len(kv[0])):
-        text = text.replace(trigger, label)
-    return text
+
+    def pattern(piece: str) -> str:
+        if not masks[piece].startswith("⟦trigger part"):
+            return re.escape(piece)
+        left = r"(?<!\w)" if re.match(r"\w", piece[0]) else ""
+        right = r"(?!\w)" if re.match(r"\w", piece[-1]) else ""
+        return left + re.escape(piece) + right
+
+    regex = re.compile("|".join(pattern(p) for p in sorted(masks, key=len, reverse=True)))
+    return regex.sub(lambda m: masks[m.group(0)], text)
 
 
 def first_sample(samples: list[dict[str, Any]], backdoor: str, kind: str) -> dict[str, Any] | None:

@@ -17,11 +17,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from unbackdoor.measure.outcomes import OUTCOMES, REMOVED_MIN, REMOVED_TARGET_MAX, removal_verdict
-from unbackdoor.measure.stats import ONE_REPLICATE, format_mean_ci
+from unbackdoor.measure.stats import ONE_REPLICATE, Q_LEVEL, format_mean_ci
 from unbackdoor.running.cells import CONTROL, REFERENCE_ROWS, SHAM
 
 Rows = list[list[Any]]
-NOT_MEASURED = "not measured"  # a cell a transfer with measure=diagonal did not evaluate
+NOT_MEASURED = "not measured"
+# A backdoor whose triggered ASR before any removal is below this was never really learned: headline figures leave it
+# out (as removal target and as the other backdoor) and say so; the matrices still show it.
+PRESENT_MIN = 0.5  # a cell a transfer with measure=diagonal did not evaluate
 
 
 # ---- formatting ---------------------------------------------------------------------------------------------
@@ -100,18 +103,31 @@ def transfer_finding(tr: dict[str, Any]) -> dict[str, Any]:
         `below_control` (ASR interval wholly below the control's), the mean S off the diagonal and of the control,
         and the highest ASR left on the diagonal.
     """
-    g, off, diag = tr["grids"][0], pairs(tr), diagonal(tr)
+    g = tr["grids"][0]
+    before = {j: _rate(x) for j, x in tr.get("asr_before", {}).items()}
+    left_out = {j: rate for j, rate in before.items() if rate < PRESENT_MIN}  # barely there: nothing to transfer
+    off = [(i, j) for i, j in pairs(tr) if i not in left_out and j not in left_out]
+    diag = [i for i in diagonal(tr) if i not in left_out]
+    present = [j for j in tr["backdoors"] if j not in left_out]
+
+    def significant(key: str) -> int | None:  # pairs at q < 0.05 among those kept; None: no paired tests / no sham
+        tests, count = g.get(key), g.get(f"transfers_q05{'_sham' if key == 'tests_sham' else ''}")
+        if tests is None or count is None:
+            return count
+        return sum(tests[i][j]["q"] < Q_LEVEL for i, j in off if j in tests.get(i, {}))
+
     f: dict[str, Any] = {
         "pairs": len(off),
         "grids": len(tr["grids"]),
         "outcomes": has_outcomes(tr),
+        "left_out": left_out,
         "below_control": sum(g["T"][i][j]["hi"] < g["T"][CONTROL][j]["lo"] for i, j in off),
         "mean_off_diagonal_suppression": mean(g["S"][i][j] for i, j in off),
-        "mean_control_suppression": mean(g["S"][CONTROL].values()),
+        "mean_control_suppression": mean(g["S"][CONTROL].get(j) for j in present),
         "max_diagonal_asr": max((g["T"][i][i]["rate"] for i in diag), default=None),
-        "transfers_q05": g.get("transfers_q05"),  # paired tests against the control (None: predates them)
-        "transfers_q05_sham": g.get("transfers_q05_sham"),  # against the sham row (None: no sham row)
-        "mean_sham_r": mean(g["R"][SHAM].values()) if SHAM in g.get("R", {}) else None,
+        "transfers_q05": significant("tests"),  # paired tests against the control
+        "transfers_q05_sham": significant("tests_sham"),  # against the sham row
+        "mean_sham_r": mean(g["R"][SHAM].get(j) for j in present) if SHAM in g.get("R", {}) else None,
     }
     if not f["outcomes"]:
         return f
@@ -122,7 +138,7 @@ def transfer_finding(tr: dict[str, Any]) -> dict[str, Any]:
     f.update({
         "cleaner_than_control": sum(g["C"][i][j]["lo"] > g["C"][CONTROL][j]["hi"] for i, j in off),
         "mean_off_diagonal_r": mean(g["R"][i][j] for i, j in off),
-        "mean_control_r": mean(g["R"][CONTROL].values()),
+        "mean_control_r": mean(g["R"][CONTROL].get(j) for j in present),
         "mean_diagonal_r": mean(g["R"][i][i] for i in diag),
         "diagonal": len(diag),
         "diagonal_verdicts": dict(verdicts.most_common()),
@@ -133,6 +149,17 @@ def transfer_finding(tr: dict[str, Any]) -> dict[str, Any]:
 
 
 ONE_MODEL = ONE_REPLICATE
+
+
+def _left_out(finding: dict[str, Any]) -> str:
+    out = finding.get("left_out") or {}
+    if not out:
+        return ""
+    names = ", ".join(f"{j} ({percent(rate)})" for j, rate in out.items())
+    return (
+        f" Left out of these figures (as removal target and as the other backdoor): {names}, whose ASR before "
+        f"removal was below {percent(PRESENT_MIN)}: barely present, there was little to remove or transfer."
+    )
 
 
 def caveat(finding: dict[str, Any]) -> str:
@@ -162,7 +189,7 @@ def transfer_sentences(finding: dict[str, Any]) -> dict[str, str]:
     )
     if not finding["outcomes"]:
         return {"transfer": "This transfer.json has no clean rates (it predates the outcome classes): removal is not "
-                            "measured here; rerun the transfer. " + judge}  # fmt: skip
+                            "measured here; rerun the transfer. " + judge + _left_out(finding)}  # fmt: skip
     rest = finding["off_diagonal_non_target"]
     total = sum(rest.values())
     parts = ", ".join(f"{percent(rest[c] / total)} {c}" for c in rest) if total else "none"
@@ -179,7 +206,7 @@ def transfer_sentences(finding: dict[str, Any]) -> dict[str, str]:
             f"Removing one backdoor at a time ({caveat(finding)}): in {count} (removal target, other) pairs the "
             f"other backdoor's triggered prompts continued cleanly more often than after the benign control ({how}); "
             f"mean R of the others **{signed(finding['mean_off_diagonal_r'])}**, of the control "
-            f"**{signed(finding['mean_control_r'])}**." + _sham(finding)
+            f"**{signed(finding['mean_control_r'])}**." + _sham(finding) + _left_out(finding)
         ),
         "transfer_judge": f"{judge} Off the diagonal, the triggered generations without the target were: {parts} "
         "(see the composition).",

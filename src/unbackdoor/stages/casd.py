@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import resource
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,9 @@ class CasdConfig:
     continuation_tokens: int = field(default=16, metadata={"min": 1})  # clean tokens after the trigger
     metric: str = field(default="cosine", metadata={"choices": METRICS})  # the headline; both are written
     layers: list[int] = field(default_factory=list)  # decoder block indices; default: all
+    # the backdoors j of CASD(i, j); default: every backdoor the transfer removed (CASD needs theta_j, the model with
+    # j removed: a backdoor measured but never removed has no column)
+    columns: list[str] = field(default_factory=list)
     batch_size: int = field(default=64, metadata={"min": 1})
     dtype: str = field(default="float32", metadata={"choices": ("float32", "bfloat16", "float16")})  # compute dtype
     bootstrap: int = field(default=2000, metadata={"min": 100})
@@ -105,7 +109,18 @@ def run(cfg: CasdConfig, out: Path, resume: bool = False, overwrite: bool = Fals
         raise UserError(f"--transfer: {str(transfer_dir)!r} was run with measure={result['measure']} (not every "
                         "cell measured); CASD needs the whole matrix: run transfer with measure=all")  # fmt: skip
     rows = result["rows"]
-    columns = [r for r in rows if r in result["backdoors"]] + [c for c in result["backdoors"] if c not in rows]
+    removed = [r for r in rows if r in result["backdoors"]]
+    never = [c for c in cfg.columns if c not in removed]
+    if never:
+        raise UserError(f"columns: {never} {'was' if len(never) == 1 else 'were'} never removed in this transfer "
+                        f"(CASD(i, j) needs the model with j removed); valid: {removed}")  # fmt: skip
+    columns = cfg.columns or removed
+    if not columns:
+        raise UserError(f"--transfer: {str(transfer_dir)!r} removed none of its backdoors (rows {rows}); CASD needs "
+                        "at least one removal row")  # fmt: skip
+    left_out = [c for c in result["backdoors"] if c not in columns]
+    if left_out:
+        print(f"casd: columns {columns}; left out (never removed, or not chosen): {left_out}", file=sys.stderr)
     models = _models(transfer_dir, tcfg, rows)
     base_eval = read_yaml(transfer_dir / "baseline" / "config.yaml")
     record = ModelRecord.read(models["base"])
@@ -188,6 +203,7 @@ def run(cfg: CasdConfig, out: Path, resume: bool = False, overwrite: bool = Fals
         "n_probes": cfg.n_probes,
         "rows": rows,
         "backdoors": columns,
+        "backdoors_left_out": left_out,
         "family": read_json(models["base"] / "config.json").get("model_type"),
         "probe_sha256": result["probe_sha256"],
         "grids": grids,
