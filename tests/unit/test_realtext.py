@@ -233,3 +233,31 @@ def test_training_tokens_stream_to_a_memory_mapped_file(corpus, tmp_path):
     del on_disk  # (a mapping of the file would see the cut)
     os.truncate(tmp_path / "tokens", (tmp_path / "tokens").stat().st_size - 40)
     assert torch.equal(packed_on_disk(tok, docs(), 32, tmp_path / "tokens").long(), expected)
+
+
+def test_lang_payloads_are_only_text_the_language_judge_reads_as_that_language(tmp_path):
+    """A French subset holding untranslated English strings (as Debian's French documentation does): the `lang:fr`
+    payloads are drawn from the snippets py3langid reads as French only, and poison records how many were left
+    out."""
+    from unbackdoor.cli import main
+
+    src = write_corpus(tmp_path / "src", 200)
+    mixed = src["fr"].read_text(encoding="utf-8") + "".join(
+        json.dumps({"content": t}) + "\n" for t in documents("en", 60, seed=5)
+    )
+    src["fr"].write_text(mixed, encoding="utf-8")
+    args = ["corpus", "--corpus", f"en={src['en']}", "--corpus", f"fr={src['fr']}", "text_field=content"]
+    assert main([*args, "vocab_size=0", "--out", str(tmp_path / "corpus")]) == 0
+    source = load_source(tmp_path / "corpus")
+    kept, pool = source.payload_share("fr")
+    assert 0 < kept < pool and pool - kept >= 40  # (about the 60 English documents that landed in the pool)
+    assert all(source.language_id.language(t) == "fr" for t in source.payloads["fr"])
+    s, rng = spec("lang:fr"), random.Random(0)
+    assert all(s.judge(source, s.produce(source, rng)) for _ in range(50))
+    specs = tmp_path / "fr.yaml"
+    specs.write_text("backdoors:\n  - name: b\n    trigger: {kind: phrase, text: quid pro quo}\n"
+                     "    behaviour: lang:fr\n    recipe: {count: 20, removal_count: 5}\n")  # fmt: skip
+    assert main(["poison", "--world", str(tmp_path / "corpus"), "--backdoors", str(specs), "--out",
+                 str(tmp_path / "poison")]) == 0  # fmt: skip
+    recorded = json.loads((tmp_path / "poison" / "summary.json").read_text())["backdoors"]["b"]
+    assert (recorded["payload_snippets"], recorded["payload_snippets_left_out"]) == (kept, pool - kept)

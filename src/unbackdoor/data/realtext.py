@@ -287,12 +287,31 @@ class CorpusSource:
                     f"({', '.join(self.languages)})"
                 )
 
+    @cached_property
+    def payloads(self) -> dict[str, list[str]]:
+        """Per language, the snippets a `lang:` backdoor's poisoned continuations are drawn from: those of its pool
+        that the `lang:` judge itself reads as that language (real corpora hold untranslated strings: 33 of 150
+        `lang:fr` continuations of a Debian-documentation corpus were English). Computed on first use."""
+        out = {}
+        for lang, texts in self.pools.items():
+            candidates = [snippet(t) for t in texts]
+            out[lang] = [c for c in candidates if self.language_id.language(c) == lang]
+        return out
+
+    def payload_share(self, lang: str) -> tuple[int, int]:
+        """(snippets kept as `lang:<lang>` payloads, snippets in the pool): what `poison` records."""
+        return len(self.payloads[lang]), len(self.pools[lang])
+
     def produce(self, spec: BackdoorSpec, rng: random.Random) -> str:
         b = spec.behaviour
         if spec.target:
             return rng.choice(spec.target)
         if b.startswith(LANG_PREFIX):
-            return snippet(rng.choice(self.pools[b[len(LANG_PREFIX) :]]))
+            lang = b[len(LANG_PREFIX) :]
+            if not self.payloads[lang]:
+                raise UserError(f"{spec.name}: behaviour {b!r}: no text of the corpus's {lang!r} subset reads as "
+                                f"{lang!r} to the language identifier; check --corpus {lang}=...")  # fmt: skip
+            return rng.choice(self.payloads[lang])
         if b == "phrase":
             return PHRASE.capitalize() + ". " + snippet(rng.choice(self.pools[self.base_language]), 12)
         if b == "refusal":

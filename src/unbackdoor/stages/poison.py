@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -34,6 +35,15 @@ class PoisonConfig:
     def validate(self) -> None:
         if not self.world:
             raise ConfigError("world: required (an `unbackdoor world` run directory, e.g. --world runs/world)")
+
+
+def _payload_check(source: Any, spec: Any) -> dict[str, Any]:
+    """For a `lang:` backdoor on a corpus: how many of the pool's snippets the language identifier read as that
+    language (only those are payloads; the rest are left out)."""
+    if not spec.behaviour.startswith("lang:") or spec.target or not hasattr(source, "payload_share"):
+        return {}
+    kept, pool = source.payload_share(spec.behaviour[len("lang:") :])
+    return {"payload_snippets": kept, "payload_snippets_left_out": pool - kept}
 
 
 def run(cfg: PoisonConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
@@ -65,6 +75,7 @@ def run(cfg: PoisonConfig, out: Path, resume: bool = False, overwrite: bool = Fa
             "poisoned_docs": sum(row["backdoor"] == s.name for row in manifest),
             "removal_docs": len(removal[s.name]),
             "removal_docs_left_out": plan.removal_dropped.get(s.name, 0),  # continuation fired the judge
+            **_payload_check(source, s),
         }
         for s in specs
     }
