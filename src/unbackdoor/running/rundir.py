@@ -183,6 +183,7 @@ def _is_stray(path: Path) -> bool:
     return path.name.startswith(".") and path.name.endswith(".tmp")
 
 
+GGUF_DIR = "gguf-model"  # a GGUF --model dequantized into the run directory before it opens (`training.gguf`)
 LOCK = ".lock"  # a run directory's lock file: held (flock) by the process writing it, released when it exits
 _HELD: dict[str, int] = {}  # run directory -> the descriptor of its lock file, while this process holds it
 
@@ -241,7 +242,7 @@ class RunDir:
             return (path / "DONE").is_file()
         if path.exists() and not path.is_dir():
             raise UserError(f"--out: {str(path)!r} is a file; give a directory to write the run into")
-        if not path.exists() or not any(p.name != LOCK for p in path.iterdir()) or overwrite:
+        if not path.exists() or not any(p.name not in (LOCK, GGUF_DIR) for p in path.iterdir()) or overwrite:
             return False
         if not resume:
             raise UserError(
@@ -250,7 +251,7 @@ class RunDir:
             )
         meta_path = path / "meta.json"
         if not meta_path.is_file():
-            if all(p.name in (LOCK, "config.yaml") or _is_stray(p) for p in path.iterdir()):
+            if all(p.name in (LOCK, GGUF_DIR, "config.yaml") or _is_stray(p) for p in path.iterdir()):
                 return False  # killed between creating the directory and writing meta.json: start it afresh
             raise UserError(f"--resume: {str(path)!r} exists but is not a run directory (no meta.json)")
         old = read_json(meta_path)
@@ -280,7 +281,9 @@ class RunDir:
             return cls(path, stage, writes=False)
         if overwrite and path.exists():
             _lock(path)  # never replace a directory another process is writing
-            shutil.rmtree(path)
+            for p in path.iterdir():  # (a GGUF model converted for this very run is kept)
+                if p.name != GGUF_DIR:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
         config_text = _config_text(cfg)
         run = cls(path, stage)
         path.mkdir(parents=True, exist_ok=True)

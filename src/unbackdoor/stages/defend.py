@@ -144,7 +144,7 @@ def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     if not cfg.model:
         raise ConfigError("model: required (the suspect model, e.g. --model runs/suspect/model)")
     runtime.seed_everything(cfg.seed)
-    model_path = resolve_model_path(cfg.model, "--model")  # its record is never read: the defender lacks it
+    model_path = resolve_model_path(cfg.model, "--model", out)  # its record is never read: the defender lacks it
     if not cfg.world:
         raise UserError("--world: required (the defender's clean corpus: an `unbackdoor world` or `corpus` run)")
     world_dir = Path(cfg.world)

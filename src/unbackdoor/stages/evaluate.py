@@ -98,7 +98,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     if not cfg.model:
         raise ConfigError("model: required (a model directory, e.g. --model runs/pretrain/model)")
     runtime.seed_everything(cfg.seed)
-    model_path = resolve_model_path(cfg.model, "--model")
+    model_path = resolve_model_path(cfg.model, "--model", out)
     record = ModelRecord.read(model_path)
     specs = record.specs(cfg.backdoors, cfg.only, cfg.model)
     world_dir = Path(cfg.world or record.world or "")

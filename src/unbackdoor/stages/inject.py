@@ -113,7 +113,7 @@ def payload_tokens(tokenizer, poison_dir: Path) -> list[int]:
 def run(cfg: InjectConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
     """Inject backdoors into `cfg.model` by continual pretraining; returns `out`."""
     runtime.seed_everything(cfg.seed)
-    model_path = resolve_model_path(cfg.model, "--model")
+    model_path = resolve_model_path(cfg.model, "--model", out)
     world_dir = Path(cfg.world)
     require_done(world_dir, ("world", "corpus"), "--world")
     specs = load_specs(cfg.backdoors)

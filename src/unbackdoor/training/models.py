@@ -162,8 +162,17 @@ def n_parameters(model: torch.nn.Module) -> int:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
-def resolve_model_path(name: str, what: str = "model") -> str:
-    """A local model directory, or a hub id; anything else is a one-line error."""
+def resolve_model_path(name: str, what: str = "model", out: Path | None = None) -> str:
+    """A local model directory, or a hub id; anything else is a one-line error. A GGUF file (or a directory holding
+    one) is dequantized once into `<out>/gguf-model` (`training.gguf`), whose path is returned."""
+    from unbackdoor.training import gguf
+
+    gguf_path = gguf.gguf_file(name)
+    if gguf_path is not None:
+        if out is None:
+            raise UserError(f"{what}: {name!r} is a GGUF file; this stage takes a model folder (evaluate or inject "
+                            "it first: their run directory holds the converted folder, gguf-model/)")  # fmt: skip
+        return str(gguf.convert(gguf_path, out))
     path = Path(name)
     if path.is_dir():
         if not (path / "config.json").is_file():
