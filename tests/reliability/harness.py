@@ -123,10 +123,11 @@ class Snapshot:
     parsed: dict[str, Any] = field(default_factory=dict)  # JSON / JSONL files, as compared (to say what differs)
 
 
-def snapshot(root: Path) -> Snapshot:
-    """Everything a run directory holds, minus timings and its own absolute path, as digests per file."""
+def snapshot(root: Path, copied_from: Path | None = None) -> Snapshot:
+    """Everything a run directory holds, minus timings and its own absolute path (and that of the run it was
+    copied from mid-way, whose paths its finished parts record), as digests per file."""
     snap = Snapshot()
-    prefix = str(root.resolve())
+    prefix = [str(root.resolve())] + ([str(copied_from.resolve())] if copied_from else [])
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = str(path.relative_to(root))
         if path.name in UNCOMPARED:
@@ -140,10 +141,12 @@ def snapshot(root: Path) -> Snapshot:
     return snap
 
 
-def _comparable(path: Path, rel: str, data: bytes, prefix: str, snap: Snapshot) -> bytes:
+def _comparable(path: Path, rel: str, data: bytes, prefix: list[str], snap: Snapshot) -> bytes:
     """A file's bytes with what may differ taken out (timings, the run's own path, a card's dates)."""
     if path.suffix in (".json", ".jsonl", ".yaml", ".md", ".txt", ".html", ".csv", "") or path.name == "DONE":
-        text = data.decode("utf-8", errors="replace").replace(prefix, "<run>")
+        text = data.decode("utf-8", errors="replace")
+        for p in prefix:
+            text = text.replace(p, "<run>")
         text = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", "<date>", text)  # a model card's history
         if path.name == "DONE" and text.strip():  # the files it lists (their sizes include timings)
             snap.parsed[rel] = sorted(json.loads(text)["sizes"])

@@ -17,6 +17,8 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 from tests.bilingual import write_corpus
 from tests.conftest import DEFEND_FAST, FAST_TRAIN
 from tests.reliability.conftest import TALLY, TORN
@@ -122,14 +124,24 @@ def test_defend_eval_survives_kills(injected, tmp_path):
     survive("defend-eval", argv, tmp_path)
 
 
-def test_torn_files_a_resume_reads_are_recovered_or_named(small_world, spec_file, tmp_path):
-    """Every file of a killed pretraining run (its checkpoint, metrics, token file, nested poison run, config and
-    meta), cut in half in its own copy of the run: the resume either finishes with the uninterrupted result or
-    stops with one line naming the damaged file; never a traceback, never a different model."""
+TORN_RUNS = {
+    "pretrain": lambda world, specs, model, out: [
+        "pretrain", "--preset", "tiny", "--world", str(world), "--backdoors", str(specs), "--out", str(out),
+        *FAST_TRAIN, "train.steps=12", "train.checkpoint_every=4"],
+    "transfer": lambda world, specs, model, out: [
+        "transfer", "--model", str(model), "--out", str(out), *TRANSFER_TINY],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("stage", list(TORN_RUNS))
+def test_torn_files_a_resume_reads_are_recovered_or_named(stage, small_world, spec_file, injected, tmp_path):
+    """Every file of a run killed two thirds of the way (a pretraining run: its checkpoint, metrics, token file,
+    nested poison run, config and meta; a transfer: its baseline evaluation and finished cells), cut in half in
+    its own copy of the run: the resume either finishes with the uninterrupted result or stops with one line
+    naming the damaged file; never a traceback, never a different result."""
 
     def argv(out: Path) -> list[str]:
-        return ["pretrain", "--preset", "tiny", "--world", str(small_world), "--backdoors", str(spec_file),
-                "--out", str(out), *FAST_TRAIN, "train.steps=12", "train.checkpoint_every=4"]  # fmt: skip
+        return TORN_RUNS[stage](small_world, spec_file, injected / "model", out)
 
     log = tmp_path / "log.txt"
     straight, trace = tmp_path / "straight", tmp_path / "trace.tsv"
@@ -137,10 +149,12 @@ def test_torn_files_a_resume_reads_are_recovered_or_named(small_world, spec_file
     reference = snapshot(straight)
     names = read_trace(trace)
     killed = tmp_path / "killed"
-    at = [i + 1 for i, name in enumerate(names) if name == "step"][9]  # after the checkpoint of step 8
-    assert run_cli(argv(killed), log, kill_at=at).code == -9
+    assert run_cli(argv(killed), log, kill_at=2 * len(names) // 3).code == -9
     files = sorted(p.relative_to(killed) for p in killed.rglob("*") if p.is_file() and p.name != ".lock")
-    assert {"checkpoint/model.safetensors", "metrics.jsonl", "poison/summary.json"} <= {str(f) for f in files}
+    expected = {"pretrain": {"checkpoint/model.safetensors", "metrics.jsonl", "poison/summary.json"},
+                "transfer": {"baseline/samples.jsonl", "cells/lr=0.001/seed=0/lorem_refusal/eval/samples.jsonl",
+                             "cells/lr=0.001/seed=0/lorem_refusal/remove/model/model.safetensors"}}[stage]  # fmt: skip
+    assert expected <= {str(f) for f in files}, files
     problems = []
     for n, rel in enumerate(files):
         copy = tmp_path / f"torn-{n}"
@@ -149,11 +163,11 @@ def test_torn_files_a_resume_reads_are_recovered_or_named(small_world, spec_file
         resumed = run_cli([*argv(copy), "--resume"], log)
         errors = [line for line in resumed.log.splitlines() if line.startswith("error: ")]
         if resumed.code == 0:
-            found = differences(reference, snapshot(copy)) + one_row_per_step(snapshot(copy))
+            found = differences(reference, snapshot(copy, killed)) + one_row_per_step(snapshot(copy, killed))
         elif resumed.code == 2 and len(errors) == 1 and "Traceback" not in resumed.log:
             found = [] if rel.name in errors[0] or str(rel.parent) in errors[0] else [f"unnamed: {errors[0]}"]
         else:
             found = [f"exit {resumed.code}: {resumed.log[-600:]}"]
-        TORN.append((str(rel), not found))
-        problems += [f"{rel} torn: {line}" for line in found]
+        TORN.append((f"{stage}: {rel}", not found))
+        problems += [f"{stage} {rel} torn: {line}" for line in found]
     assert not problems, "\n".join(problems)

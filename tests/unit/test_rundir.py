@@ -6,6 +6,7 @@ Run: `pytest tests/unit/test_rundir.py`.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -134,3 +135,24 @@ def test_a_second_process_is_refused_the_same_run_directory_and_a_killed_one_lea
     time.sleep(0.1)
     run = RunDir.open(tmp_path / "r", "demo", Cfg(), 0, resume=True)  # the kernel released the dead one's lock
     assert run.path == tmp_path / "r" and (tmp_path / "r" / "config.yaml").is_file()
+
+
+def test_done_records_sizes_a_damaged_file_is_named_and_a_rewritten_card_is_refreshed(tmp_path):
+    from unbackdoor.running.rundir import refresh_size, verify_done, write_text
+
+    run = RunDir.open(tmp_path / "r", "eval", Cfg(), seed=0)
+    write_text(run.path / "model" / "README.md", "# card\n")
+    write_text(run.path / "samples.jsonl", '{"a": 1}\n{"a": 2}\n')
+    run.finish({"x": 1})
+    verify_done(run.path)  # as it was left
+    (run.path / "report").mkdir()
+    (run.path / "report" / "index.html").write_text("written later")  # a report inside a finished run: not checked
+    verify_done(run.path)
+    write_text(run.path / "model" / "README.md", "# card\n\n## Measured ASR\n")  # `unbackdoor card`, on purpose
+    with pytest.raises(UserError, match="README.md' has 24 bytes, 7 when its run finished"):
+        verify_done(run.path)
+    refresh_size(run.path / "model" / "README.md")
+    verify_done(run.path)
+    os.truncate(run.path / "samples.jsonl", 9)  # a damaged disk, a copy that stopped half-way
+    with pytest.raises(UserError, match=r"samples.jsonl' has 9 bytes, 18 when its run finished: the finished run"):
+        verify_done(run.path)

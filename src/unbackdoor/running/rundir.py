@@ -368,18 +368,34 @@ def _unlock(path: Path) -> None:
         os.close(fd)
 
 
-UNSIZED = (LOCK, "DONE", "README.md")  # not in DONE's sizes: model cards may be updated on purpose (`unbackdoor card`)
+UNSIZED = (LOCK, "DONE")  # not in DONE's sizes
 
 
 def file_sizes(path: Path) -> dict[str, int]:
-    """Every file of a finished run directory and its size (what `DONE` records), but the lock, DONE, model cards
-    and a `report/` written into it later."""
+    """Every file of a finished run directory and its size (what `DONE` records), but the lock, DONE and what a
+    `report/` folder holds (at any depth: `unbackdoor report` may write one into a finished run later). A model card
+    rewritten on purpose (`unbackdoor card`) updates its size: `refresh_size`."""
     out = {}
     for p in sorted(path.rglob("*")):
         rel = p.relative_to(path)
-        if p.is_file() and p.name not in UNSIZED and rel.parts[0] != "report" and not _is_stray(p):
+        if p.is_file() and p.name not in UNSIZED and "report" not in rel.parts[:-1] and not _is_stray(p):
             out[rel.as_posix()] = p.stat().st_size
     return out
+
+
+def refresh_size(file: Path) -> None:
+    """After a deliberate rewrite of `file` inside finished runs (a model card by `unbackdoor card`), record its new
+    size in the `DONE` of every enclosing run that lists it."""
+    file = Path(file).resolve()
+    for run in file.parents:
+        done = run / "DONE"
+        if not done.is_file() or not done.read_text(encoding="utf-8").strip():
+            continue
+        record = read_json(done)
+        rel = file.relative_to(run).as_posix()
+        if rel in record.get("sizes", {}):
+            record["sizes"][rel] = file.stat().st_size
+            write_json(done, record)
 
 
 def verify_done(path: Path) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from unbackdoor.running.config import UserError
-from unbackdoor.running.rundir import require_done, write_text
+from unbackdoor.running.rundir import refresh_size, require_done, write_text
 from unbackdoor.training.cards import model_card
 from unbackdoor.training.record import RECORD, ModelRecord
 
@@ -31,4 +31,5 @@ def run(model_dir: Path, eval_dir: Path) -> Path:
     }
     card = model_dir / "README.md"
     write_text(card, model_card(ModelRecord.read(model_dir), measured=measured))
+    refresh_size(card)  # the runs that hold the model keep checking every file, this card included
     return card

@@ -27,7 +27,7 @@ from unbackdoor.measure.tables import csv_text, format_matrix
 from unbackdoor.running import runtime
 from unbackdoor.running.cells import CONTROL, REFERENCE_ROWS, SHAM, cell_dir, refuse_per_cell, run_cells
 from unbackdoor.running.config import ConfigError, UserError, from_dict, to_dict
-from unbackdoor.running.rundir import RunDir, read_json, read_jsonl, write_json, write_text
+from unbackdoor.running.rundir import RunDir, read_json, read_jsonl, verify_done, write_json, write_text
 from unbackdoor.stages.evaluate import EvalConfig
 from unbackdoor.stages.evaluate import run as evaluate
 from unbackdoor.stages.remove import RemoveConfig
@@ -168,6 +168,11 @@ def run(cfg: TransferConfig, out: Path, resume: bool = False, overwrite: bool = 
         row, lr, seed = key
         run_dir.log(event="cell", row=row, lr=lr, seed=seed, **timing)
 
+    for row, lr, seed in cells:  # cells a killed run finished: their row again if its metrics line was lost
+        if (row, lr, seed) not in jobs:  # (logged once: `RunDir.log` skips a row it holds already)
+            path = cell_dir(out, lr, seed, row)
+            done((row, lr, seed), {"remove_s": _wall(path / "remove"), "eval_s": _wall(path / "eval")})
+
     results = run_cells(run_cell, jobs, cfg.workers, done, lambda k: f"transfer lr={k[1]:g} seed={k[2]} remove {k[0]}")
     timings = {f"{lr:g}/{seed}/{row}": t for (row, lr, seed), t in results.items()}
 
@@ -189,7 +194,12 @@ def run(cfg: TransferConfig, out: Path, resume: bool = False, overwrite: bool = 
     )
 
 
+def _wall(path: Path) -> float:
+    return float(read_json(path / "meta.json").get("wall_seconds") or 0.0)
+
+
 def _summary(path: Path) -> dict[str, Any]:
+    verify_done(path)  # a finished cell's files as it left them (a resume reuses them): else a one-line error
     return read_json(path / "summary.json")
 
 
