@@ -54,9 +54,21 @@ STAGES: dict[str, Stage] = _stages()
 
 
 class _Parser(argparse.ArgumentParser):
+    stage: Stage | None = None  # a stage's subcommand: its help lists the config keys
+
     def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage + message by default)
         print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
         raise SystemExit(2)
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        if self.stage is None:
+            return text
+        from unbackdoor.running.config import config_keys
+
+        config_cls, _ = self.stage.load()  # imported only when this help is asked for
+        keys = "\n".join(f"  {line}" for line in config_keys(config_cls()))
+        return f"{text}\nconfig keys (key=value overrides, dotted; the defaults before any --preset):\n{keys}\n"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     card.add_argument("--eval", required=True, type=Path, help="a finished `unbackdoor eval` run of that model")
     for name, stage in STAGES.items():
         p = sub.add_parser(name, help=stage.help)
+        p.stage = stage
         p.add_argument("--preset", help=f"a shipped preset ({', '.join(preset_names(name)) or 'none shipped'})")
         p.add_argument("--out", required=True, type=Path, help="run directory to write")
         mode = p.add_mutually_exclusive_group()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from unbackdoor.cli import STAGES, main
 from unbackdoor.data.backdoors import load_specs
 from unbackdoor.running.config import ConfigError, from_dict, load_preset, parse_overrides, preset_names, resolve
 from unbackdoor.stages.poison import PoisonConfig
@@ -98,3 +99,15 @@ def test_negative_seeds_are_refused(override, message):
 
     with pytest.raises(ConfigError, match=message):
         from_dict(TransferConfig, parse_overrides([override]))
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_every_stage_help_lists_its_config_keys_with_defaults(stage, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([stage, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    keys = text.split("config keys (key=value overrides, dotted; the defaults before any --preset):\n")[1]
+    assert "  seed=0" in keys.splitlines()  # every stage has a seed
+    if stage in ("pretrain", "inject", "remove"):
+        assert "  train.lr=" in text and "  train.precision=fp32  (one of fp32, bf16)" in keys

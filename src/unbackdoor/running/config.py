@@ -184,6 +184,33 @@ def _default(f: dataclasses.Field) -> Any:
     return None
 
 
+def config_keys(cfg: Any) -> list[str]:
+    """Every key a `key=value` override can set, dotted, with its default (and its choices): `train.lr=0.003`."""
+    lines: list[str] = []
+
+    def show(v: Any) -> str:
+        if isinstance(v, (list, tuple)):
+            return "[" + ",".join(show(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k}: {show(x)}" for k, x in v.items()) + "}"
+        if isinstance(v, bool) or v is None:
+            return {True: "true", False: "false", None: "null"}[v]
+        return "''" if v == "" else str(v)
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+                continue
+            choices = f.metadata.get("choices")
+            lines.append(f"{prefix}{f.name}={show(value)}" + (f"  (one of {', '.join(map(str, choices))})"
+                                                            if choices else ""))  # fmt: skip
+
+    walk(cfg, "")
+    return lines
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A YAML-safe nested dict of a config (paths become strings)."""
 
