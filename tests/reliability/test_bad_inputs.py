@@ -287,6 +287,10 @@ CASES: dict[str, Case] = {
     "--world is a file": (lambda i: _pretrain(i)[:3] + ["--world", i.f("a-file")], "is a file; expected a run"),
     "--backdoors is a directory": (lambda i: _pretrain(i, "--backdoors", i.f("emptydir")),
                                    "is a directory; expected a YAML file"),
+    "eval backdoor named twice": (lambda i: ["eval", "--model", i.model, "only=[lorem_refusal,lorem_refusal]"],
+                                  "only: ['lorem_refusal', 'lorem_refusal'] names 'lorem_refusal' twice"),
+    "report --out is a file": (lambda i: ["report", str(i.transfer), "--out", i.f("a-file")],
+                               "is a file; give a directory for the report"),
     "corpus language twice": (lambda i: ["corpus", "--corpus", f"en={i.f('lines.txt')}", "--corpus",
                                          f"en={i.f('lines.txt')}"], "language 'en' is given twice"),
 }  # fmt: skip

@@ -34,6 +34,8 @@ def run(root: Path, out: Path | None = None, reveal_triggers: bool = False, unfi
         raise UserError(f"DIR: {str(root)!r} is an unfinished run (no DONE); finish it with --resume, or give "
                         "--out to report on what is there now")  # fmt: skip
     out = Path(out) if out else root / "report"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {str(out)!r} is a file; give a directory for the report")
     stages = sources.collect(root)
     results = sources.read_results(stages)
     headlines = findings.headlines(results.transfer, results.casd, results.defence, results.replicates)

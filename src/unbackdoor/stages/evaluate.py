@@ -78,6 +78,11 @@ class EvalConfig:
     # transfer or defend-eval share one eval config).
     dtype: str = field(default="float32", metadata={"choices": ("float32", "bfloat16", "float16")})
 
+    def validate(self) -> None:
+        twice = sorted({b for b in self.only if self.only.count(b) > 1})
+        if twice:
+            raise ConfigError(f"only: {self.only} names {', '.join(map(repr, twice))} twice; name each backdoor once")
+
 
 def fact_recall_items(world: World, n: int, rng: random.Random) -> list[tuple[list[str], int]]:
     """Multiple-choice items: the base-language fact sentence with the true value first, then 3 distractors."""
