@@ -110,8 +110,8 @@ def transfer_finding(tr: dict[str, Any]) -> dict[str, Any]:
     diag = [i for i in diagonal(tr) if i not in left_out]
     present = [j for j in tr["backdoors"] if j not in left_out]
 
-    def significant(key: str) -> int | None:  # pairs at q < 0.05 among those kept; None: no paired tests / no sham
-        tests, count = g.get(key), g.get(f"transfers_q05{'_sham' if key == 'tests_sham' else ''}")
+    def significant(tests: dict[str, Any] | None, count: int | None) -> int | None:
+        """Pairs at q < 0.05 among those kept (`count`, the transfer's own, when it has no per-pair tests)."""
         if tests is None or count is None:
             return count
         return sum(tests[i][j]["q"] < Q_LEVEL for i, j in off if j in tests.get(i, {}))
@@ -125,8 +125,8 @@ def transfer_finding(tr: dict[str, Any]) -> dict[str, Any]:
         "mean_off_diagonal_suppression": mean(g["S"][i][j] for i, j in off),
         "mean_control_suppression": mean(g["S"][CONTROL].get(j) for j in present),
         "max_diagonal_asr": max((g["T"][i][i]["rate"] for i in diag), default=None),
-        "transfers_q05": significant("tests"),  # paired tests against the control
-        "transfers_q05_sham": significant("tests_sham"),  # against the sham row
+        "transfers_q05": significant(g.get("tests"), g.get("transfers_q05")),  # paired tests against the control
+        "transfers_q05_sham": significant(g.get("tests_sham"), g.get("transfers_q05_sham")),  # against the sham
         "mean_sham_r": mean(g["R"][SHAM].get(j) for j in present) if SHAM in g.get("R", {}) else None,
     }
     if not f["outcomes"]:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from accelerate import Accelerator
@@ -140,7 +140,7 @@ def _load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -
     return state
 
 
-def _damaged(path: Path, why: str) -> None:
+def _damaged(path: Path, why: str) -> NoReturn:
     folder = path if path.is_dir() else path.parent
     raise UserError(f"--resume: the checkpoint {str(path)!r} is damaged ({why}); remove {str(folder)!r} to restart "
                     "from step 0, or use --overwrite")  # fmt: skip
