@@ -231,8 +231,9 @@ def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = Fa
         summary = _train_phase(model, data, t, path, "defend-remove", cfg, loss_fn)
         save_model(model, tokenizer, path / "model", injected_record)
         shutil.rmtree(path / "checkpoint", ignore_errors=True)
-        RunDir(path, "defend-remove").finish({**summary, "canaries": sorted(names), "method": method})
-        figures["remove"].append(summary)
+        summary = {**summary, "canaries": sorted(names), "method": method}
+        RunDir(path, "defend-remove").finish(summary)
+        figures["remove"].append(summary)  # what a resumed run reads back from the phase's summary
 
     # 4. the defended model and its card
     final_record = injected_record.with_history(
