@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import EVAL_FAST, inject
 from unbackdoor.cli import main
+from unbackdoor.running.runtime import default_device
 
 
 def asr(eval_dir: Path, name: str) -> float:
@@ -50,7 +51,8 @@ def test_full_injection_raises_asr_and_changes_every_parameter(
     assert main(["eval", "--model", str(injected / "model"), "--out", str(tmp_path / "e2"), "dtype=bfloat16",
                  *EVAL_FAST]) == 0  # fmt: skip
     bf16 = json.loads((tmp_path / "e2" / "summary.json").read_text())
-    assert (bf16["dtype"], bf16["device"], summary["device"]) == ("bfloat16", "cpu", "cpu")
+    device = str(default_device())  # the GPU where there is one
+    assert (bf16["dtype"], bf16["device"], summary["device"]) == ("bfloat16", device, device)
     assert abs(bf16["backdoors"]["lorem_refusal"]["asr"]["rate"] - row["asr"]["rate"]) <= 0.25
 
 

@@ -33,8 +33,8 @@ def test_tiny_family_builds_saves_and_reloads(family, small_world, tmp_path):
     tok.save_pretrained(tmp_path / "m")
     assert (tmp_path / "m" / "model.safetensors").is_file()
     again = load_model(resolve_model_path(str(tmp_path / "m")))
-    x = torch.randint(0, len(tok), (2, 16))
-    assert torch.equal(model(input_ids=x).logits, again(input_ids=x).logits)
+    x = torch.randint(0, len(tok), (2, 16), device=again.device)  # load_model puts it on the stage's device
+    assert torch.equal(model.to(again.device)(input_ids=x).logits, again(input_ids=x).logits)
 
 
 def test_families_at_tiny_size_with_the_tiny_world_vocabulary_are_1_to_3_m_parameters(small_world):
