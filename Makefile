@@ -5,7 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test test-slow test-reliability test-real lint install
+SLURM_PACKAGES := slurm-wlm slurmdbd munge mariadb-server
+
+.PHONY: demo test test-slow test-reliability test-slurm test-real lint install
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +18,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	echo "torch==2.13.0" > $(VENV)/constraints.txt
-	$(BIN)/pip install --quiet -c $(VENV)/constraints.txt -e ".[dev,gguf]"
+	$(BIN)/pip install --quiet -c $(VENV)/constraints.txt -e ".[dev,gguf,slurm]"
 	$(BIN)/python -c "import torch, sys; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '2.13.0' else f'torch {torch.__version__} installed, 2.13.0 required')"
 	@# Optional: tcmalloc makes CPU training ~40 % faster (see unbackdoor.cli.entry); installed when we can.
 	@ls /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
@@ -27,6 +29,12 @@ $(STAMP): $(BIN)/python pyproject.toml
 		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
 		{ apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 		chromium >/dev/null 2>&1; }; }; } || echo "note: chromium not installed (needed by test_report.py)"
+	@# Needed by tests/slurm (a real single-node SLURM cluster with accounting: sacct is how submitit sees jobs).
+	@ls /usr/sbin/slurmctld /usr/sbin/slurmdbd /usr/sbin/mariadbd /usr/sbin/munged >/dev/null 2>&1 || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && { DEBIAN_FRONTEND=noninteractive apt-get \
+		install -y -qq $(SLURM_PACKAGES) >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SLURM_PACKAGES) >/dev/null 2>&1; }; }; } || \
+		echo "note: SLURM not installed (needed by tests/slurm; install as root: $(SLURM_PACKAGES))"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -54,6 +62,10 @@ test-real: $(REAL_WHEEL)
 # the reliability suite alone (also part of `make test`); UNBACKDOOR_KILLS / UNBACKDOOR_KILL_SEED widen the sweep
 test-reliability: $(STAMP)
 	$(BIN)/pytest -q tests/reliability
+
+# the SLURM tests alone (also part of `make test`): a single-node cluster, the transfer sweep as job arrays
+test-slurm: $(STAMP)
+	$(BIN)/pytest -q -m slurm
 
 demo: $(STAMP)
 	$(BIN)/unbackdoor demo --out $(DEMO_DIR) --resume

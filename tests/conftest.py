@@ -8,10 +8,12 @@ Run: `make test` (or `pytest -m "not slow"`).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from unbackdoor.cli import main
+from unbackdoor.running.rundir import is_timing
 from unbackdoor.stages.world import WorldConfig
 from unbackdoor.stages.world import run as run_world
 
@@ -129,3 +131,16 @@ def defence_study(injected: Path, tmp_path_factory: pytest.TempPathFactory) -> t
             *(f"eval.{k}" for k in EVAL_FAST)]  # fmt: skip
     assert main(args) == 0
     return out, args
+
+
+def comparable(value: Any, paths: list[str]) -> Any:
+    """A result without timings (`rundir.is_timing`), and with the given run directories' paths replaced by one
+    placeholder: what must be equal between two runs of one experiment in two places."""
+    if isinstance(value, dict):
+        return {k: comparable(v, paths) for k, v in value.items() if not is_timing(k)}
+    if isinstance(value, list):
+        return [comparable(v, paths) for v in value]
+    if isinstance(value, str):
+        for p in paths:
+            value = value.replace(p, "<run>")
+    return value

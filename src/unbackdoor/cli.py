@@ -82,10 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     card = sub.add_parser("card", help="write an evaluation's measured ASRs into a model's card (explicit)")
     card.add_argument("model", type=Path, help="a model directory saved by unbackdoor")
     card.add_argument("--eval", required=True, type=Path, help="a finished `unbackdoor eval` run of that model")
+    cell = sub.add_parser("cell", help="run one cell of a sweep (a line of <sweep>/commands/*.txt; resumable)")
+    cell.add_argument("file", type=Path, help="the cell's cell.json, written by its sweep")
     for name, stage in STAGES.items():
         p = sub.add_parser(name, help=stage.help)
         p.stage = stage
-        p.add_argument("--preset", help=f"a shipped preset ({', '.join(preset_names(name)) or 'none shipped'})")
+        p.add_argument("--preset", help=f"a shipped preset ({', '.join(preset_names(name)) or 'none shipped'}) "
+                       "or a YAML file of config keys")  # fmt: skip
         p.add_argument("--out", required=True, type=Path, help="run directory to write")
         mode = p.add_mutually_exclusive_group()
         mode.add_argument("--resume", action="store_true", help="continue an unfinished run in --out")
@@ -187,14 +190,24 @@ def main(argv: list[str] | None = None) -> int:
 
             print(card.run(args.model, args.eval))
             return 0
+        if args.command == "cell":
+            from unbackdoor.running.launcher import run_cell_file
+
+            print(run_cell_file(args.file))
+            return 0
         if args.command == "report":
             from unbackdoor import report
 
             report.run(args.dir, args.out, args.reveal_triggers)
             return 0
+        from unbackdoor.running.launcher import CellsPending
+
         fresh = not Path(args.out).exists()
         try:
             out = run_stage(args.command, args)
+        except CellsPending as pending:  # launcher.kind=commands: the cells are for another scheduler to run
+            print(pending)
+            return 0
         except Exception:  # a user's mistake, or a bug (its traceback follows): nothing half-written is left
             _drop_failed(Path(args.out), fresh)
             raise

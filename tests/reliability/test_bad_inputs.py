@@ -195,6 +195,15 @@ CASES: dict[str, Case] = {
     "n_prompts huge": (lambda i: ["eval", "--model", i.model, "n_prompts=1000000000000"],
                        "n_prompts: 1000000000000 must be <="),
     "workers huge": (lambda i: ["transfer", "--model", i.model, "workers=100000"], "workers: 100000 must be <="),
+    # launcher settings (an unknown partition: tests/slurm, on a real cluster; no SLURM: below)
+    "launcher unknown": (lambda i: ["transfer", "--model", i.model, "--launcher", "pbs"],
+                         "launcher.kind: 'pbs' is not one of local, slurm, commands"),
+    "launcher time zero": (lambda i: ["transfer", "--model", i.model, "--launcher", "slurm", "launcher.time_min=0"],
+                           "launcher.time_min: 0 must be >="),
+    "launcher retries negative": (lambda i: ["relearn", "--transfer", str(i.transfer), "launcher.retries=-1"],
+                                  "launcher.retries: -1 must be >="),
+    "launcher partition, local": (lambda i: ["defend-eval", "--model", i.model, "launcher.partition=gpu"],
+                                  "launcher.partition / launcher.account are SLURM settings"),
     # missing required inputs and names that do not exist
     "pretrain without world": (lambda i: ["pretrain"], "world: required"),
     "corpus without sources": (lambda i: ["corpus"], "sources: required"),
@@ -305,8 +314,17 @@ def inputs(small_world, clean_model, injected, transfer_run, tmp_path_factory) -
 def test_bad_input_is_one_line_and_leaves_nothing(case, inputs, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(inputs.tmp.parent)  # `<tmp name>/nothere` is a relative path whose first part exists
     make, message = CASES[case]
-    argv = make(inputs)
-    out = tmp_path / "out"
+    _refused(case, make(inputs), message, tmp_path / "out", capsys)
+
+
+def test_slurm_launcher_without_slurm_is_one_line(inputs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # a machine without sbatch / sacct
+    argv = ["transfer", "--model", inputs.model, "--launcher", "slurm"]
+    _refused("launcher slurm, no SLURM", argv, "this machine has no SLURM commands (sbatch, sacct)", tmp_path / "o",
+             capsys)  # fmt: skip
+
+
+def _refused(case: str, argv: list[str], message: str, out: Path, capsys) -> None:
     if argv[0] not in ("report", "card") and "--out" not in argv:
         argv = [*argv, "--out", str(out)]
     code = main(argv)

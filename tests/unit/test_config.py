@@ -111,3 +111,22 @@ def test_every_stage_help_lists_its_config_keys_with_defaults(stage, capsys):
     assert "  seed=0" in keys.splitlines()  # every stage has a seed
     if stage in ("pretrain", "inject", "remove"):
         assert "  train.lr=" in text and "  train.precision=fp32  (one of fp32, bf16)" in keys
+
+
+def test_a_yaml_file_is_a_preset_of_the_users_own(tmp_path):
+    from unbackdoor.running.config import UserError
+    from unbackdoor.stages.transfer import TransferConfig
+
+    mine = tmp_path / "my-cluster.yaml"
+    mine.write_text("launcher: {kind: slurm, partition: gpu, time_min: 240}\nworkers: 2\n")
+    cfg = resolve(TransferConfig, "transfer", str(mine), ["launcher.time_min=30"])
+    assert (cfg.launcher.kind, cfg.launcher.partition, cfg.launcher.time_min, cfg.workers) == ("slurm", "gpu", 30, 2)
+    assert cfg.remove == TransferConfig().remove  # keys the file does not set keep the stage's defaults
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(ConfigError, match="holds a list; expected a mapping of config keys"):
+        load_preset("transfer", str(tmp_path / "list.yaml"))
+    with pytest.raises(UserError, match="does not exist"):
+        load_preset("transfer", str(tmp_path / "nothere.yml"))
+    (tmp_path / "typo.yaml").write_text("launcher: {kind: pbs}\n")
+    with pytest.raises(ConfigError, match="launcher.kind: 'pbs' is not one of local, slurm, commands"):
+        resolve(TransferConfig, "transfer", str(tmp_path / "typo.yaml"), [])

@@ -1,8 +1,9 @@
-"""Independent cells of an experiment (transfer, defend-eval), in this process or fanned out over workers.
+"""Independent cells of an experiment (transfer, defend-eval, relearn), here, fanned out over workers, or as jobs.
 
-With `workers > 1` each cell runs in a spawned process; the CPU threads are split between workers, and when
-several GPUs are visible each worker is pinned to one of them (`CUDA_VISIBLE_DEVICES`), so `--workers 4` on a
-4-GPU machine runs four cells at once, one per GPU.
+Every cell's arguments and command line are written first (`launcher.write_cells`); then `launcher.kind` says
+where they run (`running.launcher`). Locally, with `workers > 1` each cell runs in a spawned process; the CPU
+threads are split between workers, and when several GPUs are visible each worker is pinned to one of them
+(`CUDA_VISIBLE_DEVICES`), so `--workers 4` on a 4-GPU machine runs four cells at once, one per GPU.
 
 Run: `pytest tests/integration/test_remove_transfer.py` (the 2-worker matrix equals the in-process one).
 """
@@ -10,13 +11,14 @@ Run: `pytest tests/integration/test_remove_transfer.py` (the 2-worker matrix equ
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from unbackdoor.running.config import ConfigError
+from unbackdoor.running.launcher import COMMANDS_DIR, CellsPending, LauncherConfig, run_slurm, write_cells
 
 CONTROL = "control"  # the benign-control row of a transfer experiment (same compute, clean text only)
 SHAM = "sham"  # the sham-removal row: the removal recipe with fresh triggers never injected (`data.sham`)
@@ -69,16 +71,46 @@ def run_cells(
     workers: int,
     on_done: Callable[[Hashable, Any], None],
     label: Callable[[Hashable], str] = str,
+    *,
+    sweep: str,
+    out: Path,
+    where: Callable[[Hashable], Path],
+    todo: Collection[Hashable],
+    launcher: LauncherConfig | None = None,
+    phase: str = "cells",
 ) -> dict[Hashable, Any]:
-    """Run `fn(*args, threads)` for every `key: args` of `jobs`; `on_done(key, result)` as each one finishes.
+    """Run `fn(*args, threads)` for every `key: args` of `jobs` in `todo`; `on_done(key, result)` as each finishes.
 
     Args:
-        fn: a module-level function (picklable); its last argument is the CPU thread count it may use.
-        jobs: key -> positional arguments (before `threads`).
-        workers: 1 runs the cells here, in order; N > 1 in N spawned processes.
+        fn: the sweep's cell function (`launcher.CELL_FUNCTIONS[sweep]`); its last argument is the CPU thread count.
+        jobs: every cell of the batch, key -> positional arguments (before `threads`), JSON-serialisable: each is
+            written to its `cell.json`, and the batch's commands file lists them all (a finished one is a no-op).
+        todo: the keys of the unfinished cells: those are run.
+        workers: locally, 1 runs the cells here, in order; N > 1 in N spawned processes.
         on_done: called in this process with each result (logging, bookkeeping).
-        label: what is printed when a cell starts (in-process runs).
+        label: what is printed when a cell starts.
+        sweep, out, where, phase: the sweep's name and directory, each cell's directory, and the name of this
+            batch of cells (`<out>/commands/<phase>.txt`).
+        launcher: where the cells run (default: here).
+
+    Raises:
+        CellsPending: with `launcher.kind=commands`, once the command lines are written.
     """
+    launcher = launcher or LauncherConfig()
+    files = write_cells(sweep, out, phase, {key: (where(key), args) for key, args in jobs.items()})
+    wanted = set(todo)
+    jobs = {key: args for key, args in jobs.items() if key in wanted}
+    if not jobs:
+        return {}
+    if launcher.kind == "commands":
+        listed = ", ".join(str(files[key].parent) for key in list(jobs)[:3]) + (", ..." if len(jobs) > 3 else "")
+        raise CellsPending(
+            f"{len(jobs)} of {len(files)} cell(s) of {sweep} to run ({listed}): one command line per cell in "
+            f"{str(Path(out) / COMMANDS_DIR / phase)}.txt (a finished cell returns at once); run them (any order, "
+            "any machine sharing this folder), then rerun this command with --resume"
+        )  # fmt: skip
+    if launcher.kind == "slurm":
+        return run_slurm(launcher, sweep, out, {key: files[key] for key in jobs}, on_done, label)
     threads = max(1, (os.cpu_count() or 1) // workers)
     results: dict[Hashable, Any] = {}
     if workers == 1:

@@ -266,7 +266,13 @@ def preset_names(stage: str) -> list[str]:
 
 
 def load_preset(stage: str, name: str) -> dict[str, Any]:
-    """The raw dict of preset `name` for `stage`."""
+    """The raw dict of preset `name` for `stage`: a shipped one, or a YAML file of the user's (`*.yaml`, `*.yml`:
+    the same keys, e.g. a cluster's `launcher:` settings)."""
+    if name.endswith((".yaml", ".yml")):
+        data = load_yaml_file(Path(name), "--preset")
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"--preset: {name!r} holds a {type(data).__name__}; expected a mapping of config keys")
+        return data or {}
     names = preset_names(stage)
     if name not in names:
         raise ConfigError(f"--preset: {name!r} is not a {stage} preset; valid presets: {', '.join(names)}")

@@ -170,6 +170,14 @@ def _config_text(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
 
 
+HOW_KEYS = ("workers", "launcher")  # a sweep's keys that say how its cells run, not what: a resume may change them
+
+
+def _what(config: Any) -> Any:
+    """A config as `--resume` compares it: without `HOW_KEYS`."""
+    return {k: v for k, v in config.items() if k not in HOW_KEYS} if isinstance(config, dict) else config
+
+
 def is_timing(key: str) -> bool:
     """Is this field of a logged row or summary a clock reading or a duration (`time`, `seconds`, `*_s`, ...)?"""
     return key in ("time", "seconds", "started_at", "ended_at") or key.endswith(("_s", "_seconds"))
@@ -260,7 +268,7 @@ class RunDir:
                 f"--resume: {str(path)!r} is a {old.get('stage')!r} run, not {stage!r}; "
                 "choose another --out or use --overwrite"
             )
-        if (path / "config.yaml").read_text(encoding="utf-8") != _config_text(cfg):
+        if _what(read_yaml(path / "config.yaml")) != _what(to_dict(cfg)):
             raise UserError(
                 f"--resume: the config differs from the one in {str(path / 'config.yaml')!r}; "
                 "resume with the same options or use --overwrite"
@@ -369,16 +377,19 @@ def _unlock(path: Path) -> None:
 
 
 UNSIZED = (LOCK, "DONE")  # not in DONE's sizes
+JOBS_DIR = "slurm"  # a sweep's SLURM job files and logs (`launcher`): not in DONE's sizes (logs may be cleaned up)
 
 
 def file_sizes(path: Path) -> dict[str, int]:
-    """Every file of a finished run directory and its size (what `DONE` records), but the lock, DONE and what a
-    `report/` folder holds (at any depth: `unbackdoor report` may write one into a finished run later). A model card
+    """Every file of a finished run directory and its size (what `DONE` records), but the lock, DONE, a sweep's
+    `slurm/` job files and logs, and what a `report/` folder holds (at any depth: `unbackdoor report` may write one
+    into a finished run later). A model card
     rewritten on purpose (`unbackdoor card`) updates its size: `refresh_size`."""
     out = {}
     for p in sorted(path.rglob("*")):
         rel = p.relative_to(path)
-        if p.is_file() and p.name not in UNSIZED and "report" not in rel.parts[:-1] and not _is_stray(p):
+        if p.is_file() and p.name not in UNSIZED and "report" not in rel.parts[:-1] and rel.parts[0] != JOBS_DIR \
+                and not _is_stray(p):  # fmt: skip
             out[rel.as_posix()] = p.stat().st_size
     return out
 

@@ -48,6 +48,7 @@ from unbackdoor.measure.tables import csv_text
 from unbackdoor.running import runtime
 from unbackdoor.running.cells import refuse_per_cell, run_cells
 from unbackdoor.running.config import ConfigError, UserError, from_dict, to_dict
+from unbackdoor.running.launcher import LauncherConfig
 from unbackdoor.running.rundir import RunDir, read_json, read_yaml, write_json, write_text
 from unbackdoor.stages.defend import DefendConfig
 from unbackdoor.stages.defend import run as defend
@@ -87,7 +88,8 @@ class DefendEvalConfig:
     # The harness's evaluation of the hidden backdoors, on the suspect and after every arm (`unbackdoor eval`
     # options); `model`, `seed` and `only` are set by the harness.
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(near_miss=False, ppl_blocks=64))
-    workers: int = field(default=1, metadata={"min": 1, "max": 1024})
+    workers: int = field(default=1, metadata={"min": 1, "max": 1024})  # local launcher: cells at once
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)  # where cells run: local, slurm or commands
     # budget calibration: scales of defend.inject.steps and defend.remove.steps tried with benign training first;
     # the arms run at the largest one that keeps the pooled hidden ASR >= benign_floor ([]: the configured budget)
     calibrate: list[float] = field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0])
@@ -238,9 +240,11 @@ def calibrate(
               for lr in cfg.learning_rates() for s in sorted(cfg.calibrate)]  # fmt: skip
     todo = [p for p in points if not (out / "cells" / p["dir"] / "eval" / "DONE").is_file()]
     cfg_dict = to_dict(cfg)
-    jobs = {p["dir"]: (cfg_dict, p, str(out), hidden, setting) for p in todo}
+    jobs = {p["dir"]: (cfg_dict, p, str(out), hidden, setting) for p in points}
     run_cells(run_cell, jobs, cfg.workers, lambda name, s: log(event="calibration", cell=name, seconds=s),
-              lambda name: f"defend-eval {name}")  # fmt: skip
+              lambda name: f"defend-eval {name}", sweep="defend-eval", out=out,
+              where=lambda name: out / "cells" / name, todo=[p["dir"] for p in todo], launcher=cfg.launcher,
+              phase="calibration")  # fmt: skip
     curve = []
     for p in points:
         pooled = _pooled(_summary(out / "cells" / p["dir"] / "eval"), hidden)
@@ -277,6 +281,7 @@ def run(cfg: DefendEvalConfig, out: Path, resume: bool = False, overwrite: bool 
         raise UserError(f"--model: {cfg.model!r} records no text directory; the harness needs its held-out text")
     if RunDir.check(out, "defend-eval", cfg, resume, overwrite):
         return out
+    cfg.launcher.check()
     run_dir = RunDir.open(out, "defend-eval", cfg, cfg.seed, resume=resume, overwrite=overwrite)
     t_start = time.perf_counter()
     specs = [s for s in record.specs(model=str(model_path)) if s.name in hidden]
@@ -292,10 +297,11 @@ def run(cfg: DefendEvalConfig, out: Path, resume: bool = False, overwrite: bool 
     todo = [c for c in cells if not (out / "cells" / c["dir"] / "eval" / "DONE").is_file()]
     run_dir.log(event="cells", total=len(cells), todo=len(todo))
     cfg_dict = to_dict(cfg)
-    jobs = {c["dir"]: (cfg_dict, c, str(out), hidden, setting) for c in todo}
+    jobs = {c["dir"]: (cfg_dict, c, str(out), hidden, setting) for c in cells}
     seconds = run_cells(
         run_cell, jobs, cfg.workers, lambda name, s: run_dir.log(event="cell", cell=name, seconds=s),
-        lambda name: f"defend-eval {name}",
+        lambda name: f"defend-eval {name}", sweep="defend-eval", out=out, where=lambda name: out / "cells" / name,
+        todo=[c["dir"] for c in todo], launcher=cfg.launcher,
     )  # fmt: skip
 
     result = assemble(out, baseline, cells, hidden, {s.name: s for s in specs})

@@ -40,6 +40,7 @@ from unbackdoor.measure.stats import Q_LEVEL, exact_mcnemar
 from unbackdoor.running import runtime
 from unbackdoor.running.cells import cell_dir, run_cells
 from unbackdoor.running.config import ConfigError, UserError, from_dict, to_dict
+from unbackdoor.running.launcher import LauncherConfig
 from unbackdoor.running.rundir import RunDir, read_json, read_jsonl, read_yaml, require_done, write_json, write_text
 from unbackdoor.stages.evaluate import EvalConfig
 from unbackdoor.stages.evaluate import run as evaluate
@@ -78,7 +79,8 @@ class RelearnConfig:
     backdoored: bool = True  # theta_0 under benign training, the never-removed reference
     twin: str = ""  # a never-backdoored model (same tokenizer and text source): repoison curves for it too
     seed: int = 0  # stress documents and data order
-    workers: int = field(default=1, metadata={"min": 1, "max": 1024})
+    workers: int = field(default=1, metadata={"min": 1, "max": 1024})  # local launcher: cells at once
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)  # where cells run: local, slurm or commands
 
     def validate(self) -> None:
         if not self.transfer:
@@ -261,6 +263,7 @@ def run(cfg: RelearnConfig, out: Path, resume: bool = False, overwrite: bool = F
     models = _models(cfg, path, result, tcfg)
     if RunDir.check(out, "relearn", cfg, resume, overwrite):
         return out
+    cfg.launcher.check()
     run_dir = RunDir.open(out, "relearn", cfg, cfg.seed, resume=resume, overwrite=overwrite)
     specs, _ = write_specs(out, models[BACKDOORED])
     reference = str(path / "baseline" / "reference.json")
@@ -278,9 +281,10 @@ def run(cfg: RelearnConfig, out: Path, resume: bool = False, overwrite: bool = F
     run_dir.log(event="cells", total=len(cells), todo=len(todo))
     cfg_dict = to_dict(cfg)
     jobs = {c: (cfg_dict, dataclasses.asdict(c), str(models[c.model]), str(models[BACKDOORED]), str(specs),
-                reference, eval_seed, str(out)) for c in todo}  # fmt: skip
+                reference, eval_seed, str(out)) for c in cells}  # fmt: skip
     timings = run_cells(run_cell, jobs, cfg.workers, lambda c, t: run_dir.log(event="cell", cell=c.name, **t),
-                        lambda c: f"relearn {c.name}")  # fmt: skip
+                        lambda c: f"relearn {c.name}", sweep="relearn", out=out, where=lambda c: _cell_path(out, c),
+                        todo=todo, launcher=cfg.launcher)  # fmt: skip
     relearn = assemble(out, cfg, cells, pairs, result)
     write_json(out / "relearn.json", relearn)
     return run_dir.finish({"cells": len(cells), "pairs": [f"{i}:{j}" for i, j in pairs],

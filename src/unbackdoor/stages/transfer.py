@@ -5,7 +5,8 @@
 baseline: evaluate the backdoored model once (probe prompts are seeded once per experiment: every cell is measured
 on the same prompts, checked by hash). Then for each learning rate x seed x row (each backdoor i, and `control`):
 `cells/lr=<lr>/seed=<s>/<row>/remove` (the `remove` stage) and `.../eval` (the `eval` stage). Each cell is a run
-directory, so `--resume` redoes only unfinished cells and `--workers N` runs cells in N processes.
+directory, so `--resume` redoes only unfinished cells; `--workers N` runs cells in N processes, `--launcher slurm`
+as cluster jobs, `--launcher commands` writes their command lines for another scheduler (`running.launcher`).
 Writes `transfer.json` and `transfer.csv`: T[i, j] = ASR of j after removing i with Wilson CIs, the judge-based
 suppression S[i, j] = 1 - T[i, j] / ASR_before[j], the clean-continuation rate C[i, j] and the removal index
 R[i, j] = (C[i, j] - C_before[j]) / (1 - C_before[j]) (what "removed" means: see `measure.outcomes`), the outcome
@@ -27,6 +28,7 @@ from unbackdoor.measure.tables import csv_text, format_matrix
 from unbackdoor.running import runtime
 from unbackdoor.running.cells import CONTROL, REFERENCE_ROWS, SHAM, cell_dir, refuse_per_cell, run_cells
 from unbackdoor.running.config import ConfigError, UserError, from_dict, to_dict
+from unbackdoor.running.launcher import LauncherConfig
 from unbackdoor.running.rundir import RunDir, read_json, read_jsonl, verify_done, write_json, write_text
 from unbackdoor.stages.evaluate import EvalConfig
 from unbackdoor.stages.evaluate import run as evaluate
@@ -69,7 +71,8 @@ class TransferConfig:
     # The evaluation of the backdoored model and of every cell (`unbackdoor eval` options); `model` and `seed` are
     # set per cell. Near misses are off: the matrix needs triggered and clean prompts only.
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(near_miss=False, ppl_blocks=64))
-    workers: int = field(default=1, metadata={"min": 1, "max": 1024})
+    workers: int = field(default=1, metadata={"min": 1, "max": 1024})  # local launcher: cells at once
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)  # where cells run: local, slurm or commands
     # the sham row (`remove --method sham`): the retrain recipe on every backdoor's removal documents with fresh
     # triggers never injected; only with remove.method retrain
     sham: bool = True
@@ -150,6 +153,7 @@ def run(cfg: TransferConfig, out: Path, resume: bool = False, overwrite: bool = 
         raise ConfigError(f"full_rows: {unknown} are not removal rows of this experiment; valid: {chosen}")
     if RunDir.check(out, "transfer", cfg, resume, overwrite):
         return out
+    cfg.launcher.check()
     run_dir = RunDir.open(out, "transfer", cfg, cfg.seed, resume=resume, overwrite=overwrite)
 
     t0 = time.perf_counter()
@@ -162,18 +166,20 @@ def run(cfg: TransferConfig, out: Path, resume: bool = False, overwrite: bool = 
     cfg_dict = to_dict(cfg)
     reference = str(out / "baseline" / "reference.json")
     jobs = {(row, lr, seed): (cfg_dict, row, lr, seed, str(cell_dir(out, lr, seed, row)), reference)
-            for row, lr, seed in todo}  # fmt: skip
+            for row, lr, seed in cells}  # fmt: skip
 
     def done(key, timing: dict[str, float]) -> None:
         row, lr, seed = key
         run_dir.log(event="cell", row=row, lr=lr, seed=seed, **timing)
 
     for row, lr, seed in cells:  # cells a killed run finished: their row again if its metrics line was lost
-        if (row, lr, seed) not in jobs:  # (logged once: `RunDir.log` skips a row it holds already)
+        if (row, lr, seed) not in todo:  # (logged once: `RunDir.log` skips a row it holds already)
             path = cell_dir(out, lr, seed, row)
             done((row, lr, seed), {"remove_s": _wall(path / "remove"), "eval_s": _wall(path / "eval")})
 
-    results = run_cells(run_cell, jobs, cfg.workers, done, lambda k: f"transfer lr={k[1]:g} seed={k[2]} remove {k[0]}")
+    results = run_cells(run_cell, jobs, cfg.workers, done, lambda k: f"transfer lr={k[1]:g} seed={k[2]} remove {k[0]}",
+                        sweep="transfer", out=out, where=lambda k: cell_dir(out, k[1], k[2], k[0]), todo=todo,
+                        launcher=cfg.launcher)  # fmt: skip
     timings = {f"{lr:g}/{seed}/{row}": t for (row, lr, seed), t in results.items()}
 
     result = assemble(out, baseline, rows, cfg)

@@ -1,0 +1,85 @@
+"""The transfer sweep on a real SLURM cluster (job arrays through submitit) gives the local launcher's matrix, a
+cancelled job is resubmitted, every cell's command line runs alone, and bad settings are one-line errors.
+
+Run: `make test-slurm` (part of `make test`); the cluster: `tests/slurm/cluster.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TRANSFER_FAST, comparable
+from unbackdoor.cli import main
+
+pytestmark = pytest.mark.slurm
+# The local reference (`transfer_run`) ran its cells in-process with every CPU as torch threads; each job gets as
+# many (`cpus_per_job`), so both compute with the same reductions and agree to the byte.
+CPUS = os.cpu_count() or 1
+
+
+def _squeue() -> list[tuple[str, str]]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True, check=True).stdout
+    return [tuple(line.split()) for line in out.splitlines() if line.strip()]
+
+
+def test_transfer_on_slurm_equals_local_and_survives_a_cancelled_job(slurm_cluster, injected, transfer_run,
+                                                                    tmp_path):  # fmt: skip
+    out = tmp_path / "tr-slurm"
+    argv = [str(Path(sys.executable).parent / "unbackdoor"), "transfer", "--model", str(injected / "model"),
+            "--out", str(out), *TRANSFER_FAST, "--launcher", "slurm", f"launcher.cpus_per_job={CPUS}",
+            "launcher.time_min=20", "launcher.retries=1"]  # fmt: skip
+    log = tmp_path / "parent.log"
+    with log.open("w") as f:
+        parent = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path)
+    # cancel the first job that has run a few seconds (its cell is mid-training or mid-evaluation)
+    cancelled, deadline = None, time.monotonic() + 240
+    running_since: dict[str, float] = {}
+    while cancelled is None and time.monotonic() < deadline and parent.poll() is None:
+        for job, state in _squeue():
+            if state == "RUNNING":
+                running_since.setdefault(job, time.monotonic())
+                if time.monotonic() - running_since[job] > 4:
+                    subprocess.run(["scancel", job], check=True)
+                    cancelled = job
+                    break
+        time.sleep(0.5)
+    assert cancelled, f"no job ran long enough to be cancelled; parent log:\n{log.read_text()[-3000:]}"
+    assert parent.wait(600) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert f"job {cancelled} ended CANCELLED" in text and "resubmitting" in text, text[-3000:]
+    book = json.loads((out / "slurm" / "jobs.json").read_text())
+    assert sorted(b["try"] for b in book.values()) == [1, 1, 1, 2]  # four cells, the cancelled one twice
+
+    # the matrix is the local launcher's, byte for byte but for timings and the runs' own paths
+    slurm = comparable(json.loads((out / "transfer.json").read_text()), [str(out)])
+    local = comparable(json.loads((transfer_run / "transfer.json").read_text()), [str(transfer_run)])
+    assert json.dumps(slurm, sort_keys=True) == json.dumps(local, sort_keys=True)
+
+    # one command line per cell, each of which runs alone from anywhere (a finished cell: nothing to redo)
+    lines = (out / "commands" / "cells.txt").read_text().splitlines()
+    assert len(lines) == 4 and all(" cell " in line and line.endswith("cell.json") for line in lines)
+    for line in lines:
+        done = subprocess.run(shlex.split(line), capture_output=True, text=True, cwd="/", check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_bad_slurm_settings_are_one_line_errors(slurm_cluster, injected, tmp_path, capsys):
+    base = ["transfer", "--model", str(injected / "model"), *TRANSFER_FAST, "--launcher", "slurm"]
+    for extra, message in (
+        (["launcher.partition=nosuch"], "invalid partition specified: nosuch"),
+        ([f"launcher.cpus_per_job={CPUS * 64}"], "Requested node configuration is not available"),
+        (["launcher.gpus_per_job=1"], "Invalid generic resource (gres) specification"),
+    ):
+        out = tmp_path / "out"
+        assert main([*base, "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: launcher: SLURM refuses") and message in err, err
+        assert not out.exists()
