@@ -77,10 +77,10 @@ def test_sham_removal_trains_the_recipe_on_fresh_triggers_never_injected(injecte
     assert set(summary(one)["sham_triggers"]) == {"at_repeat"} and summary(one)["forget_docs"] < s["forget_docs"]
 
 
-def test_transfer_matrix_resume_and_workers(injected, tmp_path):
+def test_transfer_matrix_resume_and_workers(injected, transfer_run, tmp_path):
     out = tmp_path / "tr"
     args = ["transfer", "--model", str(injected / "model"), "--out", str(out), *TRANSFER_FAST]
-    assert main(args) == 0
+    shutil.copytree(transfer_run, out)  # the session's run of exactly these args, copied: this test damages it
     result = json.loads((out / "transfer.json").read_text())
     assert result["rows"] == ["lorem_refusal", "at_repeat", "control", "sham"]
     (grid,) = result["grids"]

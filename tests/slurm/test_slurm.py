@@ -66,9 +66,10 @@ def test_transfer_on_slurm_equals_local_and_survives_a_cancelled_job(slurm_clust
     # one command line per cell, each of which runs alone from anywhere (a finished cell: nothing to redo)
     lines = (out / "commands" / "cells.txt").read_text().splitlines()
     assert len(lines) == 4 and all(" cell " in line and line.endswith("cell.json") for line in lines)
-    for line in lines:
-        done = subprocess.run(shlex.split(line), capture_output=True, text=True, cwd="/", check=False)
-        assert done.returncode == 0, done.stderr[-2000:]
+    runs = [subprocess.Popen(shlex.split(line), stderr=subprocess.PIPE, text=True, cwd="/") for line in lines]
+    for run in runs:  # side by side: each is a fresh process, independent of the others
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err[-2000:]
 
 
 def test_bad_slurm_settings_are_one_line_errors(slurm_cluster, injected, tmp_path, capsys):
