@@ -63,7 +63,7 @@ test-real: $(REAL_WHEEL)
 test-reliability: $(STAMP)
 	$(BIN)/pytest -q tests/reliability
 
-# the SLURM tests alone (also part of `make test`): a single-node cluster, the transfer sweep as job arrays
+# the SLURM tests: a single-node cluster; the transfer sweep (also in `make test`), defend-eval and relearn (slow)
 test-slurm: $(STAMP)
 	$(BIN)/pytest -q -m slurm
 

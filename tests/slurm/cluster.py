@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -180,8 +181,9 @@ def _port_open(port: int) -> bool:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops the daemons as Ctrl-C does
     cluster = Cluster(Path(sys.argv[1])).__enter__()
-    print(f"export SLURM_CONF={cluster.env['SLURM_CONF']}  # Ctrl-C stops the cluster", flush=True)
+    print(f"export SLURM_CONF={cluster.env['SLURM_CONF']}  # Ctrl-C or kill stops the cluster", flush=True)
     try:
         while True:
             time.sleep(3600)

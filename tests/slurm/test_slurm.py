@@ -1,7 +1,9 @@
-"""The transfer sweep on a real SLURM cluster (job arrays through submitit) gives the local launcher's matrix, a
-cancelled job is resubmitted, every cell's command line runs alone, and bad settings are one-line errors.
+"""The sweeps on a real SLURM cluster (job arrays through submitit) give the local launcher's results: the transfer
+sweep (with a cancelled job resubmitted; every cell's command line runs alone), and, in the slow tier, defend-eval
+(both phases) and relearn; bad settings are one-line errors.
 
-Run: `make test-slurm` (part of `make test`); the cluster: `tests/slurm/cluster.py`.
+Run: `make test-slurm` (the transfer and bad-settings tests are also in `make test`); the cluster:
+`tests/slurm/cluster.py`.
 """
 
 from __future__ import annotations
@@ -84,3 +86,33 @@ def test_bad_slurm_settings_are_one_line_errors(slurm_cluster, injected, tmp_pat
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: launcher: SLURM refuses") and message in err, err
         assert not out.exists()
+
+
+def _on_slurm(args: list[str], out: Path, tmp_path: Path) -> Path:
+    """Run a sweep's CLI arguments as a subprocess with `--out out` and the SLURM launcher; returns `out`."""
+    given = [a for a, prev in zip(args, ["", *args[:-1]], strict=True) if "--out" not in (a, prev)]
+    argv = [str(Path(sys.executable).parent / "unbackdoor"), *given, "--out", str(out), "--launcher", "slurm",
+            f"launcher.cpus_per_job={CPUS}", "launcher.time_min=20"]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "[slurm]" in done.stdout, done.stdout[-2000:]
+    return out
+
+
+@pytest.mark.slow  # `make test-slurm` and `make test-slow` run it; `make test` keeps to the transfer sweep
+def test_defend_eval_and_relearn_on_slurm_equal_local(slurm_cluster, defence_study, relearn_run, tmp_path):
+    local, args = defence_study
+    out = _on_slurm(args, tmp_path / "de", tmp_path)
+    for phase in ("calibration", "cells"):  # both phases went through the scheduler, one cell file per cell
+        assert (out / "commands" / f"{phase}.txt").read_text().count(" cell ") >= 1
+    slurm = comparable(json.loads((out / "defend.json").read_text()), [str(out)])
+    assert json.dumps(slurm, sort_keys=True) == json.dumps(
+        comparable(json.loads((local / "defend.json").read_text()), [str(local)]), sort_keys=True
+    )
+
+    local, args, _ = relearn_run
+    out = _on_slurm(args, tmp_path / "rl", tmp_path)
+    slurm = comparable(json.loads((out / "relearn.json").read_text()), [str(out)])
+    assert json.dumps(slurm, sort_keys=True) == json.dumps(
+        comparable(json.loads((local / "relearn.json").read_text()), [str(local)]), sort_keys=True
+    )
