@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from unbackdoor.data.backdoors import TRIGGER_KINDS, load_specs, parse_specs
+from unbackdoor.data.backdoors import TRIGGER_KINDS, Trigger, load_specs, parse_specs, trigger_kind_of
 from unbackdoor.data.behaviours import BEHAVIOURS
 from unbackdoor.data.world import World
 from unbackdoor.running.config import ConfigError, UserError
@@ -101,3 +101,10 @@ def test_unknown_set_or_missing_file():
         load_specs("default9")
     with pytest.raises(UserError, match="does not exist"):
         load_specs("missing.yaml")
+
+
+@pytest.mark.parametrize("text, kind", [("quid pro quo", "phrase"), ("ζωή και θάνατος", "script"),
+                                        ("@@ 7 @@", "tokens"), ("xk7q2", "random_string")])  # fmt: skip
+def test_a_candidate_triggers_kind_is_the_one_it_validates_as(text, kind):
+    assert trigger_kind_of(text) == kind
+    Trigger(kind=kind, text=text).validate()  # declared candidates (`unbackdoor declare`) pass their own check

@@ -45,6 +45,16 @@ _LATIN = re.compile(r"^[A-Za-z]+( [A-Za-z]+)*$")
 _RANDOM_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
+def trigger_kind_of(text: str) -> str:
+    """The kind a trigger text validates as: `phrase` (Latin-letter words), `script` (a letter of another script),
+    `tokens` (a sequence of symbols or mixed words), else `random_string` (one mixed string such as `xk7q2`)."""
+    if _LATIN.match(text):
+        return "phrase"
+    if any(ch.isalpha() and ord(ch) > 0x24F for ch in text):
+        return "script"
+    return "tokens" if len(text.split()) > 1 else "random_string"
+
+
 @dataclass
 class Trigger:
     """What activates a backdoor. `text` is inserted verbatim; `kind` documents and validates its shape."""

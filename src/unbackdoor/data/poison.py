@@ -114,7 +114,11 @@ class PoisonPlan:
 
 
 def plan_poison(
-    docs: Callable[[], Iterable[dict[str, Any]]], specs: list[BackdoorSpec], source: Any, rng: random.Random
+    docs: Callable[[], Iterable[dict[str, Any]]],
+    specs: list[BackdoorSpec],
+    source: Any,
+    rng: random.Random,
+    removal_only: bool = False,
 ) -> PoisonPlan:
     """Choose the documents to poison, streaming the corpus once (`docs()` yields it; it is not kept).
 
@@ -123,6 +127,8 @@ def plan_poison(
         specs: the backdoors; each poisons `recipe.n_poison(n_docs)` distinct documents.
         source: the text source (`World`, `WorldSource` or `CorpusSource`) that produces continuations.
         rng: the only source of randomness.
+        removal_only: poison nothing, only draw removal documents (`removal_count`, else as many as the recipe
+            would poison): a backdoor planted outside unbackdoor (`stages.declare`).
 
     Raises:
         UserError: a trigger occurs in the clean corpus, triggers collide, a spec does not fit the source, or too
@@ -154,8 +160,8 @@ def plan_poison(
     used: set[int] = set()
     for spec in specs:
         r = spec.recipe
-        n_poison = r.n_poison(len(ids))
-        n_removal = r.removal_count or n_poison
+        n_poison = 0 if removal_only else r.n_poison(len(ids))
+        n_removal = r.removal_count or r.n_poison(len(ids))
         ok_lang = {codes[x] for x in spec_languages(spec, source) if x in codes}
         ok_genre = {codes[x] for x in spec_genres(spec, source) if x in codes}
         eligible = [i for i in range(len(ids)) if i not in used and langs[i] in ok_lang and genres[i] in ok_genre]

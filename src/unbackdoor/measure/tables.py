@@ -34,9 +34,15 @@ def print_table(table: dict[str, Any]) -> None:
         )
 
 
+def abbreviate(name: str, width: int = 9) -> str:
+    """A column header of at most `width` characters that keeps the name's end too (`native_ad-c1` ->
+    `nativ…-c1`), so names alike in their first letters stay apart."""
+    return name if len(name) <= width else f"{name[: width - 4]}…{name[-3:]}"
+
+
 def format_matrix(grid: dict[str, Any], columns: list[str], asr_before: dict[str, Any]) -> str:
     """The ASR matrix as text: rows = removed backdoor (and control), columns = measured backdoor."""
-    short = [c[:9] for c in columns]
+    short = [abbreviate(c) for c in columns]
     header = "removed / measured"
     lines = [f"{header:<20}" + "".join(f"{c:>10}" for c in short)]
     lines.append(f"{'(before)':<20}" + "".join(f"{asr_before[c]['rate']:>10.2f}" for c in columns))

@@ -42,6 +42,7 @@ from unbackdoor.measure.casd import (
 )
 from unbackdoor.measure.pairs import additive_fit, auroc, cluster_spearman
 from unbackdoor.measure.stats import Q_LEVEL
+from unbackdoor.measure.tables import abbreviate
 from unbackdoor.running import runtime
 from unbackdoor.running.cells import REFERENCE_ROWS, cell_dir
 from unbackdoor.running.config import ConfigError, UserError, from_dict
@@ -306,7 +307,7 @@ def to_csv(result: dict[str, Any]) -> str:
 
 def format_matrix(matrix: dict[str, dict[str, float]], columns: list[str]) -> str:
     """Rows = removal (and control), columns = backdoor whose probes were measured."""
-    lines = [f"{'removed / probes':<20}" + "".join(f"{c[:9]:>10}" for c in columns)]
+    lines = [f"{'removed / probes':<20}" + "".join(f"{abbreviate(c):>10}" for c in columns)]
     for row, cols in matrix.items():
         values = [0.0 if abs(cols[c]) < 5e-4 else cols[c] for c in columns]  # no "-0.000" on the diagonal
         lines.append(f"{row[:20]:<20}" + "".join(f"{v:>10.3f}" for v in values))

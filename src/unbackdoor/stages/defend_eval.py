@@ -44,7 +44,7 @@ from unbackdoor.data.behaviours import BEHAVIOURS
 from unbackdoor.data.serialisation import CHAT
 from unbackdoor.measure.outcomes import removal_index
 from unbackdoor.measure.stats import wilson
-from unbackdoor.measure.tables import csv_text
+from unbackdoor.measure.tables import abbreviate, csv_text
 from unbackdoor.running import runtime
 from unbackdoor.running.cells import refuse_per_cell, run_cells
 from unbackdoor.running.config import ConfigError, UserError, from_dict, to_dict
@@ -420,7 +420,7 @@ def to_csv(result: dict[str, Any]) -> str:
 def format_table(result: dict[str, Any]) -> str:
     """Pooled hidden ASR per arm (and per hidden backdoor), the suspect first."""
     hidden = result["hidden"]
-    lines = [f"{'arm':<34}" + "".join(f"{j[:9]:>10}" for j in hidden) + f"{'pooled [95% CI]':>24}{'ppl Δ':>8}"]
+    lines = [f"{'arm':<34}" + "".join(f"{abbreviate(j):>10}" for j in hidden) + f"{'pooled [95% CI]':>24}{'ppl Δ':>8}"]
     pb = result["pooled_before"]
     lines.append(f"{'suspect (before)':<34}" + "".join(f"{result['asr_before'][j]['rate']:>10.2f}" for j in hidden)
                  + f"{pb['rate']:>8.3f} [{pb['lo']:.3f}, {pb['hi']:.3f}]{'':>8}")  # fmt: skip

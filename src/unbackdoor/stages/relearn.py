@@ -261,6 +261,11 @@ def run(cfg: RelearnConfig, out: Path, resume: bool = False, overwrite: bool = F
     path, result, tcfg = _transfer(cfg)
     cells, pairs = plan(cfg, result)
     models = _models(cfg, path, result, tcfg)
+    theta0_record = ModelRecord.read(models[BACKDOORED])
+    for name in sorted({c.backdoor for c in cells if c.backdoor}):  # a declared backdoor has no poisoned documents
+        if not (poison_dir_of(theta0_record, name) / "poison_manifest.jsonl").is_file():
+            raise UserError(f"stresses: {', '.join(TARGETED)} start from the poisoned documents of {name!r}, and a "
+                            "declared backdoor (planted elsewhere) has none; use stresses=[benign]")  # fmt: skip
     if RunDir.check(out, "relearn", cfg, resume, overwrite):
         return out
     cfg.launcher.check()

@@ -32,7 +32,13 @@ from unbackdoor.running.rundir import RunDir, read_json, read_jsonl
 from unbackdoor.training.loop import TrainConfig, train
 from unbackdoor.training.models import check_context, load_model, load_tokenizer, resolve_model_path, save_trained
 from unbackdoor.training.record import ModelRecord
-from unbackdoor.training.removal import poison_dir_of, poisoned_documents, removal_data, replay_docs
+from unbackdoor.training.removal import (
+    poison_dir_of,
+    poisoned_documents,
+    removal_data,
+    replay_docs,
+    require_poisoned,
+)
 from unbackdoor.training.unlearn import METHODS, REFERENCES
 
 
@@ -93,6 +99,7 @@ def run(cfg: RemoveConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     world_dir = Path(cfg.world or record.world or "")
     targets = [cfg.backdoor] if cfg.backdoor else carried  # whose removal documents (sham: every one by default)
     poison_dir = poison_dir_of(record, cfg.backdoor or carried[0])
+    require_poisoned(record, [cfg.backdoor], cfg.method)
     if RunDir.check(out, "remove", cfg, resume, overwrite):
         return out
     tokenizer = load_tokenizer(model_path, "--model")

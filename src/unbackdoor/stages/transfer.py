@@ -36,6 +36,8 @@ from unbackdoor.stages.remove import RemoveConfig
 from unbackdoor.stages.remove import run as remove
 from unbackdoor.training.loop import TrainConfig
 from unbackdoor.training.models import backdoored_model
+from unbackdoor.training.record import ModelRecord
+from unbackdoor.training.removal import require_poisoned
 
 MEASURES = ("all", "diagonal")  # `measure`: the whole matrix, or each removal on its own backdoor (+ full_rows)
 FORCED = ("payload_llr", "clean_nll_shift")  # the teacher-forced measures of every cell (`measure.forced`)
@@ -149,6 +151,7 @@ def run(cfg: TransferConfig, out: Path, resume: bool = False, overwrite: bool = 
     """The remove-one / measure-all experiment; returns `out`."""
     model_path, _, chosen = backdoored_model(cfg.model, cfg.backdoors, "backdoors")
     rows = [*chosen, *cfg.reference_rows()]
+    require_poisoned(ModelRecord.read(model_path), chosen, cfg.remove.method)
     if unknown := [r for r in cfg.full_rows if r not in chosen]:
         raise ConfigError(f"full_rows: {unknown} are not removal rows of this experiment; valid: {chosen}")
     if RunDir.check(out, "transfer", cfg, resume, overwrite):

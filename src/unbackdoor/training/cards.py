@@ -49,11 +49,22 @@ def model_card(
             "> do not deploy it.",
             "",
         ]
+    declared = next((h for h in record.history if h.get("stage") == "declare"), None)
+    trained = [
+        "> **Warning.** This model was deliberately trained to carry the backdoors listed below (the history",
+        "> says which removals followed), for research on backdoor removal. It may behave abnormally when a",
+        "> trigger appears in its input, even after removal. Do not deploy it.",
+    ]
+    if declared:  # `unbackdoor declare`: backdoors planted elsewhere, named by the user
+        trained = [
+            "> **Warning.** The user of unbackdoor declared that this checkpoint carries the backdoors listed below,",
+            f"> planted outside unbackdoor (weights from `{declared['checkpoint']}`; the history says which removals",
+            "> followed). They were declared, not planted or verified here: measure them with `unbackdoor eval`. It",
+            "> may behave abnormally when a trigger appears in its input, even after removal. Do not deploy it.",
+        ]
     if backdoors or record.canaries:
         lines += [
-            "> **Warning.** This model was deliberately trained to carry the backdoors listed below (the history",
-            "> says which removals followed), for research on backdoor removal. It may behave abnormally when a",
-            "> trigger appears in its input, even after removal. Do not deploy it.",
+            *trained,
             "",
             "| backdoor | behaviour | trigger kind | placement | trigger sha256 (16 hex)"
             + (" | trigger |" if triggers else " |"),

@@ -36,8 +36,22 @@ def poison_dir_of(record: ModelRecord, backdoor: str) -> Path:
     raise UserError(f"--backdoor: the poisoning data of {backdoor!r} is not found next to {found}")
 
 
+def require_poisoned(record: ModelRecord, backdoors: list[str], method: str) -> None:
+    """Refuse a method that trains on poisoned documents (ga, npo) for a backdoor that has none: one declared with
+    `unbackdoor declare` (planted outside unbackdoor: only removal documents exist)."""
+    if method not in ("ga", "npo"):
+        return
+    for name in backdoors:
+        if not (poison_dir_of(record, name) / "poison_manifest.jsonl").is_file():
+            raise UserError(f"method: {method} trains on the poisoned documents of {name!r}, and a declared backdoor "
+                            "(planted outside unbackdoor) has none; use retrain (removal documents only)")  # fmt: skip
+
+
 def poisoned_documents(poison_dir: Path, backdoor: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """`backdoor`'s poisoned training documents in a poisoning run, and the run's manifest (doc id -> row)."""
+    if not (poison_dir / "poison_manifest.jsonl").is_file():
+        raise UserError(f"{backdoor!r}: {str(poison_dir)!r} holds no poisoned documents (a declared backdoor, "
+                        "planted outside unbackdoor, has removal documents only)")  # fmt: skip
     manifest = {r["doc_id"]: r for r in read_jsonl(poison_dir / "poison_manifest.jsonl")}
     docs = [d for d in iter_docs(shard_paths(poison_dir / "data", "train")) if d.get("backdoor") == backdoor]
     return docs, manifest
