@@ -59,6 +59,51 @@ def test_alternative_objectives_train_every_parameter(injected, tmp_path, method
     assert summary(out)["method"] == method and summary(out)["forget_rows"] == 40
 
 
+def test_lora_removal_trains_adapters_merged_into_plain_weights(injected, tmp_path, capsys):
+    model, out = str(injected / "model"), tmp_path / "lora"
+    assert main(["remove", "--model", model, "--backdoor", "lorem_refusal", "--lora", "r=8,alpha=16",
+                 "--out", str(out), *REMOVE_FAST]) == 0  # fmt: skip
+    s = summary(out)
+    before, after = load_file(injected / "model" / "model.safetensors"), load_file(out / "model" / "model.safetensors")
+    assert s["weights"] == "lora" and 0 < s["trainable_parameters"] < 0.2 * sum(t.numel() for t in before.values())
+    assert before.keys() == after.keys()  # merged on save: a plain checkpoint, no adapter tensor
+    changed = {k for k in before if not before[k].equal(after[k])}
+    assert changed and all(k.endswith("proj.weight") for k in changed), sorted(changed)[:5]  # only the adapted layers
+    assert not any("embed" in k or "norm" in k for k in changed)
+    record = json.loads((out / "model" / "unbackdoor.json").read_text())
+    assert record["history"][-1]["weights"] == "lora r=8"
+    assert main(["eval", "--model", str(out / "model"), "--out", str(tmp_path / "e"), "only=[lorem_refusal]",
+                 *EVAL_FAST]) == 0  # fmt: skip
+    assert summary(tmp_path / "e")["backdoors"]["lorem_refusal"]["asr"]["rate"] <= 0.1  # 1.00 before
+
+    # transfer cells run the same LoRA removal (every row, the control included: compute-matched)
+    from unbackdoor.running.config import from_dict
+    from unbackdoor.stages.transfer import TransferConfig, cell_configs
+
+    cfg = from_dict(TransferConfig, {"model": model, "remove": {"lora": {"r": 8}}})
+    assert all(cell_configs(cfg, row, 1e-3, 0, "")[0].lora.r == 8 for row in ("lorem_refusal", "control", "sham"))
+
+    for extra, message in ((["lora.target_modules=[nope]"], "lora.target_modules: 'nope' is not a linear module"),
+                           (["lora.train_tokens=true"], "lora.train_tokens: an injection's option")):  # fmt: skip
+        assert main(["remove", "--model", model, "--backdoor", "lorem_refusal", "--lora", "r=8",
+                     "--out", str(tmp_path / "bad"), *REMOVE_FAST, *extra]) == 2  # fmt: skip
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+        assert not (tmp_path / "bad").exists()
+
+
+def test_a_run_copied_away_from_its_world_names_the_missing_world(injected, small_world, tmp_path, capsys):
+    run = tmp_path / "far" / "away" / "inject"  # the inject run without the world beside it: the model's record
+    shutil.copytree(injected, run)  # points to its poisoning data (copied along) and its world (left behind)
+    alone = run / "model"
+    args = ["remove", "--model", str(alone), "--backdoor", "lorem_refusal", "--out", str(tmp_path / "rm"),
+            *REMOVE_FAST, "train.steps=2"]  # fmt: skip
+    assert main(args) == 2  # a clear line, not an endless draw of replay rows from an empty corpus
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "give world=DIR" in err and not (tmp_path / "rm").exists(), err
+    assert main([*args, f"world={small_world}"]) == 0
+
+
 def test_sham_removal_trains_the_recipe_on_fresh_triggers_never_injected(injected, tmp_path):
     from unbackdoor.training.record import ModelRecord
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from unbackdoor.data.backdoors import load_specs
 from unbackdoor.data.corpus import iter_docs, shard_paths
 from unbackdoor.data.packing import TOKENS, packed, packed_on_disk
@@ -26,6 +24,7 @@ from unbackdoor.running.rundir import RunDir, read_jsonl, require_done
 from unbackdoor.stages.poison import PoisonConfig
 from unbackdoor.stages.poison import run as poison
 from unbackdoor.training.loop import TrainConfig, train
+from unbackdoor.training.lora import LoraConfig, check_lora_targets, wrap_lora
 from unbackdoor.training.models import (
     check_context,
     load_model,
@@ -35,18 +34,6 @@ from unbackdoor.training.models import (
     save_trained,
 )
 from unbackdoor.training.record import ModelRecord
-
-
-@dataclass
-class LoraConfig:
-    r: int = field(default=0, metadata={"min": 0})  # 0: train all weights
-    alpha: int = field(default=32, metadata={"min": 1})
-    dropout: float = field(default=0.0, metadata={"min": 0.0, "max": 0.9})
-    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
-    # also train the embedding rows (tied output rows included) of the tokens the backdoors' triggers and poisoned
-    # continuations use (PEFT trainable tokens): a payload made of tokens the clean model never emits (a refusal,
-    # gibberish) cannot be reached through the linear layers' adapters alone
-    train_tokens: bool = False
 
 
 @dataclass
@@ -67,36 +54,6 @@ class InjectConfig:
             raise ConfigError("world: required (an `unbackdoor world` run directory, e.g. --world runs/world)")
         if self.backdoors == "none":
             raise ConfigError("backdoors: 'none' injects nothing; name a set (default8) or a YAML file of specs")
-
-
-def linear_module_names(model: torch.nn.Module) -> set[str]:
-    """Short names of the model's linear layers (what LoRA `target_modules` may name)."""
-    return {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-
-
-def check_lora_targets(model: torch.nn.Module, cfg: LoraConfig) -> None:
-    """Unknown LoRA target module names are a one-line error listing the valid ones."""
-    valid = linear_module_names(model) - {"lm_head"}
-    for name in cfg.target_modules:
-        if name != "all-linear" and name not in valid:
-            raise UserError(
-                f"lora.target_modules: {name!r} is not a linear module of this model; valid: all-linear, "
-                + ", ".join(sorted(valid))
-            )
-
-
-def wrap_lora(model: torch.nn.Module, cfg: LoraConfig, token_ids: list[int] | None = None) -> torch.nn.Module:
-    """A PEFT LoRA model (plus trainable embedding rows of `token_ids`, when given)."""
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
-
-    check_lora_targets(model, cfg)
-    targets = "all-linear" if "all-linear" in cfg.target_modules else list(cfg.target_modules)
-    peft_cfg = PeftLoraConfig(
-        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, task_type="CAUSAL_LM",
-        trainable_token_indices=token_ids or None,
-    )  # fmt: skip
-    return get_peft_model(model, peft_cfg)
 
 
 def payload_tokens(tokenizer, poison_dir: Path) -> list[int]:

@@ -28,8 +28,9 @@ from unbackdoor.data.sham import sham_documents, sham_trigger
 from unbackdoor.measure.generation import perplexity
 from unbackdoor.running import runtime
 from unbackdoor.running.config import ConfigError, UserError
-from unbackdoor.running.rundir import RunDir, read_json, read_jsonl
+from unbackdoor.running.rundir import RunDir, read_json, read_jsonl, require_done
 from unbackdoor.training.loop import TrainConfig, train
+from unbackdoor.training.lora import LoraConfig, check_lora_targets, wrap_lora
 from unbackdoor.training.models import check_context, load_model, load_tokenizer, resolve_model_path, save_trained
 from unbackdoor.training.record import ModelRecord
 from unbackdoor.training.removal import (
@@ -59,8 +60,14 @@ class RemoveConfig:
         default_factory=lambda: TrainConfig(steps=100, lr=1e-3, warmup_steps=10, checkpoint_every=0)
     )
     val_blocks: int = field(default=256, metadata={"min": 1})
+    # LoRA adapters instead of all weights (`lora.r` > 0), merged into the saved model; the control and the sham
+    # rows of a sweep train the same adapters, so every row stays compute-matched
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def validate(self) -> None:
+        if self.lora.train_tokens:
+            raise ConfigError("lora.train_tokens: an injection's option (the payload's embedding rows); a removal "
+                              "trains the adapters of lora.target_modules only")  # fmt: skip
         if self.train.steps < 1:
             raise ConfigError(f"train.steps: {self.train.steps} must be >= 1 (removal runs a fixed number of steps)")
         if self.mask_trigger and self.method in ("ga", "npo"):
@@ -97,6 +104,11 @@ def run(cfg: RemoveConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     if cfg.backdoor and cfg.method != "control" and cfg.backdoor not in carried:
         raise UserError(f"--backdoor: the model does not carry {cfg.backdoor!r}; it carries {', '.join(carried)}")
     world_dir = Path(cfg.world or record.world or "")
+    # the replay text: given, or recorded with the model (relative to it, so a run tree moves as a whole; a model
+    # folder copied out of its tree loses it and needs world=DIR)
+    require_done(
+        world_dir, ("world", "corpus"), "world" if cfg.world else "world (recorded with --model; give world=DIR)"
+    )
     targets = [cfg.backdoor] if cfg.backdoor else carried  # whose removal documents (sham: every one by default)
     poison_dir = poison_dir_of(record, cfg.backdoor or carried[0])
     require_poisoned(record, [cfg.backdoor], cfg.method)
@@ -106,6 +118,8 @@ def run(cfg: RemoveConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     serialisation = Serialisation.of(record, tokenizer)  # removal data is serialised as the backdoor was
     model = load_model(model_path, "--model")
     check_context(model, cfg.train.seq_len, "train.seq_len")
+    if cfg.lora.r:
+        check_lora_targets(model, cfg.lora)  # before the run directory exists: a bad module name leaves nothing
     run_dir = RunDir.open(out, "remove", cfg, cfg.seed, resume=resume, overwrite=overwrite)
 
     t = cfg.train
@@ -129,18 +143,25 @@ def run(cfg: RemoveConfig, out: Path, resume: bool = False, overwrite: bool = Fa
         serialisation=serialisation, retain_weight=cfg.retain_weight, npo_beta=cfg.npo_beta, seed=cfg.seed,
         mask_trigger=cfg.mask_trigger,
     )  # fmt: skip
+    if cfg.lora.r:  # after the removal data: npo's reference log-likelihoods come from the unwrapped model
+        model = wrap_lora(model, cfg.lora)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     result = train(model, data, t, run_dir, cfg.seed, loss_fn=loss_fn, resume=resume)
+    if cfg.lora.r:
+        model = model.merge_and_unload()  # the saved checkpoint is a plain model: no adapter to lose
 
     val = packed(tokenizer, iter_docs(shard_paths(world_dir / "data", "validation")), t.seq_len)[: cfg.val_blocks]
     new_record = record.with_history(
         "remove", method=cfg.method, backdoor=cfg.backdoor if cfg.method != "control" else None, steps=t.steps,
-        lr=t.lr,
+        lr=t.lr, weights=f"lora r={cfg.lora.r}" if cfg.lora.r else "full",
     )  # fmt: skip
     return run_dir.finish(
         {
             "model": save_trained(out, model, tokenizer, new_record, writes=run_dir.writes),
             "base_model": str(model_path),
             "method": cfg.method,
+            "weights": "lora" if cfg.lora.r else "full",
+            "trainable_parameters": trainable,
             "backdoor": (cfg.backdoor or None) if cfg.method != "control" else None,
             "forget_rows": int(data["forget"].sum()),
             "forget_docs": len(poisoned) if cfg.method in ("ga", "npo") else len(removal_docs),

@@ -46,6 +46,8 @@ def mix_rows(forget: torch.Tensor, replay: torch.Tensor, n_rows: int, forget_fra
     n_replay = n_rows - n_forget
 
     def cycle(n_source: int, n: int) -> torch.Tensor:
+        if n and not n_source:  # nothing to repeat: an empty replay corpus would otherwise loop forever
+            raise ValueError(f"mix_rows: {n} rows asked of an empty source")
         order: list[int] = []
         while len(order) < n:
             block = list(range(n_source))
