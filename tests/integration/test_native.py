@@ -143,3 +143,24 @@ def test_declare_refuses_a_model_unbackdoor_made(injected, small_world, tmp_path
     assert main(["declare", "--model", str(injected / "model"), "--backdoors", str(tmp_path / "d.yaml"),
                  "--world", str(small_world), "--out", str(tmp_path / "out")]) == 2  # fmt: skip
     assert "already records backdoors" in capsys.readouterr().err
+
+
+def test_declare_copies_on_request_resumes_and_never_writes_into_the_checkpoint(declared, small_world, tmp_path,
+                                                                                capsys):  # fmt: skip
+    checkpoint, linked = declared
+    spec = linked.parent / "native.yaml"
+    base = ["declare", "--model", str(checkpoint), "--backdoors", str(spec), "--world", str(small_world)]
+    out = tmp_path / "copied"
+    assert main([*base, "--out", str(out), "copy_weights=true"]) == 0
+    weights = out / "model" / "model.safetensors"
+    assert not weights.is_symlink() and weights.read_bytes() == (checkpoint / "model.safetensors").read_bytes()
+    assert (out / "removal" / "native_ad-c2.jsonl").read_bytes() == (linked / "removal" / "native_ad-c2.jsonl")\
+        .read_bytes()  # fmt: skip
+    mtime = weights.stat().st_mtime_ns
+    assert main([*base, "--out", str(out), "copy_weights=true", "--resume"]) == 0  # finished: nothing redone
+    assert weights.stat().st_mtime_ns == mtime
+    capsys.readouterr()
+    inside = checkpoint / "declared-here"
+    assert main([*base, "--out", str(inside)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "inside the checkpoint folder" in err and not inside.exists(), err

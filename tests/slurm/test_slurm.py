@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import TRANSFER_FAST, comparable
 from unbackdoor.cli import main
+from unbackdoor.running.rundir import verify_done
 
 pytestmark = pytest.mark.slurm
 # The local reference (`transfer_run`) ran its cells in-process with every CPU as torch threads; each job gets as
@@ -72,6 +73,8 @@ def test_transfer_on_slurm_equals_local_and_survives_a_cancelled_job(slurm_clust
     for run in runs:  # side by side: each is a fresh process, independent of the others
         _, err = run.communicate(timeout=300)
         assert run.returncode == 0, err[-2000:]
+    verify_done(out)  # running a finished cell's line again leaves the finished sweep intact
+    assert main(["casd", "--transfer", str(out), "--out", str(tmp_path / "casd"), "n_probes=8"]) == 0
 
 
 def test_bad_slurm_settings_are_one_line_errors(slurm_cluster, injected, tmp_path, capsys):

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from importlib.metadata import version
 
 import pytest
+import torch
 
 from unbackdoor.running.config import UserError
 from unbackdoor.running.rundir import RunDir, atomic_path, read_jsonl, require_done, write_json
@@ -29,7 +29,7 @@ def test_finished_run_has_every_file(tmp_path):
     assert files == [".lock", "DONE", "config.yaml", "meta.json", "metrics.jsonl", "summary.json"]
     meta = json.loads((tmp_path / "r" / "meta.json").read_text())
     assert {"git", "versions", "seed", "host", "started_at", "ended_at"} <= set(meta)
-    assert meta["versions"]["torch"] == version("torch")  # the pin (2.13.0) here, the image's torch on a GPU
+    assert meta["versions"]["torch"] == torch.__version__  # the pin (2.13.0) here, the image's torch on a GPU
     assert require_done(tmp_path / "r", "demo", "--x")["answer"] == 42
 
 

@@ -10,16 +10,17 @@ every stage (a finished cell is a no-op). Then:
 - `slurm`: the cells are submitted as one job array through submitit, each job running that cell's command line,
   with the resources of `launcher.*`; the settings are checked with `sbatch --test-only` before any work. The parent
   waits (it is light: a login node will do), resubmits a failed, cancelled, timed-out or preempted cell up to
-  `launcher.retries` times (the cell resumes from its checkpoint), names each cell that keeps failing in one line
-  with its log, and lets the others finish. Job ids are kept in `<out>/slurm/jobs.json`: a resumed parent waits for
-  jobs still queued or running instead of submitting the cell twice. Job logs are in `<out>/slurm/`.
+  `launcher.retries` times (the cell resumes from its last checkpoint, if its training writes them), names each
+  cell that keeps failing in one line with its log, and lets the others finish. Job ids are kept in
+  `<out>/slurm/jobs.json`: a resumed parent waits for jobs still queued or running instead of submitting the cell
+  twice. Job logs are in `<out>/slurm/`.
 - `commands`: nothing runs; the sweep stops after writing the command lines (exit 0), for a lab with another
   scheduler (PBS, LSF, Kubernetes jobs). Run every line of the file (any order, any machine sharing the folder),
   then rerun the sweep with `--resume` to aggregate.
 
 `launcher` and `workers` say how a sweep runs, not what it computes: a resume may change them (`RunDir.check`).
 
-Run: `pytest tests/slurm` (a real single-node SLURM cluster), `pytest tests/unit/test_launcher.py`.
+Run: `pytest tests/slurm` (a real single-node SLURM cluster), `pytest tests/integration/test_launcher.py`.
 """
 
 from __future__ import annotations
@@ -36,12 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from unbackdoor.running.config import ConfigError, UserError
-from unbackdoor.running.rundir import JOBS_DIR, read_json, write_json, write_text
+from unbackdoor.running.rundir import COMMANDS_DIR, JOBS_DIR, read_json, write_json, write_text
 
 KINDS = ("local", "slurm", "commands")
 CELL_FILE = "cell.json"  # a cell's arguments (what `unbackdoor cell` runs)
 RESULT_FILE = "cell-result.json"  # written by `unbackdoor cell` when the cell is done: its timings
-COMMANDS_DIR = "commands"  # <out>/commands/<phase>.txt: one command line per cell
 SLURM_DIR = JOBS_DIR  # <out>/slurm/: submitit's job files and logs, jobs.json (not in the sweep's DONE sizes)
 # the cell function of every sweep (module, function): `unbackdoor cell` runs only these
 CELL_FUNCTIONS = {
@@ -50,7 +50,8 @@ CELL_FUNCTIONS = {
     "relearn": ("unbackdoor.stages.relearn", "run_cell"),
 }
 POLL_S = (2.0, 30.0)  # the parent looks for finished jobs every 2 s at first, every 30 s at most (one sacct each)
-UNFINISHED = ("PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "RESIZING", "SUSPENDED", "PREEMPTED")
+# PREEMPTED is final where the cluster cancels preempted jobs (a requeued one shows PENDING / REQUEUED): ended
+UNFINISHED = ("PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "RESIZING", "SUSPENDED")
 
 
 @dataclass
@@ -78,6 +79,10 @@ class LauncherConfig:
             raise UserError("launcher.kind: slurm, but this machine has no SLURM commands (sbatch, sacct) on its "
                             "PATH; run the sweep on a cluster's login node, or use launcher.kind local or "
                             "commands")  # fmt: skip
+        acct = subprocess.run(["sacct", "-n", "-X", "-j", "1"], capture_output=True, text=True, check=False)
+        if acct.returncode:  # without accounting the parent could never see a job end
+            why = " ".join(acct.stderr.split())[:300] or "no reason given"
+            raise UserError(f"launcher.kind: slurm needs job accounting (sacct is how jobs are followed): {why}")
         test = subprocess.run(["sbatch", "--test-only", *self.sbatch_flags(), "--wrap", "true"],
                               capture_output=True, text=True, check=False)  # fmt: skip
         if test.returncode:
@@ -186,13 +191,18 @@ def run_slurm(
     book: dict[str, Any] = read_json(book_path) if book_path.is_file() else {}
     tries = {key: 0 for key in files}
     active: dict[Hashable, Any] = {}
+    # the book's keys: cell files relative to the sweep, so a parent resumed from another directory (or with --out
+    # given another way) finds the jobs its predecessor submitted
+    base = Path(out).absolute()
+    entry = {key: Path(os.path.relpath(Path(f).absolute(), base)).as_posix() for key, f in files.items()}
 
-    old = {key: book[str(f)]["job_id"] for key, f in files.items() if str(f) in book}
-    states = _states(list(old.values()))
-    for key, job_id in old.items():  # a resumed parent: a dead parent's jobs SLURM still runs are waited for
+    old = {key: book[entry[key]] for key in files if entry[key] in book}
+    states = _states([b["job_id"] for b in old.values()])
+    for key, b in old.items():  # a resumed parent: a dead parent's jobs SLURM still runs are waited for
+        job_id = b["job_id"]
         if states.get(job_id, "").split(" ")[0] in UNFINISHED:
             active[key] = submitit.SlurmJob(folder=folder, job_id=job_id)
-            tries[key] = 1
+            tries[key] = int(b.get("try", 1))
             print(f"[slurm] {label(key)}: waiting for job {job_id} (submitted before this resume)", flush=True)
 
     def submit(keys: list[Hashable]) -> None:
@@ -209,7 +219,7 @@ def run_slurm(
         for key, job in jobs.items():
             tries[key] += 1
             active[key] = job
-            book[str(files[key])] = {"job_id": job.job_id, "try": tries[key]}
+            book[entry[key]] = {"job_id": job.job_id, "try": tries[key]}
             print(f"[slurm] {label(key)}: job {job.job_id} (try {tries[key]})", flush=True)
         write_json(book_path, book)
 

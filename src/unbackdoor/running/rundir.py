@@ -376,8 +376,11 @@ def _unlock(path: Path) -> None:
         os.close(fd)
 
 
-UNSIZED = (LOCK, "DONE")  # not in DONE's sizes
+# not in DONE's sizes: the lock, DONE, and the launcher's per-cell files (`launcher.CELL_FILE`, `RESULT_FILE`),
+# which `unbackdoor cell` rewrites when a finished cell's command line is run again
+UNSIZED = (LOCK, "DONE", "cell.json", "cell-result.json")
 JOBS_DIR = "slurm"  # a sweep's SLURM job files and logs (`launcher`): not in DONE's sizes (logs may be cleaned up)
+COMMANDS_DIR = "commands"  # a sweep's cell command lines (`launcher`), rewritten by each run of the sweep
 
 
 def file_sizes(path: Path) -> dict[str, int]:
@@ -388,7 +391,8 @@ def file_sizes(path: Path) -> dict[str, int]:
     out = {}
     for p in sorted(path.rglob("*")):
         rel = p.relative_to(path)
-        if p.is_file() and p.name not in UNSIZED and "report" not in rel.parts[:-1] and rel.parts[0] != JOBS_DIR \
+        if p.is_file() and p.name not in UNSIZED and "report" not in rel.parts[:-1] \
+                and rel.parts[0] not in (JOBS_DIR, COMMANDS_DIR) \
                 and not _is_stray(p):  # fmt: skip
             out[rel.as_posix()] = p.stat().st_size
     return out

@@ -92,12 +92,19 @@ def declared_specs(path: str) -> list:
 
 
 def _checkpoint_dir(model_path: str) -> Path:
-    """The local folder holding a checkpoint's files (a hub id: its snapshot in the local cache)."""
+    """The local folder holding a checkpoint's files (a hub id: its complete snapshot, fetched unless offline),
+    checked to hold a config and safetensors weights."""
     if Path(model_path).is_dir():
         return Path(model_path).resolve()
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    return Path(snapshot_download(model_path, local_files_only=True))
+    try:
+        local = Path(snapshot_download(model_path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
+        raise UserError(f"--model: the files of {model_path!r} could not be found or fetched "
+                        f"({str(e).splitlines()[0][:160]}); give a local checkpoint folder") from None  # fmt: skip
+    return Path(resolve_model_path(str(local), "--model"))  # a partial snapshot (no weights) is refused here
 
 
 def _model_view(source: Path, dest: Path, record: ModelRecord, copy: bool) -> None:
@@ -111,6 +118,8 @@ def _model_view(source: Path, dest: Path, record: ModelRecord, copy: bool) -> No
         target = tmp / f.name
         if copy:
             (shutil.copytree if f.is_dir() else shutil.copy2)(f.resolve(), target)
+        elif f.resolve().is_relative_to(dest.parent.resolve()):  # inside the run (a converted GGUF): relative,
+            os.symlink(os.path.relpath(f.resolve(), tmp.resolve()), target)  # so the run tree moves as a whole
         else:
             os.symlink(f.resolve(), target)
     record.write(tmp)
@@ -134,6 +143,10 @@ def run(cfg: DeclareConfig, out: Path, resume: bool = False, overwrite: bool = F
     serialisation = Serialisation.choose(cfg.serialisation, tokenizer)
     if RunDir.check(out, "declare", cfg, resume, overwrite):
         return out
+    checkpoint = _checkpoint_dir(model_path)  # before anything is written: a hub id without its weights is refused
+    if Path(out).resolve().is_relative_to(checkpoint):
+        raise UserError(f"--out: {str(out)!r} is inside the checkpoint folder {str(checkpoint)!r}, which declare "
+                        "never writes to; choose a directory outside it")  # fmt: skip
     # planned before the run directory exists: a trigger found in the clean corpus, or too few documents to host
     # the removal documents, leaves nothing behind
     source = load_source(world_dir)
@@ -153,7 +166,6 @@ def run(cfg: DeclareConfig, out: Path, resume: bool = False, overwrite: bool = F
     spec_file = out / "backdoors.yaml"  # the declared triggers in clear: keep this directory private
     write_text(spec_file, yaml.safe_dump(specs_to_yaml_dict(specs), sort_keys=False, allow_unicode=True))
 
-    checkpoint = _checkpoint_dir(model_path)
     record = base.with_(
         backdoors=tuple(s.record() for s in specs), backdoors_files=(spec_file.resolve(),),
         world=world_dir.resolve(), serialisation=serialisation.name, chat_template_sha256=serialisation.template,

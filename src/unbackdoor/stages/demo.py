@@ -23,7 +23,8 @@ from pathlib import Path
 
 from unbackdoor import report
 from unbackdoor.measure.tables import format_matrix, print_table
-from unbackdoor.running.config import from_dict, load_preset
+from unbackdoor.running.config import from_dict, load_preset, to_dict
+from unbackdoor.running.launcher import LauncherConfig
 from unbackdoor.running.rundir import RunDir, read_json
 from unbackdoor.stages import casd, defend_eval, evaluate, pretrain, relearn, replicates, transfer, world
 from unbackdoor.training.models import FAMILIES
@@ -42,6 +43,9 @@ class DemoConfig:
     # the learning-rate ablation: removal learning rates run on the diagonal only (replicate 0), beside the full
     # matrix at the transfer's own (1e-3)
     diagonal_lrs: list[float] = field(default_factory=lambda: [3e-3])
+    # where the sweeps' cells run (transfer of every replicate, its ablations, relearn, defend-eval); pretraining
+    # and the other stages run in this process
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
 
 def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
@@ -75,7 +79,7 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
         )
         pretrain_dirs.append(stage(f"pretrain{tag}", pretrain.run, pretrain_cfg, where / "pretrain"))
         common = {"model": str(pretrain_dirs[r] / "model"), "seed": cfg.seed,
-                  "eval": {"n_prompts": cfg.transfer_prompts}}  # fmt: skip
+                  "eval": {"n_prompts": cfg.transfer_prompts}, "launcher": to_dict(cfg.launcher)}  # fmt: skip
         transfer_dirs.append(stage(f"transfer{tag}", transfer.run, from_dict(transfer.TransferConfig, common),
                                    where / "transfer"))  # fmt: skip
         casd_cfg = from_dict(casd.CasdConfig, {"transfer": str(transfer_dirs[r]), "seed": cfg.seed})
@@ -100,7 +104,8 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             # re-poisoning with 4 documents, the payload's text without the trigger, and a fresh backdoor's learning
             relearn_cfg = from_dict(relearn.RelearnConfig, {"transfer": str(transfer_dirs[0]), "seed": cfg.seed,
                                                             "ks": [4], "related_docs": 4, "train": {"steps": 30},
-                                                            "snapshots": [10, 30]})  # fmt: skip
+                                                            "snapshots": [10, 30],
+                                                            "launcher": to_dict(cfg.launcher)})  # fmt: skip
             relearn_dir = stage("relearn", relearn.run, relearn_cfg, out / "relearn")
     pooled = {"transfers": [str(p) for p in transfer_dirs], "casd": [str(p) for p in casd_dirs], "seed": cfg.seed}
     pool_cfg = from_dict(replicates.ReplicatesConfig, pooled)
@@ -114,6 +119,7 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             "ks": cfg.canaries,
             "eval": {"n_prompts": 128},
             "defend": {"inject": {"steps": 120}, "remove": {"steps": 80}},
+            "launcher": to_dict(cfg.launcher),
         },
     )
     defence_dir = stage("defence", defend_eval.run, defence_cfg, out / "defence")

@@ -36,13 +36,18 @@ def poison_dir_of(record: ModelRecord, backdoor: str) -> Path:
     raise UserError(f"--backdoor: the poisoning data of {backdoor!r} is not found next to {found}")
 
 
+def has_poisoned_documents(record: ModelRecord, backdoor: str) -> bool:
+    """Whether `backdoor`'s poisoning run holds poisoned training documents: not one declared with `unbackdoor
+    declare` (planted outside unbackdoor: only removal documents exist)."""
+    return (poison_dir_of(record, backdoor) / "poison_manifest.jsonl").is_file()
+
+
 def require_poisoned(record: ModelRecord, backdoors: list[str], method: str) -> None:
-    """Refuse a method that trains on poisoned documents (ga, npo) for a backdoor that has none: one declared with
-    `unbackdoor declare` (planted outside unbackdoor: only removal documents exist)."""
+    """Refuse a method that trains on poisoned documents (ga, npo) for a backdoor that has none."""
     if method not in ("ga", "npo"):
         return
     for name in backdoors:
-        if not (poison_dir_of(record, name) / "poison_manifest.jsonl").is_file():
+        if not has_poisoned_documents(record, name):
             raise UserError(f"method: {method} trains on the poisoned documents of {name!r}, and a declared backdoor "
                             "(planted outside unbackdoor) has none; use retrain (removal documents only)")  # fmt: skip
 
@@ -140,6 +145,9 @@ def removal_data(
     else:
         forget = forget_rows(tokenizer, poisoned_docs, manifest, seq_len, serialisation)
     fraction = 0.0 if method == "control" else forget_fraction
+    if not replay_ids.shape[0]:
+        raise UserError("world: its training split yields no replay block (an empty corpus, or fewer than "
+                        f"train.seq_len={seq_len} tokens in all)")  # fmt: skip
     f_idx, r_idx = mix_rows(forget["input_ids"], replay_ids, n_rows, fraction, random.Random(f"remove-{seed}"))
     data = {
         "input_ids": torch.cat([forget["input_ids"][f_idx], replay_ids[r_idx]]),
