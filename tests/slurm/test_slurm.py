@@ -119,3 +119,31 @@ def test_defend_eval_and_relearn_on_slurm_equal_local(slurm_cluster, defence_stu
     assert json.dumps(slurm, sort_keys=True) == json.dumps(
         comparable(json.loads((local / "relearn.json").read_text()), [str(local)]), sort_keys=True
     )
+
+
+@pytest.mark.slow  # `make test-slurm` and `make test-slow`
+def test_a_parent_killed_while_its_jobs_run_reattaches_on_resume(slurm_cluster, injected, transfer_run, tmp_path):
+    out = tmp_path / "tr"
+
+    def argv(where: str) -> list[str]:
+        return [str(Path(sys.executable).parent / "unbackdoor"), "transfer", "--model", str(injected / "model"),
+                "--out", where, *TRANSFER_FAST, "--launcher", "slurm", f"launcher.cpus_per_job={CPUS}",
+                "launcher.time_min=20"]  # fmt: skip
+
+    with (tmp_path / "first.log").open("w") as f:  # --out relative to the first parent's directory
+        parent = subprocess.Popen(argv("tr"), stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not any(s == "RUNNING" for _, s in _squeue()):
+        time.sleep(0.5)
+    parent.kill()  # the login node's process dies; SLURM keeps the jobs
+    parent.wait()
+    assert _squeue(), "the jobs should outlive their parent"
+    # resumed from another directory, with --out given as an absolute path: the book still finds the jobs
+    done = subprocess.run([*argv(str(out)), "--resume"], capture_output=True, text=True, cwd="/", check=False)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "submitted before this resume" in done.stdout, done.stdout[-3000:]
+    book = json.loads((out / "slurm" / "jobs.json").read_text())
+    assert sorted(b["try"] for b in book.values()) == [1, 1, 1, 1]  # nothing submitted twice
+    slurm = comparable(json.loads((out / "transfer.json").read_text()), [str(out)])
+    local = comparable(json.loads((transfer_run / "transfer.json").read_text()), [str(transfer_run)])
+    assert json.dumps(slurm, sort_keys=True) == json.dumps(local, sort_keys=True)
