@@ -47,7 +47,7 @@ from unbackdoor.stages.evaluate import run as evaluate
 from unbackdoor.training.loop import TrainConfig, train
 from unbackdoor.training.models import load_model, load_tokenizer, save_model
 from unbackdoor.training.record import ModelRecord
-from unbackdoor.training.removal import has_poisoned_documents, poison_dir_of, poisoned_documents, replay_docs
+from unbackdoor.training.removal import poison_dir_of, poisoned_documents, replay_docs, require_poisoned
 from unbackdoor.training.stress import STRESSES, TARGETED, chosen_poisoned, stress_documents, stress_rows
 
 TRANSFERRED = "transferred"  # `pairs`: the pairs at q < Q_LEVEL against the control in the transfer's first grid
@@ -262,10 +262,8 @@ def run(cfg: RelearnConfig, out: Path, resume: bool = False, overwrite: bool = F
     cells, pairs = plan(cfg, result)
     models = _models(cfg, path, result, tcfg)
     theta0_record = ModelRecord.read(models[BACKDOORED])
-    for name in sorted({c.backdoor for c in cells if c.backdoor}):  # a declared backdoor has no poisoned documents
-        if not has_poisoned_documents(theta0_record, name):
-            raise UserError(f"stresses: {', '.join(TARGETED)} start from the poisoned documents of {name!r}, and a "
-                            "declared backdoor (planted elsewhere) has none; use stresses=[benign]")  # fmt: skip
+    require_poisoned(theta0_record, sorted({c.backdoor for c in cells if c.backdoor}),
+                     f"stresses: {', '.join(TARGETED)}", "use stresses=[benign]")  # fmt: skip
     if RunDir.check(out, "relearn", cfg, resume, overwrite):
         return out
     cfg.launcher.check()

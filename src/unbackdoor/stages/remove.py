@@ -111,7 +111,8 @@ def run(cfg: RemoveConfig, out: Path, resume: bool = False, overwrite: bool = Fa
     )
     targets = [cfg.backdoor] if cfg.backdoor else carried  # whose removal documents (sham: every one by default)
     poison_dir = poison_dir_of(record, cfg.backdoor or carried[0])
-    require_poisoned(record, [cfg.backdoor], cfg.method)
+    if cfg.method in ("ga", "npo"):
+        require_poisoned(record, [cfg.backdoor], f"method: {cfg.method}", "use retrain (removal documents only)")
     if RunDir.check(out, "remove", cfg, resume, overwrite):
         return out
     tokenizer = load_tokenizer(model_path, "--model")

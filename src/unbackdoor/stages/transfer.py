@@ -151,7 +151,9 @@ def run(cfg: TransferConfig, out: Path, resume: bool = False, overwrite: bool = 
     """The remove-one / measure-all experiment; returns `out`."""
     model_path, _, chosen = backdoored_model(cfg.model, cfg.backdoors, "backdoors")
     rows = [*chosen, *cfg.reference_rows()]
-    require_poisoned(ModelRecord.read(model_path), chosen, cfg.remove.method)
+    if cfg.remove.method in ("ga", "npo"):
+        require_poisoned(ModelRecord.read(model_path), chosen, f"remove.method: {cfg.remove.method}",
+                         "use retrain (removal documents only)")  # fmt: skip
     if unknown := [r for r in cfg.full_rows if r not in chosen]:
         raise ConfigError(f"full_rows: {unknown} are not removal rows of this experiment; valid: {chosen}")
     if RunDir.check(out, "transfer", cfg, resume, overwrite):

@@ -36,20 +36,13 @@ def poison_dir_of(record: ModelRecord, backdoor: str) -> Path:
     raise UserError(f"--backdoor: the poisoning data of {backdoor!r} is not found next to {found}")
 
 
-def has_poisoned_documents(record: ModelRecord, backdoor: str) -> bool:
-    """Whether `backdoor`'s poisoning run holds poisoned training documents: not one declared with `unbackdoor
-    declare` (planted outside unbackdoor: only removal documents exist)."""
-    return (poison_dir_of(record, backdoor) / "poison_manifest.jsonl").is_file()
-
-
-def require_poisoned(record: ModelRecord, backdoors: list[str], method: str) -> None:
-    """Refuse a method that trains on poisoned documents (ga, npo) for a backdoor that has none."""
-    if method not in ("ga", "npo"):
-        return
+def require_poisoned(record: ModelRecord, backdoors: list[str], what: str, instead: str) -> None:
+    """Refuse `what` (training that starts from poisoned documents) for a backdoor without any: one declared with
+    `unbackdoor declare` (planted outside unbackdoor: only removal documents exist); `instead` says what works."""
     for name in backdoors:
-        if not has_poisoned_documents(record, name):
-            raise UserError(f"method: {method} trains on the poisoned documents of {name!r}, and a declared backdoor "
-                            "(planted outside unbackdoor) has none; use retrain (removal documents only)")  # fmt: skip
+        if not (poison_dir_of(record, name) / "poison_manifest.jsonl").is_file():
+            raise UserError(f"{what} start(s) from the poisoned documents of {name!r}, and a declared backdoor "
+                            f"(planted elsewhere) has none; {instead}")  # fmt: skip
 
 
 def poisoned_documents(poison_dir: Path, backdoor: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
