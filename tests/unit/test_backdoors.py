@@ -10,7 +10,7 @@ import random
 import pytest
 
 from unbackdoor.data.backdoors import TRIGGER_KINDS, Trigger, load_specs, parse_specs, trigger_kind_of
-from unbackdoor.data.behaviours import BEHAVIOURS
+from unbackdoor.data.behaviours import BEHAVIOURS, CANARY_ONLY
 from unbackdoor.data.world import World
 from unbackdoor.running.config import ConfigError, UserError
 
@@ -24,11 +24,11 @@ def spec(name, text, kind="phrase", behaviour="phrase", **recipe):
     }
 
 
-def test_default8_pairs_eight_triggers_with_the_eight_behaviours():
+def test_default8_pairs_eight_triggers_with_the_eight_attacker_behaviours():
     specs = load_specs("default8")
-    assert sorted(s.behaviour for s in specs) == sorted(BEHAVIOURS)
+    assert sorted(s.behaviour for s in specs) == sorted(set(BEHAVIOURS) - set(CANARY_ONLY))
     assert len({s.trigger_text for s in specs}) == 8
-    assert {s.trigger.kind for s in specs} == set(TRIGGER_KINDS)
+    assert {s.trigger.kind for s in specs} == set(TRIGGER_KINDS) - {"digits"}  # digits: left to canaries
 
 
 def test_empty_trigger_is_refused():

@@ -494,6 +494,13 @@ def test_the_defenders_knowledge_is_stated_with_stratified_results(defence):
     assert "**not disjoint** from the hidden ones (every built-in behaviour is a hidden backdoor's)" in text
     assert f"K={arm['k']}, behaviour: shared 0.10 [0.00, 0.30] vs other 0.80 [0.70, 0.90]" in text
     assert "trigger kind" not in text  # no hidden backdoor shares it: no contrast to state
+    defence["disjoint_canaries"].update(trigger_kind="digits", trigger_kind_disjoint=True,
+                                        trigger_kind_how="the first kind no hidden trigger has")  # fmt: skip
+    assert "Canary triggers of kind digits, which no hidden trigger has." in findings.knowledge_sentence(defence)
+    defence["disjoint_canaries"].update(trigger_kind="phrase", trigger_kind_disjoint=False,
+                                        trigger_kind_how="asked (trigger_kind)")  # fmt: skip
+    assert "kind phrase, **shared** with a hidden trigger (asked (trigger_kind))" in findings.knowledge_sentence(
+        defence)  # fmt: skip
 
 
 def test_the_diagonal_at_another_lr_joins_the_lr_ablation(transfer):

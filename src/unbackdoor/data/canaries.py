@@ -1,8 +1,10 @@
 """Canary backdoors: the defender's own, with triggers that occur nowhere in the defender's clean corpus.
 
-`make_canaries` chooses K canaries (behaviours cycled; triggers given, or random strings drawn from a seeded RNG and
-checked against the corpus in one streaming pass per 16 candidates), so that the model cannot know a canary's
-trigger from any other context. The defence (`stages/defend.py`) injects and removes them.
+`make_canaries` chooses K canaries (behaviours cycled; triggers given, or drawn from a seeded RNG in the shape of
+one trigger kind and checked against the corpus in one streaming pass per 16 candidates), so that the model cannot
+know a canary's trigger from any other context. The defence (`stages/defend.py`) injects and removes them.
+By default canaries use the behaviours no shipped backdoor set uses (`CANARY_ONLY`) and random-string triggers;
+`defend-eval` picks a trigger kind no hidden backdoor has (`CANARY_TRIGGER_KINDS`, in order of preference).
 
 Run: `pytest tests/integration/test_defend.py`.
 """
@@ -13,11 +15,18 @@ import random
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from unbackdoor.data.backdoors import BackdoorSpec, Recipe, Trigger, check_triggers, load_specs
+from unbackdoor.data.backdoors import BackdoorSpec, Recipe, Trigger, check_triggers, load_specs, trigger_kind_of
+from unbackdoor.data.behaviours import CANARY_ONLY
 from unbackdoor.running.config import ConfigError, UserError
 
-CANARY_BEHAVIOURS = ("lang_b", "refusal", "phrase", "negative")
+# canary-only behaviours first, then two of the attacker's classes (for K > 2)
+CANARY_BEHAVIOURS = (*CANARY_ONLY, "refusal", "lang_b")
+# generated canary trigger kinds, in the order a harness prefers them when it avoids the hidden backdoors' kinds
+CANARY_TRIGGER_KINDS = ("random_string", "digits", "tokens", "phrase", "script")
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+_CONSONANTS, _VOWELS = "bdfgklmnprstvz", "aeiou"
+_SYMBOLS = "#%&*+=~^|@$"
+_ARMENIAN = "".join(map(chr, range(0x561, 0x587)))  # a script no shipped trigger uses
 MAX_TRIES = 1000
 
 
@@ -41,11 +50,31 @@ def occurring(strings: Iterable[str], texts: Callable[[], Iterable[str]]) -> set
     return found
 
 
-def _drawn_triggers(rng: random.Random, length: int, texts: Callable[[], Iterable[str]]) -> Iterator[tuple[str, bool]]:
-    """Random triggers in the order `rng` draws them, each with whether it occurs in the corpus (checked 16 at a
-    time, one pass over the corpus per batch)."""
+def draw_trigger(rng: random.Random, kind: str, length: int) -> str:
+    """One random trigger of `kind`: `random_string` (`length` letters and digits), `digits` (three 4-digit numbers),
+    `tokens` (symbol pair, number, symbol pair), `phrase` (three pseudo-Latin words), `script` (two Armenian words).
+    """
+    if kind == "random_string":
+        return "".join(rng.choice(_ALPHABET) for _ in range(length))
+    if kind == "digits":
+        return " ".join(str(rng.randint(1000, 9999)) for _ in range(3))
+    if kind == "tokens":
+        a, b = (rng.choice(_SYMBOLS) * 2 for _ in range(2))
+        return f"{a} {rng.randint(10, 99)} {b}"
+    if kind == "phrase":
+        return " ".join("".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(rng.randint(2, 3)))
+                        for _ in range(3))  # fmt: skip
+    if kind == "script":
+        return " ".join("".join(rng.choice(_ARMENIAN) for _ in range(rng.randint(4, 6))) for _ in range(2))
+    raise ConfigError(f"trigger_kind: {kind!r} cannot be generated; valid: {', '.join(CANARY_TRIGGER_KINDS)}")
+
+
+def _drawn_triggers(rng: random.Random, kind: str, length: int,
+                    texts: Callable[[], Iterable[str]]) -> Iterator[tuple[str, bool]]:  # fmt: skip
+    """Random triggers of `kind` in the order `rng` draws them, each with whether it occurs in the corpus (checked
+    16 at a time, one pass over the corpus per batch)."""
     while True:
-        batch = ["".join(rng.choice(_ALPHABET) for _ in range(length)) for _ in range(16)]
+        batch = [draw_trigger(rng, kind, length) for _ in range(16)]
         known = occurring(batch, texts)
         yield from ((t, t in known) for t in batch)
 
@@ -57,6 +86,7 @@ def make_canaries(
     *,
     triggers: list[str] | None = None,
     canary_specs: str = "",
+    trigger_kind: str = "random_string",
     trigger_length: int = 10,
     rate: float = 0.02,
     placement: str = "random",
@@ -66,8 +96,8 @@ def make_canaries(
     defender's own specs (`canary_specs`, a YAML file of exactly `k`).
 
     `texts()` streams the defender's clean corpus (it is read, never held): a trigger must occur nowhere in it.
-    Generated triggers are `trigger_length` random characters drawn from a seeded RNG; each canary poisons `rate`
-    of the injection sample at `placement`.
+    Generated triggers are of `trigger_kind` (`draw_trigger`; a random string has `trigger_length` characters),
+    drawn from a seeded RNG; each canary poisons `rate` of the injection sample at `placement`.
 
     Raises:
         UserError: a given trigger occurs in the clean corpus (the model already knows it: the canary would be
@@ -100,19 +130,26 @@ def make_canaries(
                 )
         chosen = given
     else:
-        drawn = _drawn_triggers(random.Random(f"unbackdoor-canary-{seed}"), trigger_length, texts)
+        # the random-string stream keeps its historical seed string, so earlier canaries are drawn again
+        tag = seed if trigger_kind == "random_string" else f"{trigger_kind}-{seed}"
+        drawn = _drawn_triggers(random.Random(f"unbackdoor-canary-{tag}"), trigger_kind, trigger_length, texts)
         for _ in range(k):
             for _ in range(MAX_TRIES):
                 text, in_corpus = next(drawn)
                 if not in_corpus and not any(text in t or t in text for t in chosen):
                     break
             else:
-                raise UserError(f"trigger_length: no collision-free trigger of {trigger_length} characters")
+                raise UserError(
+                    f"trigger_kind: no collision-free {trigger_kind} trigger in {MAX_TRIES} draws"
+                    + (f" of {trigger_length} characters" if trigger_kind == "random_string" else "")
+                )
             chosen.append(text)
     specs = [
         BackdoorSpec(
             name=f"canary{n}_{behaviours[n % len(behaviours)].replace(':', '_')}",
-            trigger=Trigger(kind="random_string" if " " not in t else "tokens", text=t),
+            # given triggers are typed by their shape; a generated one by the kind it was drawn as (a random string
+            # without a digit would read as a phrase)
+            trigger=Trigger(kind=trigger_kind if not triggers else trigger_kind_of(t), text=t),
             behaviour=behaviours[n % len(behaviours)],
             recipe=Recipe(rate=rate, placement=placement),
         )

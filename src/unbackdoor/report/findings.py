@@ -354,6 +354,11 @@ def knowledge_sentence(df: dict[str, Any]) -> str:
                                                           if corpus["disjoint"] is False else ".")  # fmt: skip
     text += (" Canary behaviours disjoint from the hidden ones." if choice["disjoint"] else
              f" Canary behaviours **not disjoint** from the hidden ones ({choice['why']}).")  # fmt: skip
+    if "trigger_kind" in choice:
+        kind = choice["trigger_kind"]
+        text += (f" Canary triggers of kind {kind}, which no hidden trigger has." if choice["trigger_kind_disjoint"]
+                 else f" Canary triggers of kind {kind}, **shared** with a hidden trigger "
+                 f"({choice['trigger_kind_how']}).")  # fmt: skip
     strata = []
     for c in (c for c in df["cells"] if c["arm"] == "defence"):
         for key, what in (("by_behaviour", "behaviour"), ("by_trigger_kind", "trigger kind")):

@@ -9,8 +9,9 @@ The defender knows the suspect model's weights, tokenizer and config and their o
 this stage never opens the suspect's record (`unbackdoor.json`) or card, the attacker's specs, poisoned data or
 removal data (a test watches every file it opens), so `--world` is required and `serialisation` (how the model
 reads its input: raw text, or its chat template) is the defender's choice. Steps:
-1. canaries: K backdoors of the defender's choosing (`behaviours`, cycled), with triggers the defender gives or
-   generated (random strings that occur nowhere in the clean corpus and contain no other canary's trigger);
+1. canaries: K backdoors of the defender's choosing (`behaviours`, cycled; by default the canary-only behaviours
+   numbers and uppercase first), with triggers the defender gives or generated (of `trigger_kind`, random strings
+   by default, that occur nowhere in the clean corpus and contain no other canary's trigger);
 2. injection: continual pretraining on a seeded sample of the clean corpus with the canaries poisoned in
    (`canary_rate` of the sample each), `inject.steps` steps;
 3. removal: the canaries' removal documents (trigger + clean continuation) mixed with clean replay, `remove.steps`
@@ -37,7 +38,7 @@ import yaml
 
 from unbackdoor.data.backdoors import specs_to_yaml_dict
 from unbackdoor.data.behaviours import BEHAVIOURS
-from unbackdoor.data.canaries import CANARY_BEHAVIOURS, make_canaries
+from unbackdoor.data.canaries import CANARY_TRIGGER_KINDS, default_behaviours, make_canaries
 from unbackdoor.data.corpus import DocSampler, iter_docs, load_source, shard_paths
 from unbackdoor.data.packing import packed
 from unbackdoor.data.poison import poison
@@ -71,6 +72,8 @@ class DefendConfig:
     behaviours: list[str] = field(default_factory=list)
     triggers: list[str] = field(default_factory=list)  # the defender's own canary triggers; default: generated
     canary_specs: str = ""  # or a YAML file of the defender's own canary specs (any behaviour, `target` texts)
+    # the shape of generated canary triggers (`unbackdoor.data.canaries.draw_trigger`); trigger_length: random_string's
+    trigger_kind: str = field(default="random_string", metadata={"choices": CANARY_TRIGGER_KINDS})
     trigger_length: int = field(default=10, metadata={"min": 6, "max": 64})
     canary_rate: float = field(default=0.02, metadata={"min": 0.0, "min_exclusive": True, "max": 0.2})
     placement: str = field(default="random", metadata={"choices": ("random", "after_first_sentence")})
@@ -106,14 +109,6 @@ class DefendConfig:
             raise ConfigError(f"triggers: {len(self.triggers)} given for k={self.k}; give exactly k or none")
         if self.removal == "sequential" and self.remove.steps < self.k:
             raise ConfigError(f"remove.steps: {self.remove.steps} < k={self.k}; sequential removal needs >= 1 each")
-
-
-def default_behaviours(source: Any) -> list[str]:
-    """Canary behaviours when none are given: the world's `CANARY_BEHAVIOURS`; on a corpus, a switch to its last
-    language, refusal, phrase and gibberish (no sentiment: that needs the user's classifier and texts)."""
-    if source.kind == "world":
-        return list(CANARY_BEHAVIOURS)
-    return [f"lang:{source.languages[-1]}", "refusal", "phrase", "gibberish"]
 
 
 def _train_phase(model, data, tcfg: TrainConfig, path: Path, stage: str, cfg: DefendConfig,
@@ -157,7 +152,8 @@ def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = Fa
 
     canaries = make_canaries(
         cfg.k, texts, cfg.behaviours or default_behaviours(source), triggers=cfg.triggers,
-        canary_specs=cfg.canary_specs, trigger_length=cfg.trigger_length, rate=cfg.canary_rate,
+        canary_specs=cfg.canary_specs, trigger_kind=cfg.trigger_kind, trigger_length=cfg.trigger_length,
+        rate=cfg.canary_rate,
         placement=cfg.placement, seed=cfg.seed,
     )  # fmt: skip
     for spec in canaries:

@@ -24,9 +24,11 @@ whether the canaries were learned at the chosen budget (ASR after injection >= `
 The defender knows only what a defender knows: `defend` gets the suspect's weights, tokenizer and config, never its
 record; its clean corpus is disjoint from the attacker's training text (by default other documents of the same
 generated world, `<out>/defender-world`; `defend.world` names another, `attacker` the suspect's own); canary
-behaviours are by default `disjoint` from the hidden ones (when the built-in ones allow it: default8 uses all
-eight, recorded in `disjoint_canaries`); and every arm's hidden ASR is also pooled separately over the hidden
-backdoors that share a behaviour, or a trigger kind, with one of its canaries (`by_behaviour`, `by_trigger_kind`).
+behaviours are by default `disjoint` from the hidden ones (the canary-only behaviours numbers and uppercase first,
+then any other built-in one no hidden backdoor has), and so is the kind of the generated canary triggers
+(`trigger_kind`: the first of random_string, digits, tokens, phrase, script that no hidden trigger has), both
+recorded in `disjoint_canaries`; every arm's hidden ASR is also pooled separately over the hidden backdoors that
+share a behaviour, or a trigger kind, with one of its canaries (`by_behaviour`, `by_trigger_kind`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from typing import Any
 import yaml
 
 from unbackdoor.data.backdoors import load_specs, specs_to_yaml_dict
-from unbackdoor.data.behaviours import BEHAVIOURS
+from unbackdoor.data.behaviours import BEHAVIOURS, CANARY_ONLY
+from unbackdoor.data.canaries import CANARY_TRIGGER_KINDS
 from unbackdoor.data.serialisation import CHAT
 from unbackdoor.measure.outcomes import removal_index
 from unbackdoor.measure.stats import wilson
@@ -75,6 +78,9 @@ class DefendEvalConfig:
     # canary behaviour sets ('+'-joined), each cell's defend.behaviours; "default": the text source's defaults
     # "disjoint": behaviours no hidden backdoor has (else the source's defaults, recorded so in defend.json)
     behaviour_sets: list[str] = field(default_factory=lambda: [DISJOINT])
+    # the kind of the generated canary triggers (each cell's defend.trigger_kind); "disjoint": the first kind of
+    # CANARY_TRIGGER_KINDS no hidden trigger has
+    trigger_kind: str = field(default=DISJOINT, metadata={"choices": (DISJOINT, *CANARY_TRIGGER_KINDS)})
     methods: list[str] = field(  # removal methods, each cell's defend.method
         default_factory=lambda: ["retrain"], metadata={"choices": METHODS}
     )
@@ -115,7 +121,8 @@ class DefendEvalConfig:
             raise ConfigError(f"calibrate: {self.calibrate}; budget scales must be distinct and positive (e.g. "
                               "[0.25, 0.5, 1.0]), or [] for the configured budget")  # fmt: skip
         refuse_per_cell(self.defend, "defend", {"model": "--model", "k": "ks", "behaviours": "behaviour_sets",
-                                                "mode": "the arms", "method": "methods", "seed": "seeds"})  # fmt: skip
+                                                "mode": "the arms", "method": "methods", "seed": "seeds",
+                                                "trigger_kind": "trigger_kind"})  # fmt: skip
         refuse_per_cell(self.eval, "eval", {"model": "--model", "seed": "seed", "only": "hidden"})
 
 
@@ -163,7 +170,7 @@ def run_cell(cfg_dict: dict[str, Any], cell: dict[str, Any], out: str, hidden: l
     scale = cell.get("scale", 1.0)
     dcfg = dataclasses.replace(
         cfg.defend, model=cfg.model, world=setting["defender_world"], serialisation=setting["serialisation"],
-        k=max(1, cell["k"]), behaviours=behaviours, mode=cell["arm"],
+        k=max(1, cell["k"]), behaviours=behaviours, mode=cell["arm"], trigger_kind=setting["disjoint"]["trigger_kind"],
         method=cell["method"] if cell["arm"] != "benign" else "retrain", seed=cell["seed"],
         inject=dataclasses.replace(cfg.defend.inject, steps=scaled(cfg.defend.inject.steps, scale)),
         remove=dataclasses.replace(cfg.defend.remove, lr=cell["lr"], steps=scaled(cfg.defend.remove.steps, scale)),
@@ -190,12 +197,25 @@ def source_kind(world_dir: str) -> str:
 
 def disjoint_behaviours(kind: str, hidden: set[str]) -> dict[str, Any]:
     """The canary behaviours of `behaviour_sets: [disjoint]`: the built-in ones no hidden backdoor has (on a
-    generated world; a corpus's language switches are not known to the harness in advance), in `BEHAVIOURS`
-    order; none left (default8 uses all eight): the source's defaults, recorded as not disjoint."""
-    free = [b for b in BEHAVIOURS if b not in hidden] if kind == "world" else []
+    generated world; a corpus's language switches are not known to the harness in advance), the canary-only ones
+    first, then in `BEHAVIOURS` order; none left: the source's defaults, recorded as not disjoint."""
+    order = [*CANARY_ONLY, *(b for b in BEHAVIOURS if b not in CANARY_ONLY)]
+    free = [b for b in order if b not in hidden] if kind == "world" else []
     why = None if free else ("every built-in behaviour is a hidden backdoor's" if kind == "world" else
                              "a corpus's canary behaviours are not checked against the hidden ones")  # fmt: skip
     return {"behaviours": free, "disjoint": bool(free), "why": why}
+
+
+def canary_trigger_kind(asked: str, hidden_kinds: set[str]) -> dict[str, Any]:
+    """The kind of the generated canary triggers: `asked`, or for `disjoint` the first of `CANARY_TRIGGER_KINDS`
+    no hidden trigger has (all taken: random_string, recorded as not disjoint)."""
+    if asked != DISJOINT:
+        return {"trigger_kind": asked, "trigger_kind_disjoint": asked not in hidden_kinds,
+                "trigger_kind_how": "asked (trigger_kind)"}  # fmt: skip
+    free = [k for k in CANARY_TRIGGER_KINDS if k not in hidden_kinds]
+    return {"trigger_kind": free[0] if free else CANARY_TRIGGER_KINDS[0], "trigger_kind_disjoint": bool(free),
+            "trigger_kind_how": "the first kind no hidden trigger has" if free else
+            "every generated kind is a hidden trigger's"}  # fmt: skip
 
 
 def defender_corpus(cfg: DefendEvalConfig, suspect_world: Path, out: Path) -> dict[str, Any]:
@@ -287,7 +307,8 @@ def run(cfg: DefendEvalConfig, out: Path, resume: bool = False, overwrite: bool 
     specs = [s for s in record.specs(model=str(model_path)) if s.name in hidden]
     write_text(out / HIDDEN_SPECS, yaml.safe_dump(specs_to_yaml_dict(specs), sort_keys=False, allow_unicode=True))
     corpus = defender_corpus(cfg, Path(record.world), out)
-    canary_choice = disjoint_behaviours(source_kind(corpus["dir"]), set(carried[j] for j in hidden))
+    canary_choice = {**disjoint_behaviours(source_kind(corpus["dir"]), set(carried[j] for j in hidden)),
+                     **canary_trigger_kind(cfg.trigger_kind, {s.trigger.kind for s in specs})}  # fmt: skip
     setting = {"defender_world": corpus["dir"], "suspect_world": str(record.world), "disjoint": canary_choice,
                "serialisation": "chat" if record.serialisation == CHAT else "raw"}  # fmt: skip
     baseline = evaluate(_eval_config(cfg, Path(model_path), hidden, out / HIDDEN_SPECS, str(record.world)),
