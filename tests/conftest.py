@@ -99,17 +99,21 @@ RELEARN_FAST = ["ks=[2]", "related_docs=2", "repeats=2", "train.steps=6", "snaps
 
 
 @pytest.fixture(scope="session")
-def relearn_run(transfer_run: Path, clean_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
-    """A finished `relearn` on the two-backdoor transfer (every stress, the twin, one transfer pair), its args, and
-    the sha256 of a removed model's weights taken before it ran (relearn must not modify its inputs)."""
+def relearn_run(transfer_run: Path, clean_model: Path, defence_study: tuple[Path, list[str]],
+                tmp_path_factory: pytest.TempPathFactory) -> tuple:  # fmt: skip
+    """A finished `relearn` on the two-backdoor transfer (every stress, the twin, one transfer pair, the defence's
+    arms with at_repeat followed after the defence), its args, and the sha256 of the weights of a removed and of a
+    defended model taken before it ran (relearn must not modify its inputs)."""
     from unbackdoor.running.rundir import sha256_file
 
-    weights = (
-        transfer_run / "cells" / "lr=0.001" / "seed=0" / "lorem_refusal" / "remove" / "model" / "model.safetensors"
-    )
-    before = sha256_file(weights)
+    weights = {
+        "removed": transfer_run / "cells/lr=0.001/seed=0/lorem_refusal/remove/model/model.safetensors",
+        "defended": next(defence_study[0].glob("cells/lr=*/seed=0/*/*/k=1/defence/defend/model/model.safetensors")),
+    }
+    before = {name: (path, sha256_file(path)) for name, path in weights.items()}
     out = tmp_path_factory.mktemp("relearn") / "rl"
     args = ["relearn", "--transfer", str(transfer_run), "--out", str(out), "--twin", str(clean_model),
+            "--defence", str(defence_study[0]), "defence_backdoors=[suppressed,at_repeat]",
             "pairs=[lorem_refusal:at_repeat]", *RELEARN_FAST]  # fmt: skip
     assert main(args) == 0
     return out, args, before

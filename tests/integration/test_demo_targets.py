@@ -36,6 +36,10 @@ def test_demo_meets_the_tiny_targets(tmp_path):
     followed = {(c["relation"], c["stress"]) for c in relearn["curves"]}
     assert {("direct", s) for s in ("benign", "repoison", "related")} | {("fresh", "fresh")} <= followed
     assert len([c for c in relearn["curves"] if c["relation"] == "direct" and c["stress"] == "repoison"]) == 8
+    # the twin's and the defended models' references, and the defence's own persistence comparison
+    assert ("twin", "repoison") in followed and ("defended-benign", "benign") in followed
+    assert ("defended-defence", "benign") in followed and ("defended-removal_only", "benign") in followed
+    assert len(relearn["defence_comparisons"]) == 3 * len(relearn["defence"]["followed"])
     casd = json.loads((out / "casd" / "casd.json").read_text())
     assert (
         len(casd["grids"][0]["casd"]["cosine"]) == 10  # 8 removals, the control and the sham

@@ -6,9 +6,11 @@ Run: `pytest tests/integration/test_relearn.py`.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import RELEARN_FAST
 from unbackdoor.cli import main
@@ -16,7 +18,6 @@ from unbackdoor.running.rundir import sha256_file
 
 
 def test_relearn_curves_for_every_stress_and_reference(transfer_run, relearn_run):
-    removed = transfer_run / "cells" / "lr=0.001" / "seed=0" / "lorem_refusal" / "remove" / "model"
     out, args, weights = relearn_run
     result = json.loads((out / "relearn.json").read_text())
     assert result["snapshots"] == [0, 3, 6] and result["pairs"] == [["lorem_refusal", "at_repeat"]]
@@ -42,7 +43,7 @@ def test_relearn_curves_for_every_stress_and_reference(transfer_run, relearn_run
     (row,) = [c for c in result["comparisons"] if c["stress"] == "repoison"]
     assert row["pair"] == ["lorem_refusal", "at_repeat"] and {"vs_direct", "vs_fresh"} <= set(row)
     assert 0 <= row["vs_direct"]["p"] <= 1 and 0 <= row["vs_fresh"]["p"] <= 1
-    assert sha256_file(removed / "model.safetensors") == weights  # its input is never modified
+    assert all(sha256_file(path) == sha for path, sha in weights.values())  # its inputs are never modified
 
     # killed in one cell: --resume redoes that cell only, and gives the same curves
     one = cells / "removed-at_repeat" / "related" / "k=2" / "at_repeat"
@@ -52,6 +53,59 @@ def test_relearn_curves_for_every_stress_and_reference(transfer_run, relearn_run
     assert main([*args, "--resume"]) == 0
     assert (cells / "backdoored" / "benign" / "eval-6" / "summary.json").stat().st_mtime_ns == kept
     assert json.loads((out / "relearn.json").read_text())["curves"] == result["curves"]
+
+
+def test_relearn_after_the_defence(defence_study, relearn_run):
+    """Each arm's model under benign training on every hidden backdoor; the defence arm's under the targeted
+    stresses on the backdoors followed (the suppressed ones and the one named), compared with the direct removal."""
+    out, _, _ = relearn_run
+    result = json.loads((out / "relearn.json").read_text())
+    defend = json.loads((defence_study[0] / "defend.json").read_text())
+    first = {}
+    for cell in defend["cells"]:
+        first.setdefault(cell["arm"], cell)
+    d = result["defence"]
+    assert d["cells"] == {arm: c["dir"] for arm, c in first.items()} and d["hidden"] == defend["hidden"]
+    assert d["suppressed"] == [j for j in defend["hidden"] if (first["defence"]["suppression"][j] or 0) >= 0.5]
+    assert d["followed"] == list(dict.fromkeys([*d["suppressed"], "at_repeat"]))
+    kinds = {(c["relation"], c["stress"], c["backdoor"]) for c in result["curves"]}
+    for arm in ("defence", "removal_only", "benign"):
+        assert {(f"defended-{arm}", "benign", j) for j in defend["hidden"]} <= kinds
+    for j in d["followed"]:
+        assert {("defended-defence", s, j) for s in ("repoison", "related")} <= kinds
+        assert ("defended-defence", "fresh", j) not in kinds and ("twin", "repoison", j) in kinds
+    # a defended model is the arm's saved model, measured with the arm's harness specs (its canaries known)
+    start = yaml.safe_load((out / "start" / "defended-defence" / "config.yaml").read_text())
+    cell = defence_study[0] / "cells" / first["defence"]["dir"]
+    assert Path(start["model"]) == cell / "defend" / "model"
+    assert Path(start["backdoors"]) == cell / "eval-specs.yaml"
+    rows = {(r["backdoor"], r["stress"]) for r in result["defence_comparisons"]}
+    assert rows == {(j, s) for j in d["followed"] for s in ("benign", "repoison", "related")}
+    benign = next(r for r in result["defence_comparisons"] if r["stress"] == "benign" and r["backdoor"] == "at_repeat")
+    assert {"vs_direct", "removal_only_asr", "benign_asr"} <= set(benign)
+    assert benign["vs_direct"]["back"] + benign["vs_direct"]["less"] <= 32
+
+
+def test_relearn_defence_must_be_of_the_transfers_model(transfer_run, relearn_run, defence_study, tmp_path, capsys):
+    """A defence of another model, or a followed backdoor the defence did not hide: one line, nothing written."""
+    other = tmp_path / "other"
+    shutil.copytree(defence_study[0], other, symlinks=True)
+    config = yaml.safe_load((other / "config.yaml").read_text())
+    config["model"] = str(relearn_run[0])  # not the transfer's model
+    (other / "config.yaml").write_text(yaml.safe_dump(config))
+    done = json.loads((other / "DONE").read_text())
+    done["sizes"]["config.yaml"] = (other / "config.yaml").stat().st_size
+    (other / "DONE").write_text(json.dumps(done))
+    base = ["relearn", "--transfer", str(transfer_run), *RELEARN_FAST]
+    for extra, message in [
+        (["--defence", str(other)], "not the transfer's model"),
+        (["--defence", str(defence_study[0]), "defence_backdoors=[nope]"], "defence_backdoors: 'nope' is no hidden"),
+        (["defence_backdoors=[at_repeat]"], "defence_backdoors: needs defence=DIR"),
+    ]:
+        assert main([*base, "--out", str(tmp_path / "o"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize(

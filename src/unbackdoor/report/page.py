@@ -164,6 +164,7 @@ def _casd(cs: dict[str, Any], figs: dict[str, str]) -> Section:
 def _relearn(rl: dict[str, Any], figure: str) -> Section:
     sentence = persistence.persistence_sentence(rl)
     curves, pairs = persistence.curve_rows(rl), persistence.comparison_rows(rl)
+    after, defended = persistence.defence_sentence(rl), persistence.defence_rows(rl)
     return (
         "<h2>3b. Persistence: does a suppressed backdoor come back?</h2><p>Each removed model of the transfer "
         f"(lr={rl['grid']['lr']:g}) trains on: ordinary clean text (benign), clean text with a few poisoned "
@@ -172,9 +173,13 @@ def _relearn(rl: dict[str, Any], figure: str) -> Section:
         "learning from scratch, the same documents with a fresh trigger the model never saw (fresh). ASR is "
         "measured after each snapshot; step 0 is the model the removal left.</p>"
         f"<p class='finding'>{_bold(sentence)}</p><img src='{figure}' alt='re-emergence curves'>"
-        + table(persistence.CURVE_HEADER, curves) + (table(persistence.COMPARISON_HEADER, pairs) if pairs else ""),
+        + table(persistence.CURVE_HEADER, curves) + (table(persistence.COMPARISON_HEADER, pairs) if pairs else "")
+        + (f"<p class='finding'>{_bold(after)}</p>" if after else "")
+        + (table(persistence.DEFENCE_HEADER, defended) if defended else ""),
         ["## Persistence", "", sentence, "", md_table(persistence.CURVE_HEADER, curves), "",
-         *([md_table(persistence.COMPARISON_HEADER, pairs), ""] if pairs else [])],
+         *([md_table(persistence.COMPARISON_HEADER, pairs), ""] if pairs else []),
+         *([after, ""] if after else []),
+         *([md_table(persistence.DEFENCE_HEADER, defended), ""] if defended else [])],
     )  # fmt: skip
 
 

@@ -13,10 +13,15 @@ from unbackdoor.measure.stats import ONE_REPLICATE, Q_LEVEL
 from unbackdoor.report.findings import Rows, mean
 from unbackdoor.report.plot import OKABE_ITO, plt, save
 
-RELATIONS = ("direct", "transfer", "backdoored", "fresh", "twin")  # the curves' kinds (stages.relearn)
+# the curves' kinds (stages.relearn); a defended model's curves are named after it (`defended-<arm>`)
+RELATIONS = ("direct", "transfer", "defended-defence", "defended-removal_only", "defended-benign", "backdoored",
+             "fresh", "twin")  # fmt: skip
 LABELS = {
     "direct": "removed directly (row i, backdoor i)",
     "transfer": "suppressed by transfer (row i, backdoor j)",
+    "defended-defence": "after the canary defence (hidden backdoor j)",
+    "defended-removal_only": "after removing never-injected canaries (hidden j)",
+    "defended-benign": "after the defence's benign arm (hidden j)",
     "backdoored": "never removed (theta_0)",
     "fresh": "fresh backdoor of the same spec (new trigger)",
     "twin": "never-backdoored twin",
@@ -64,6 +69,43 @@ def comparison_rows(rl: dict[str, Any]) -> Rows:
                      _num(c["direct_asr"]), "-" if d is None else f"{d['back']} / {d['less']}, p={d['p']:.2g}",
                      _num(c.get("fresh_asr")), "-" if f is None else f"{f['p']:.2g}"])  # fmt: skip
     return rows
+
+
+DEFENCE_HEADER = ["hidden backdoor", "stress", "ASR at step 0", "ASR at the end: after the defence",
+                  "direct removal of j", "paired test (back / less, p)", "removal-only arm", "benign arm"]  # fmt: skip
+
+
+def defence_rows(rl: dict[str, Any]) -> Rows:
+    """Per hidden backdoor the defence suppressed, and stress: the defence arm's model against j's direct removal."""
+    rows = []
+    for c in rl.get("defence_comparisons", []):
+        d = c.get("vs_direct")
+        rows.append([c["backdoor"], _title(c["stress"], c["k"]), _num(c["asr_start"]), _num(c["asr"]),
+                     _num(c["direct_asr"]), "-" if d is None else f"{d['back']} / {d['less']}, p={d['p']:.2g}",
+                     _num(c.get("removal_only_asr")), _num(c.get("benign_asr"))])  # fmt: skip
+    return rows
+
+
+def defence_sentence(rl: dict[str, Any]) -> str:
+    """What persistence says about the canary defence: which hidden backdoors it suppressed, and whether they come
+    back faster than after their own direct removal."""
+    d = rl.get("defence")
+    if not d:
+        return ""
+    text = (f"After the canary defence: it suppressed {len(d['suppressed'])} of {len(d['hidden'])} hidden backdoors "
+            f"(ASR cut by half or more){': ' + ', '.join(d['suppressed']) if d['suppressed'] else ''}.")  # fmt: skip
+    if d.get("informative") is False:
+        text += " The defence ran at a budget where benign training alone erased them: its suppression is no evidence."
+    cmp = [c for c in rl.get("defence_comparisons", []) if c.get("vs_direct")]
+    if cmp:
+        more = sum(c["vs_direct"]["p"] < Q_LEVEL and c["vs_direct"]["back"] > c["vs_direct"]["less"] for c in cmp)
+        less = sum(c["vs_direct"]["p"] < Q_LEVEL and c["vs_direct"]["back"] < c["vs_direct"]["less"] for c in cmp)
+        text += (f" Against the direct removal of the same backdoor (same prompts, p < {Q_LEVEL}): **{more} of "
+                 f"{len(cmp)}** (backdoor, stress) comparisons came back more after the defence, "
+                 f"{less} less.")  # fmt: skip
+    elif d["followed"]:
+        text += " No direct removal of these backdoors was followed to compare with."
+    return text
 
 
 def _num(x: float | None) -> str:

@@ -3,10 +3,11 @@
     unbackdoor demo --out runs/demo --resume      # what `make demo` runs
 
 world (tiny) -> pretrain (tiny, default8, llama) -> eval -> transfer (each backdoor removed in turn, plus the
-benign control, every backdoor measured after each) -> casd (on the transfer experiment) -> relearn (does each
-suppressed backdoor come back under benign training, re-poisoning, related text?) -> defence (the canary
+benign control, every backdoor measured after each) -> casd (on the transfer experiment) -> defence (the canary
 defence with K = `canaries` on the pretrained model, its 8 backdoors hidden from the defender, against both
-baselines) -> report (<out>/report/index.html, printed at the end).
+baselines) -> twin (the same pretraining without backdoors) -> relearn (does each backdoor suppressed by a removal,
+by transfer or by the defence come back under benign training, re-poisoning, related text? against a fresh backdoor
+learned by the removed model and by the twin) -> report (<out>/report/index.html, printed at the end).
 Replicates: `replicates` models pretrained with seeds seed, seed+1, ... on the same world. Replicate 0 is the one
 shown in detail (top-level `pretrain`, `eval`, `transfer`, `transfer-masked`, `relearn`, `casd`, `defence`); r >= 1
 runs pretrain -> transfer -> casd under `replicate-<r>/`; `replicates/` pools every replicate's transfer and CASD
@@ -100,13 +101,6 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
                 lr_cfg = from_dict(transfer.TransferConfig, {**common, "lr": cfg.diagonal_lrs, "measure": "diagonal",
                                                              "sham": False})  # fmt: skip
                 lr_dir = stage("transfer_lr", transfer.run, lr_cfg, out / "transfer-lr")
-            # persistence: every removal of the matrix (and the pairs that transferred) under benign training,
-            # re-poisoning with 4 documents, the payload's text without the trigger, and a fresh backdoor's learning
-            relearn_cfg = from_dict(relearn.RelearnConfig, {"transfer": str(transfer_dirs[0]), "seed": cfg.seed,
-                                                            "ks": [4], "related_docs": 4, "train": {"steps": 30},
-                                                            "snapshots": [10, 30],
-                                                            "launcher": to_dict(cfg.launcher)})  # fmt: skip
-            relearn_dir = stage("relearn", relearn.run, relearn_cfg, out / "relearn")
     pooled = {"transfers": [str(p) for p in transfer_dirs], "casd": [str(p) for p in casd_dirs], "seed": cfg.seed}
     pool_cfg = from_dict(replicates.ReplicatesConfig, pooled)
     pool_dir = stage("replicates", replicates.run, pool_cfg, out / "replicates")
@@ -123,6 +117,22 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
         },
     )
     defence_dir = stage("defence", defend_eval.run, defence_cfg, out / "defence")
+    # the never-backdoored twin: replicate 0's pretraining without backdoors (same world, seed and recipe), the
+    # reference for how fast a fresh backdoor is learned from k documents by a model that never had one
+    twin_cfg = from_dict(pretrain.PretrainConfig, {**load_preset("pretrain", "tiny"), "world": str(world_dir),
+                                                   "backdoors": "none", "seed": cfg.seed,
+                                                   "model": {"family": cfg.family, "size": "tiny"}})  # fmt: skip
+    twin_dir = stage("twin", pretrain.run, twin_cfg, out / "twin")
+    # persistence: every removal of the matrix (and the pairs that transferred) under benign training,
+    # re-poisoning with 4 documents, the payload's text without the trigger, and a fresh backdoor's learning; the
+    # defence's models (each arm's; the defence arm's under every stress on the hidden backdoors it suppressed);
+    # the twin re-poisoned with the same documents
+    relearn_cfg = from_dict(relearn.RelearnConfig, {"transfer": str(transfer_dir), "seed": cfg.seed,
+                                                    "ks": [4], "related_docs": 4, "train": {"steps": 30},
+                                                    "snapshots": [10, 30], "twin": str(twin_dir / "model"),
+                                                    "defence": str(defence_dir),
+                                                    "launcher": to_dict(cfg.launcher)})  # fmt: skip
+    relearn_dir = stage("relearn", relearn.run, relearn_cfg, out / "relearn")
 
     summary = read_json(eval_dir / "summary.json")
     print()
@@ -139,7 +149,7 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     timings["report"] = round(time.perf_counter() - t0, 2)
     stages = {"world": world_dir, "pretrain": pretrain_dir, "eval": eval_dir, "transfer": transfer_dir,
               "transfer_masked": masked_dir, **({"transfer_lr": lr_dir} if lr_dir else {}), "relearn": relearn_dir,
-              "casd": casd_dir, "defence": defence_dir,
+              "casd": casd_dir, "defence": defence_dir, "twin": twin_dir,
               "replicates": pool_dir,
               **{f"replicate-{r}": transfer_dirs[r].parent for r in range(1, cfg.replicates)}}  # fmt: skip
     run_dir.finish({"stages": {k: str(v) for k, v in stages.items()}, "seconds": timings,
