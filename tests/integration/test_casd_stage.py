@@ -10,8 +10,10 @@ import json
 import shutil
 
 import pytest
+from safetensors.torch import load_file
 
 from unbackdoor.cli import main
+from unbackdoor.measure.casd import shift_distance
 
 CASD_FAST = ["n_probes=32", "bootstrap=200"]
 
@@ -33,8 +35,18 @@ def test_casd_matrix_profiles_and_relation(transfer_run, tmp_path):
         assert off == pytest.approx(sum(grid["per_layer"][metric]["lorem_refusal"]["at_repeat"]) / 4)
     assert grid["weight_cosine"]["control"]["control"] == pytest.approx(1.0)
     assert -1 <= grid["weight_cosine"]["lorem_refusal"]["at_repeat"] <= 1
+    # control-corrected: the shifts measured from the control's model, Delta_i - Delta_control
+    corrected = grid["casd_control_corrected"]
+    assert set(corrected["cosine"]) == {"lorem_refusal", "at_repeat"}  # removals only: no reference row
+    acts = {name: load_file(str(out / "acts" / "lr=0.001" / "seed=0" / name / "at_repeat.safetensors"))["acts"]
+            for name in ("control", "lorem_refusal", "at_repeat")}  # fmt: skip
+    by_hand = shift_distance(acts["lorem_refusal"] - acts["control"], acts["at_repeat"] - acts["control"], "cosine")
+    assert corrected["cosine"]["lorem_refusal"]["at_repeat"] == pytest.approx(by_hand.mean().item(), rel=1e-9)
+    assert corrected["l2"]["at_repeat"]["at_repeat"] == pytest.approx(0.0, abs=1e-9)
+    theta0 = grid["casd"]["cosine"]["lorem_refusal"]["at_repeat"]
+    assert corrected["cosine"]["lorem_refusal"]["at_repeat"] != pytest.approx(theta0)  # another reference
     relation = grid["relation"]
-    measures = ("casd_cosine", "casd_l2", "weight_cosine")
+    measures = ("casd_cosine", "casd_l2", "casd_cosine_corrected", "casd_l2_corrected", "weight_cosine")
     assert grid["pairs"] == 2 and set(relation) == {
         "expected_sign", "pairs", "transfers", "auroc", "additive",
         *(f"{m}_vs_suppression" for m in measures),

@@ -234,6 +234,13 @@ def test_casd_sentence_with_cluster_bootstrap_auroc_and_replicates():
     pooled = findings.casd_sentence(cs, rp)
     assert pooled.endswith("Over 3 replicates: mean ρ(CASD, R) -0.30 [-0.50, -0.10], mean ρ(weight cosine, R) "
                            "+0.10 [-0.20, +0.40].")  # fmt: skip
+    # the control-corrected CASD, where casd.json has it
+    relation |= {"casd_cosine_corrected_vs_R_cluster": {**cluster, "rho": -0.25}}
+    relation["auroc"]["casd_cosine_corrected"] = 0.6
+    rp["casd"]["lr=0.001/seed=0"]["casd_cosine_corrected_vs_R_cluster"] = {**pooled_rho, "mean": -0.2}
+    both = findings.casd_sentence(cs, rp)
+    assert "Control-corrected CASD (shifts from the benign control's model, Δi − Δcontrol): ρ = -0.25" in both
+    assert "AUROC 0.60." in both and both.endswith(", mean ρ(control-corrected CASD, R) -0.20 [-0.50, -0.10].")
 
 
 def test_rho_and_casd_sentence():

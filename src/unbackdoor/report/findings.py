@@ -286,11 +286,17 @@ def casd_sentence(cs: dict[str, Any], rp: dict[str, Any] | None = None) -> str:
         f"additive model explains R² = {_num(add.get('r2'))} of R; CASD against what it leaves: ρ = "
         f"{_num(add.get('partial_rho'))}."
     )
+    corrected = f"casd_{metric}_corrected_vs_R_cluster"
+    if corrected in relation:
+        text += (f" Control-corrected CASD (shifts from the benign control's model, Δi − Δcontrol): ρ = "
+                 f"{rho(relation[corrected])}, AUROC {_num(auc.get(f'casd_{metric}_corrected'))}.")  # fmt: skip
     pooled = (rp or {}).get("casd") or {}
     first = next(iter(pooled.values()), None)
     if first and key in first:
         text += (f" Over {rp['replicates']} replicates: mean ρ(CASD, R) {interval(first[key])}, mean ρ(weight "
-                 f"cosine, R) {interval(first['weight_cosine_vs_R_cluster'])}.")  # fmt: skip
+                 f"cosine, R) {interval(first['weight_cosine_vs_R_cluster'])}"
+                 + (f", mean ρ(control-corrected CASD, R) {interval(first[corrected])}" if corrected in first else "")
+                 + ".")  # fmt: skip
     else:
         text += f" ({ONE_MODEL}.)"
     return text

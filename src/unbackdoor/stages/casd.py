@@ -9,7 +9,9 @@ activations are cached in `acts/` (safetensors, one file per model x backdoor; `
 every removal i (rows, control included) and backdoor j (columns): CASD^l(i, j) per layer under both metrics
 (see `unbackdoor.measure.casd`), aggregated over layers; Spearman rho between CASD(i, j) and suppression
 S[i, j] over the off-diagonal pairs with a bootstrap 95 % CI; and the weight-space baseline
-cos(theta_i - theta_0, theta_k - theta_0) with its own rho against S. Writes `casd.json` and `casd.csv` (long
+cos(theta_i - theta_0, theta_k - theta_0) with its own rho against S. With a control row, the same CASD with shifts
+measured from the control's model (Delta_i - Delta_control: what any removal recipe does is not shared transfer),
+under the same statistics (`casd_<metric>_corrected`). Writes `casd.json` and `casd.csv` (long
 format, per layer).
 """
 
@@ -44,7 +46,7 @@ from unbackdoor.measure.pairs import additive_fit, auroc, cluster_spearman
 from unbackdoor.measure.stats import Q_LEVEL
 from unbackdoor.measure.tables import abbreviate
 from unbackdoor.running import runtime
-from unbackdoor.running.cells import REFERENCE_ROWS, cell_dir
+from unbackdoor.running.cells import CONTROL, REFERENCE_ROWS, cell_dir
 from unbackdoor.running.config import ConfigError, UserError, from_dict
 from unbackdoor.running.rundir import RunDir, atomic_path, read_json, read_yaml, require_done, write_json, write_text
 from unbackdoor.stages.transfer import TransferConfig
@@ -54,7 +56,9 @@ from unbackdoor.training.record import ModelRecord
 DEFINITION = (
     "unbackdoor CASD v1 (ours, not the paper's unpublished formula): CASD^l(i,j) = mean over x in probes(j) of "
     "d(h^l(x;theta_i) - h^l(x;theta_0), h^l(x;theta_j) - h^l(x;theta_0)), d = 1 - cos or ||a-b||/(||a||+||b||); "
-    "h^l = residual stream after block l, pooled over positions; CASD(i,j) = mean over layers."
+    "h^l = residual stream after block l, pooled over positions; CASD(i,j) = mean over layers. Control-corrected "
+    "(casd_control_corrected, casd_<metric>_corrected): the same with theta_0 replaced by the benign control's "
+    "model, i.e. shifts Delta_i - Delta_control."
 )
 
 
@@ -184,14 +188,30 @@ def run(cfg: CasdConfig, out: Path, resume: bool = False, overwrite: bool = Fals
                         profiles[m][i][j] = pair_profile(*files, m).tolist()
             casd = {m: {i: {j: sum(p) / len(p) for j, p in cols.items()} for i, cols in profiles[m].items()}
                     for m in METRICS}  # fmt: skip
+            # control-corrected: shifts measured from the benign control's model instead of theta_0
+            # (Delta_i - Delta_control = h(theta_i) - h(theta_control)), so that what every removal recipe does to
+            # the activations (training on clean text at this lr) is not counted as shared
+            corrected = None
+            if CONTROL in rows:
+                corrected = {m: {} for m in METRICS}
+                for i in (r for r in rows if r not in REFERENCE_ROWS):
+                    for m in METRICS:
+                        corrected[m][i] = {}
+                    for j in columns:
+                        files = (acts / key / CONTROL / f"{j}.safetensors", acts / key / i / f"{j}.safetensors",
+                                 acts / key / j / f"{j}.safetensors")  # fmt: skip
+                        for m in METRICS:
+                            layer = pair_profile(*files, m).tolist()
+                            corrected[m][i][j] = sum(layer) / len(layer)
             weights = weight_delta_cosines(
                 models["base"] / "model.safetensors",
                 {row: models[f"{key}/{row}"] / "model.safetensors" for row in rows},
             )
             pairs = [(i, j) for i in rows if i not in REFERENCE_ROWS for j in columns
                      if j != i and grid["S"][i][j] is not None]  # fmt: skip
-            relation = relations(grid, casd, weights, pairs, cfg)
+            relation = relations(grid, casd, weights, pairs, cfg, corrected)
             grids.append({"lr": lr, "seed": seed, "casd": casd, "per_layer": profiles, "weight_cosine": weights,
+                          "casd_control_corrected": corrected,
                           "suppression": grid["S"], "pairs": len(pairs), "relation": relation})  # fmt: skip
     pairs_s = time.perf_counter() - t0
 
@@ -232,15 +252,19 @@ def run(cfg: CasdConfig, out: Path, resume: bool = False, overwrite: bool = Fals
 
 
 def relations(
-    grid: dict[str, Any], casd: dict[str, Any], weights: dict[str, Any], pairs: list[tuple[str, str]], cfg: CasdConfig
-) -> dict[str, Any]:
-    """CASD and the weight-delta cosine against transfer (S, and R where the transfer has it) over `pairs`.
+    grid: dict[str, Any], casd: dict[str, Any], weights: dict[str, Any], pairs: list[tuple[str, str]], cfg: CasdConfig,
+    corrected: dict[str, Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """CASD (and, with `corrected`, the control-corrected CASD `casd_<metric>_corrected`) and the weight-delta
+    cosine against transfer (S, and R where the transfer has it) over `pairs`.
 
     `*_vs_suppression` treats the pairs as independent (kept for comparison); `*_cluster` resamples backdoors,
     rows and columns together (`measure.pairs`); AUROC is for "the pair transfers" (q < 0.05 against the control,
     from the transfer's paired tests); `additive` is the row + column model and what CASD adds beyond it.
     """
     measures = {f"casd_{m}": {p: casd[m][p[0]][p[1]] for p in pairs} for m in METRICS}
+    if corrected is not None:
+        measures |= {f"casd_{m}_corrected": {p: corrected[m][p[0]][p[1]] for p in pairs} for m in METRICS}
     measures["weight_cosine"] = {p: weights[p[0]][p[1]] for p in pairs}
     targets = {"suppression": {p: grid["S"][p[0]][p[1]] for p in pairs}}
     if "R" in grid:

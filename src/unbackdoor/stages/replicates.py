@@ -164,6 +164,7 @@ def pool_casd(casds: list[dict[str, Any]]) -> dict[str, Any]:
                 rhos = [r[name]["rho"] for r in relations if name in r]
                 pooled[name] = {"per_replicate": rhos, **mean_ci(rhos)}
         if all("auroc" in r for r in relations):
-            pooled["auroc"] = {m: mean_ci([r["auroc"][m] for r in relations]) for m in grid["relation"]["auroc"]}
+            pooled["auroc"] = {m: mean_ci([r["auroc"][m] for r in relations]) for m in grid["relation"]["auroc"]
+                               if all(m in r["auroc"] for r in relations)}  # fmt: skip
         out[key] = pooled
     return out
