@@ -49,10 +49,10 @@ def test_defender_never_opens_the_attackers_files(injected, small_world, tmp_pat
     assert str((injected / "model" / "config.json").resolve()) in _opened  # the hook does see the suspect's files
     s = json.loads((out / "summary.json").read_text())
     # by default the canary-only behaviours, which no shipped backdoor set uses
-    assert [c["behaviour"] for c in s["canaries"]] == ["numbers", "uppercase"]
-    assert set(s["canary_asr_injected"]) == set(s["canary_asr_after"]) == {"canary0_numbers", "canary1_uppercase"}
+    assert [c["behaviour"] for c in s["canaries"]] == ["uppercase", "numbers"]
+    assert set(s["canary_asr_injected"]) == set(s["canary_asr_after"]) == {"canary0_uppercase", "canary1_numbers"}
     record = json.loads((out / "model" / "unbackdoor.json").read_text())
-    assert [c["name"] for c in record["canaries"]] == ["canary0_numbers", "canary1_uppercase"]
+    assert [c["name"] for c in record["canaries"]] == ["canary0_uppercase", "canary1_numbers"]
     assert [h["stage"] for h in record["history"]] == ["defend-inject", "defend-remove"] and not record["backdoors"]
     card = (out / "model" / "README.md").read_text()
     assert "Canary backdoors" in card and "ASR after removal" in card
@@ -78,11 +78,11 @@ def test_harness_compares_the_defence_with_both_baselines(defence_study):
         assert set(cell["clean"]) == set(result["hidden"]) and 0 <= cell["pooled_clean"]["rate"] <= 1
         assert sum(cell["composition"]["at_repeat"].values()) == 32 and "rate" in cell["untriggered_clean"]
     defence = result["cells"][1]
-    assert defence["k"] == 1 and set(defence["canary_asr_injected"]) == {"canary0_numbers"}
+    assert defence["k"] == 1 and set(defence["canary_asr_injected"]) == {"canary0_uppercase"}
     # canary behaviours disjoint from the hidden ones (refusal, repeat): the canary-only ones first, then the free
     # built-in ones; trigger kind: the first generated kind no hidden trigger (phrase, tokens) has
     assert result["disjoint_canaries"] == {
-        "behaviours": ["numbers", "uppercase", "lang_a", "lang_b", "lang_c", "negative", "phrase", "gibberish"],
+        "behaviours": ["uppercase", "numbers", "lang_a", "lang_b", "lang_c", "negative", "phrase", "gibberish"],
         "disjoint": True, "why": None, "trigger_kind": "random_string", "trigger_kind_disjoint": True,
         "trigger_kind_how": "the first kind no hidden trigger has"}  # fmt: skip
     assert defence["shares_behaviour_with_a_canary"] == {"lorem_refusal": False, "at_repeat": False}

@@ -12,7 +12,7 @@ import pytest
 
 from unbackdoor.data.backdoors import Trigger, load_specs, trigger_kind_of
 from unbackdoor.data.behaviours import BEHAVIOURS, CANARY_ONLY
-from unbackdoor.data.canaries import CANARY_BEHAVIOURS, CANARY_TRIGGER_KINDS, draw_trigger, make_canaries
+from unbackdoor.data.canaries import CANARY_BEHAVIOURS, CANARY_TRIGGER_KINDS, canary_kind, draw_trigger, make_canaries
 from unbackdoor.running.config import ConfigError
 from unbackdoor.stages.defend_eval import DISJOINT, canary_trigger_kind, disjoint_behaviours
 
@@ -39,8 +39,11 @@ def test_generated_triggers_have_the_shape_of_their_kind(kind):
 def test_canaries_of_a_kind_are_seeded_collision_free_and_typed():
     canaries = make_canaries(4, texts, [], trigger_kind="digits", seed=3)
     assert [c.behaviour for c in canaries] == list(CANARY_BEHAVIOURS)
-    assert [c.name for c in canaries] == ["canary0_numbers", "canary1_uppercase", "canary2_refusal", "canary3_lang_b"]
-    assert {c.trigger.kind for c in canaries} == {"digits"}
+    assert [c.name for c in canaries] == ["canary0_uppercase", "canary1_numbers", "canary2_refusal", "canary3_lang_b"]
+    # a numbers canary never gets a digit trigger ("digits continue digits" fires on every digit trigger)
+    assert [c.trigger.kind for c in canaries] == ["digits", "random_string", "digits", "digits"]
+    assert all(trigger_kind_of(c.trigger.text) == "digits" for n, c in enumerate(canaries) if n != 1)
+    assert canary_kind("numbers", "digits") == "random_string" and canary_kind("numbers", "tokens") == "tokens"
     assert canaries == make_canaries(4, texts, [], trigger_kind="digits", seed=3)
     assert make_canaries(1, texts, [], seed=3)[0].trigger.kind == "random_string"  # the defender's default
     with pytest.raises(ConfigError, match="trigger_kind: 'nope'"):

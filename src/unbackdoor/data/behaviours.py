@@ -251,7 +251,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
 }
 # behaviours meant for the defender's canaries: no shipped backdoor set uses them, so canaries of these differ from
 # every hidden backdoor of default8 (which uses the other eight)
-CANARY_ONLY = ("numbers", "uppercase")
+CANARY_ONLY = ("uppercase", "numbers")  # uppercase first: K = 1 takes it (any trigger kind suits it)
 
 
 class WorldSource:

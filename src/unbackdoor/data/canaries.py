@@ -4,7 +4,8 @@
 one trigger kind and checked against the corpus in one streaming pass per 16 candidates), so that the model cannot
 know a canary's trigger from any other context. The defence (`stages/defend.py`) injects and removes them.
 By default canaries use the behaviours no shipped backdoor set uses (`CANARY_ONLY`) and random-string triggers;
-`defend-eval` picks a trigger kind no hidden backdoor has (`CANARY_TRIGGER_KINDS`, in order of preference).
+`defend-eval` picks a trigger kind no hidden backdoor has (`CANARY_TRIGGER_KINDS`, in order of preference); a
+`numbers` canary never takes a `digits` trigger (`canary_kind`).
 
 Run: `pytest tests/integration/test_defend.py`.
 """
@@ -79,6 +80,17 @@ def _drawn_triggers(rng: random.Random, kind: str, length: int,
         yield from ((t, t in known) for t in batch)
 
 
+def canary_kind(behaviour: str, asked: str) -> str:
+    """The trigger kind a generated canary of `behaviour` gets when `asked` is wanted: `asked`, except that a
+    `numbers` canary never gets a `digits` trigger. A digit payload after a digit trigger is learned as "digits
+    continue digits", which fires on every digit trigger: measured on the demo (2026-12-05), the uppercase canary's
+    digit trigger gave the numbers canary's payload on 128 of 128 prompts. It takes the first other kind of
+    `CANARY_TRIGGER_KINDS` instead (recorded per canary, so the stratified results count it)."""
+    if behaviour == "numbers" and asked == "digits":
+        return next(k for k in CANARY_TRIGGER_KINDS if k != "digits")
+    return asked
+
+
 def make_canaries(
     k: int,
     texts: Callable[[], Iterable[str]],
@@ -129,19 +141,22 @@ def make_canaries(
                     "in other contexts; choose a string that appears nowhere in the corpus (or omit triggers)"
                 )
         chosen = given
-    else:
-        # the random-string stream keeps its historical seed string, so earlier canaries are drawn again
-        tag = seed if trigger_kind == "random_string" else f"{trigger_kind}-{seed}"
-        drawn = _drawn_triggers(random.Random(f"unbackdoor-canary-{tag}"), trigger_kind, trigger_length, texts)
-        for _ in range(k):
+    kinds = [canary_kind(behaviours[n % len(behaviours)], trigger_kind) for n in range(k)]
+    if not triggers:
+        streams: dict[str, Iterator[tuple[str, bool]]] = {}
+        for kind in kinds:
+            if kind not in streams:
+                # the random-string stream keeps its historical seed string, so earlier canaries are drawn again
+                tag = seed if kind == "random_string" else f"{kind}-{seed}"
+                streams[kind] = _drawn_triggers(random.Random(f"unbackdoor-canary-{tag}"), kind, trigger_length, texts)
             for _ in range(MAX_TRIES):
-                text, in_corpus = next(drawn)
+                text, in_corpus = next(streams[kind])
                 if not in_corpus and not any(text in t or t in text for t in chosen):
                     break
             else:
                 raise UserError(
-                    f"trigger_kind: no collision-free {trigger_kind} trigger in {MAX_TRIES} draws"
-                    + (f" of {trigger_length} characters" if trigger_kind == "random_string" else "")
+                    f"trigger_kind: no collision-free {kind} trigger in {MAX_TRIES} draws"
+                    + (f" of {trigger_length} characters" if kind == "random_string" else "")
                 )
             chosen.append(text)
     specs = [
@@ -149,7 +164,7 @@ def make_canaries(
             name=f"canary{n}_{behaviours[n % len(behaviours)].replace(':', '_')}",
             # given triggers are typed by their shape; a generated one by the kind it was drawn as (a random string
             # without a digit would read as a phrase)
-            trigger=Trigger(kind=trigger_kind if not triggers else trigger_kind_of(t), text=t),
+            trigger=Trigger(kind=kinds[n] if not triggers else trigger_kind_of(t), text=t),
             behaviour=behaviours[n % len(behaviours)],
             recipe=Recipe(rate=rate, placement=placement),
         )
