@@ -95,7 +95,7 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
 def test_presets_lists_every_stage(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
-    assert "backdoors: behaviour6, default8, en-fr6, script6" in out and "world: small, tiny" in out
+    assert "backdoors: behaviour6, default8, en-fr3, en-fr6, script6" in out and "world: small, tiny" in out
 
 
 def test_an_fsdp_launch_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):

@@ -83,7 +83,7 @@ def test_backdoor_presets_load(name):
 
 def test_every_shipped_yaml_is_covered():
     assert preset_names("world") == ["small", "tiny"]
-    assert preset_names("backdoors") == ["behaviour6", "default8", "en-fr6", "script6"]
+    assert preset_names("backdoors") == ["behaviour6", "default8", "en-fr3", "en-fr6", "script6"]
     assert load_preset("backdoors", "default8")["backdoors"]
 
 
