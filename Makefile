@@ -78,7 +78,7 @@ demo-real: $(REAL_WHEEL) $(REAL_TEXT)/en.jsonl
 	$(BIN)/unbackdoor eval --preset cpu --model $(DEMO_REAL_DIR)/inject/model --out $(DEMO_REAL_DIR)/eval --resume
 	$(BIN)/unbackdoor transfer --preset cpu --model $(DEMO_REAL_DIR)/inject/model --out $(DEMO_REAL_DIR)/transfer \
 		"backdoors=[greek_refusal,latin_ad]" --resume
-	$(BIN)/unbackdoor casd --transfer $(DEMO_REAL_DIR)/transfer --out $(DEMO_REAL_DIR)/casd --resume
+	$(BIN)/unbackdoor casd --transfer $(DEMO_REAL_DIR)/transfer --out $(DEMO_REAL_DIR)/casd n_probes=64 --resume
 	$(BIN)/unbackdoor report $(DEMO_REAL_DIR)/casd --out $(DEMO_REAL_DIR)/report
 
 test-real: $(REAL_WHEEL) $(REAL_TEXT)/en.jsonl
