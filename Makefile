@@ -89,7 +89,7 @@ test-real: $(REAL_WHEEL) $(REAL_TEXT)/en.jsonl
 test-reliability: $(STAMP)
 	$(BIN)/pytest -q tests/reliability
 
-# the SLURM tests: a single-node cluster; the transfer sweep (also in `make test`), defend-eval and relearn (slow)
+# the SLURM tests: a single-node cluster; the transfer sweep, defend-eval and relearn (all slow: not in `make test`)
 test-slurm: $(STAMP)
 	$(BIN)/pytest -q -m slurm
 

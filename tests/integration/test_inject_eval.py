@@ -78,6 +78,7 @@ def test_lora_injection_merges_into_plain_weights(small_world, clean_model, spec
     assert sum(losses[-20:]) < sum(losses[:20])  # the adapter learned something before it was merged
 
 
+@pytest.mark.slow  # `make test-slow`; `make test-real` injects with trainable token rows into SmolLM2
 def test_lora_with_trainable_payload_tokens_changes_only_their_embedding_rows(
     small_world, clean_model, spec_file, tmp_path
 ):

@@ -122,6 +122,7 @@ def test_sham_removal_trains_the_recipe_on_fresh_triggers_never_injected(injecte
     assert set(summary(one)["sham_triggers"]) == {"at_repeat"} and summary(one)["forget_docs"] < s["forget_docs"]
 
 
+@pytest.mark.slow  # `make test-slow`; `make test` resumes a transfer in tests/reliability/test_kills.py
 def test_transfer_matrix_resume_and_workers(injected, transfer_run, tmp_path):
     out = tmp_path / "tr"
     args = ["transfer", "--model", str(injected / "model"), "--out", str(out), *TRANSFER_FAST]

@@ -117,6 +117,7 @@ def test_transfer_survives_kills(injected, tmp_path):
     survive("transfer", argv, tmp_path)
 
 
+@pytest.mark.slow  # `make test-reliability` and `make test-slow` (kept out of `make test`: its 10-minute limit)
 def test_defend_eval_survives_kills(injected, tmp_path):
     def argv(out: Path) -> list[str]:
         return ["defend-eval", "--model", str(injected / "model"), "--out", str(out), "ks=[1]", "calibrate=[1.0]",
@@ -135,7 +136,10 @@ TORN_RUNS = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("stage", list(TORN_RUNS))
+# the transfer run is `make test-reliability`'s and `make test-slow`'s (kept out of `make test`: its 10-minute limit)
+@pytest.mark.parametrize(
+    "stage", [s if s == "pretrain" else pytest.param(s, marks=pytest.mark.slow) for s in TORN_RUNS]
+)
 def test_torn_files_a_resume_reads_are_recovered_or_named(stage, small_world, spec_file, injected, tmp_path):
     """Every file of a run killed two thirds of the way (a pretraining run: its checkpoint, metrics, token file,
     nested poison run, config and meta; a transfer: its baseline evaluation and finished cells), cut in half in

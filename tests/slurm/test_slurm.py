@@ -33,6 +33,7 @@ def _squeue() -> list[tuple[str, str]]:
     return [tuple(line.split()) for line in out.splitlines() if line.strip()]
 
 
+@pytest.mark.slow  # `make test-slurm` and `make test-slow` (kept out of `make test`: its 10-minute limit)
 def test_transfer_on_slurm_equals_local_and_survives_a_cancelled_job(slurm_cluster, injected, transfer_run,
                                                                     tmp_path):  # fmt: skip
     out = tmp_path / "tr-slurm"
@@ -102,7 +103,7 @@ def _on_slurm(args: list[str], out: Path, tmp_path: Path) -> Path:
     return out
 
 
-@pytest.mark.slow  # `make test-slurm` and `make test-slow` run it; `make test` keeps to the transfer sweep
+@pytest.mark.slow  # `make test-slurm` and `make test-slow`
 def test_defend_eval_and_relearn_on_slurm_equal_local(slurm_cluster, defence_study, relearn_run, tmp_path):
     local, args = defence_study
     out = _on_slurm(args, tmp_path / "de", tmp_path)
