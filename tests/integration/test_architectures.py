@@ -20,10 +20,11 @@ from unbackdoor.cli import main
 INJECTION = {"qwen3-0.6b": "inject", "llama3.2-1b": "inject", "gaperon-1.5b": "pretrain"}
 
 
-# Only Qwen3's toy twin runs in `make test` (it must stay under 10 minutes); Llama 3.2's and Gaperon's are the slow
-# tier's (`make test-slow`): the llama classes run in every other test, and backdoors from pretraining in the demo
-# and reliability tests.
-ARCHS = [a if a == "qwen3-0.6b" else pytest.param(a, marks=pytest.mark.slow) for a in INJECTION]
+# The toy twins are the slow tier's (`make test-slow`; `make test` must stay under 10 minutes, and Qwen3's alone
+# took 58 s of it): the llama classes run in every other test, the real tier (`make test-real`) runs a real Llama
+# checkpoint end to end, backdoors from pretraining run in the demo and reliability tests, and
+# tests/unit/test_presets.py builds every architecture's shrunk twin.
+ARCHS = [pytest.param(a, marks=pytest.mark.slow) for a in INJECTION]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
