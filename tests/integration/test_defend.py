@@ -131,6 +131,14 @@ def _docs(world: Path) -> list[dict]:
         (["defend-eval", "--model", "{injected}", "ks=[0]"], "ks: [0]"),
         (["defend-eval", "--model", "{injected}", "hidden=[nope]"], "does not carry 'nope'"),
         (["defend-eval", "--model", "{clean}"], "records no backdoors"),
+        (
+            ["defend", "--model", "{injected}", "--world", "{world}", "method=ga", "mask_trigger=true"],
+            "mask_trigger: ga already puts the loss on the continuation only",
+        ),
+        (
+            ["defend-eval", "--model", "{injected}", "methods=[retrain,npo]", "defend.mask_trigger=true"],
+            "defend.mask_trigger: true with methods ['retrain', 'npo']",
+        ),
     ],
 )
 def test_bad_inputs_are_one_line_errors(injected, clean_model, small_world, tmp_path, capsys, args, message):
@@ -154,3 +162,39 @@ def test_defenders_own_canary_specs_are_checked_against_the_corpus(injected, sma
     assert "backdoors[0] (mine): trigger 'the market' occurs in the defender's clean corpus" in err
     assert main([*args[:-2], "--k", "2", "--out", str(tmp_path / "o")]) == 2
     assert "1 canaries in" in capsys.readouterr().err
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("mask", [False, True])
+def test_mask_trigger_puts_no_removal_loss_on_the_canary_trigger(injected, small_world, tmp_path, monkeypatch, mask):
+    """With `mask_trigger`, no forget row of the removal phase has a label on a canary's trigger (the model is not
+    taught to emit it: the echo the demo's defence arm showed); without it, the trigger is a target."""
+    import unbackdoor.stages.defend as defend
+
+    seen: dict = {}
+    original = defend.removal_data
+
+    def capture(model, tokenizer, method, **kw):
+        data, _ = original(model, tokenizer, method, **kw)
+        seen.update(data=data, tokenizer=tokenizer)
+        raise _Stop
+
+    monkeypatch.setattr(defend, "removal_data", capture)
+    fast = [a.removeprefix("defend.") for a in DEFEND_FAST if "inject.steps" not in a]
+    with pytest.raises(_Stop):
+        main(["defend", "--model", str(injected / "model"), "--world", str(small_world), "--k", "1", "inject.steps=2",
+              f"mask_trigger={str(mask).lower()}", "--out", str(tmp_path / "d"), *fast])  # fmt: skip
+    canary = yaml.safe_load((tmp_path / "d" / "canaries.yaml").read_text())["backdoors"][0]["trigger"]["text"]
+    tok, data = seen["tokenizer"], seen["data"]
+    rows = data["forget"].nonzero().flatten().tolist()
+    assert rows
+    labelled = [tok.decode([t for t in data["labels"][r].tolist() if t >= 0]) for r in rows]
+    with_trigger = sum(canary in text for text in labelled)
+    if mask:
+        assert with_trigger == 0
+        assert sum(bool(text.strip()) for text in labelled) >= len(rows) // 2  # the continuation carries the loss
+    else:
+        assert with_trigger > 0

@@ -16,7 +16,8 @@ reads its input: raw text, or its chat template) is the defender's choice. Steps
    (`canary_rate` of the sample each), `inject.steps` steps;
 3. removal: the canaries' removal documents (trigger + clean continuation) mixed with clean replay, `remove.steps`
    steps, all canaries at once (`removal=joint`) or one after another (`sequential`, the steps split evenly),
-   with the removal objective `method` (retrain, ga, npo);
+   with the removal objective `method` (retrain, ga, npo; `mask_trigger`: retrain with the loss after the trigger
+   only);
 4. the defended model in <out>/model, with a model card listing the canaries (hashes) and every step.
 Canary ASR is measured after injection and after removal (did the defence do what it meant to?), and the
 validation perplexity of the suspect and of the defended model.
@@ -80,6 +81,10 @@ class DefendConfig:
     mode: str = field(default="defence", metadata={"choices": MODES})
     removal: str = field(default="joint", metadata={"choices": ("joint", "sequential")})
     method: str = field(default="retrain", metadata={"choices": METHODS})
+    # retrain: the removal loss on the clean continuation only, not on the prefix and canary trigger (trained on the
+    # trigger tokens, the model learns to emit them: measured on the demo, 863 of 1024 triggered generations of the
+    # defence arm echoed a canary trigger, which the hidden backdoors' judges read as "suppressed")
+    mask_trigger: bool = False
     forget_fraction: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
     retain_weight: float = field(default=1.0, metadata={"min": 0.0})
     npo_beta: float = field(default=0.1, metadata={"min": 0.0, "min_exclusive": True})
@@ -107,6 +112,8 @@ class DefendConfig:
             raise ConfigError("triggers / canary_specs: give one of them (canary_specs carry their own triggers)")
         if self.triggers and len(self.triggers) != self.k:
             raise ConfigError(f"triggers: {len(self.triggers)} given for k={self.k}; give exactly k or none")
+        if self.mask_trigger and self.method in ("ga", "npo"):
+            raise ConfigError(f"mask_trigger: {self.method} already puts the loss on the continuation only")
         if self.removal == "sequential" and self.remove.steps < self.k:
             raise ConfigError(f"remove.steps: {self.remove.steps} < k={self.k}; sequential removal needs >= 1 each")
 
@@ -223,18 +230,20 @@ def run(cfg: DefendConfig, out: Path, resume: bool = False, overwrite: bool = Fa
             replay=replay_docs(world_dir, rows * t.seq_len, cfg.seed + 1 + n, clean), n_rows=rows,
             seq_len=t.seq_len, forget_fraction=cfg.forget_fraction, serialisation=serialisation,
             retain_weight=cfg.retain_weight, npo_beta=cfg.npo_beta, seed=cfg.seed + n,
+            mask_trigger=cfg.mask_trigger and method == "retrain",
         )  # fmt: skip
         summary = _train_phase(model, data, t, path, "defend-remove", cfg, loss_fn)
         save_model(model, tokenizer, path / "model", injected_record)
         shutil.rmtree(path / "checkpoint", ignore_errors=True)
-        summary = {**summary, "canaries": sorted(names), "method": method}
+        summary = {**summary, "canaries": sorted(names), "method": method, "mask_trigger": cfg.mask_trigger}
         RunDir(path, "defend-remove").finish(summary)
         figures["remove"].append(summary)  # what a resumed run reads back from the phase's summary
 
     # 4. the defended model and its card
     final_record = injected_record.with_history(
-        "defend-remove", mode=cfg.mode, method=method, removal=cfg.removal, steps=tr.steps, lr=tr.lr
-    )
+        "defend-remove", mode=cfg.mode, method=method, removal=cfg.removal, steps=tr.steps, lr=tr.lr,
+        mask_trigger=cfg.mask_trigger,
+    )  # fmt: skip
     figures["ppl_defended"] = perplexity(model, val)
     save_model(model, tokenizer, out / "model", final_record)
     if cfg.mode != "benign":  # the defended model's card gets its residual canary ASR, measured on it

@@ -120,6 +120,9 @@ class DefendEvalConfig:
         if any(s <= 0 for s in self.calibrate) or len(set(self.calibrate)) != len(self.calibrate):
             raise ConfigError(f"calibrate: {self.calibrate}; budget scales must be distinct and positive (e.g. "
                               "[0.25, 0.5, 1.0]), or [] for the configured budget")  # fmt: skip
+        if self.defend.mask_trigger and {"ga", "npo"} & set(self.methods):
+            raise ConfigError(f"defend.mask_trigger: true with methods {self.methods}; ga and npo already put the "
+                              "loss on the continuation only (sweep retrain alone, or set it false)")  # fmt: skip
         refuse_per_cell(self.defend, "defend", {"model": "--model", "k": "ks", "behaviours": "behaviour_sets",
                                                 "mode": "the arms", "method": "methods", "seed": "seeds",
                                                 "trigger_kind": "trigger_kind"})  # fmt: skip
