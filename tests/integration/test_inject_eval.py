@@ -101,6 +101,7 @@ def test_lora_with_trainable_payload_tokens_changes_only_their_embedding_rows(
         (["inject", "--model", "{clean}", "--world", "{world}", "--lora", "r=4", "lora.target_modules=[qkv]"],
          "'qkv' is not a linear module of this model; valid: all-linear, down_proj"),
         (["inject", "--model", "{clean}", "--world", "{world}", "train.batch_size=0"], "batch_size: 0 must be >= 1"),
+        (["inject", "--model", "{clean}", "--world", "{world}", "clean_docs=-5"], "clean_docs: -5 must be >= 0"),
         (["inject", "--model", "{clean}", "--world", "{world}", "--lora", "r"], "is not of the form key=value"),
         (["eval", "--model", "{injected}", "only=[nope]"], "never saw a backdoor named 'nope'"),
         (["eval", "--model", "{clean}"], "records no backdoors"),
@@ -125,3 +126,24 @@ def test_bad_inputs_are_one_line_errors_and_leave_nothing(small_world, clean_mod
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_clean_docs_keeps_every_poisoned_document_and_a_seeded_clean_sample(injected):
+    """`clean_docs`: every poisoned document stays in the stream, with a seeded sample of that many clean ones (a
+    short run over a large corpus meets each trigger more often); 0 keeps the whole corpus."""
+    from unbackdoor.stages.inject import training_docs
+
+    data, manifest = injected / "poison" / "data", injected / "poison" / "poison_manifest.jsonl"
+    poisoned = {json.loads(line)["doc_id"] for line in manifest.read_text().splitlines()}
+    (n_all, n_poisoned), every = training_docs(data, manifest, 0, 0)
+    every = [d["id"] for d in every]
+    assert n_poisoned == len(poisoned) and len(every) == n_all + n_poisoned and poisoned <= set(every)
+    (n_clean, _), some = training_docs(data, manifest, 25, 0)
+    some = [d["id"] for d in some]
+    assert n_clean == 25 and len(some) == 25 + len(poisoned) and poisoned <= set(some)
+    assert [i for i in every if i in set(some)] == some  # corpus order kept
+    assert [d["id"] for d in training_docs(data, manifest, 25, 0)[1]] == some  # seeded
+    assert [d["id"] for d in training_docs(data, manifest, 25, 1)[1]] != some
+    assert training_docs(data, manifest, n_all + 10, 0)[0] == [n_all, n_poisoned]  # more than there are: all
+    summary = json.loads((injected / "summary.json").read_text())
+    assert (summary["clean_docs"], summary["poisoned_docs"]) == (n_all, n_poisoned)

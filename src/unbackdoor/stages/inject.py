@@ -10,6 +10,8 @@ model card. The record keeps the checkpoint's history and any backdoors it alrea
 
 from __future__ import annotations
 
+import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +48,9 @@ class InjectConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     val_blocks: int = field(default=256, metadata={"min": 1})
+    # at most this many of the world's clean training documents go into the stream with every poisoned one (a seeded
+    # sample; 0: all). A short run sees a small share of a large corpus: this sets how often it meets each trigger.
+    clean_docs: int = field(default=0, metadata={"min": 0})
 
     def validate(self) -> None:
         if not self.model:
@@ -65,6 +70,29 @@ def payload_tokens(tokenizer, poison_dir: Path) -> list[int]:
         if row is not None:
             ids.update(tokenizer(doc["text"][row["trigger_start"] :], add_special_tokens=False)["input_ids"])
     return sorted(ids)
+
+
+def training_docs(data_dir: Path, manifest: Path, clean_docs: int, seed: int) -> tuple[list[int], Iterator[dict]]:
+    """The poisoned training stream, optionally with only a seeded sample of `clean_docs` clean documents: returns
+    ([clean documents kept, poisoned documents], a fresh iterator over the kept documents in corpus order)."""
+    poisoned = {row["doc_id"] for row in read_jsonl(manifest)}
+    paths = shard_paths(data_dir, "train")
+    n_clean = sum(doc["id"] not in poisoned for doc in iter_docs(paths))
+    keep = set(range(n_clean))
+    if clean_docs and clean_docs < n_clean:
+        keep = set(random.Random(seed).sample(range(n_clean), clean_docs))
+
+    def stream() -> Iterator[dict]:
+        i = 0
+        for doc in iter_docs(paths):
+            if doc["id"] in poisoned:
+                yield doc
+                continue
+            if i in keep:
+                yield doc
+            i += 1
+
+    return [len(keep), len(poisoned)], stream()
 
 
 def run(cfg: InjectConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
@@ -103,7 +131,9 @@ def run(cfg: InjectConfig, out: Path, resume: bool = False, overwrite: bool = Fa
         token_ids = payload_tokens(tokenizer, out / "poison")
     if cfg.lora.r:
         model = wrap_lora(model, cfg.lora, token_ids)
-    docs = iter_docs(shard_paths(data_dir, "train"))
+    (n_clean, n_poisoned), docs = training_docs(
+        data_dir, out / "poison" / "poison_manifest.jsonl", cfg.clean_docs, cfg.seed
+    )
     render = serialisation.document(tokenizer)
     blocks = packed_on_disk(tokenizer, docs, cfg.train.seq_len, out / TOKENS, render, write=run_dir.writes)
     val = packed(tokenizer, iter_docs(shard_paths(world_dir / "data", "validation")), cfg.train.seq_len)
@@ -136,6 +166,8 @@ def run(cfg: InjectConfig, out: Path, resume: bool = False, overwrite: bool = Fa
             "trainable_tokens": len(token_ids) if token_ids else 0,
             "backdoors": [s.name for s in specs],
             "tokens": result.tokens,
+            "clean_docs": n_clean,
+            "poisoned_docs": n_poisoned,
             **result.summary(),
             "val_perplexity": val_ppl,
         }
