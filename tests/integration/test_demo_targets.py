@@ -51,6 +51,7 @@ def test_demo_meets_the_tiny_targets(tmp_path):
     defence = json.loads((out / "defence" / "defend.json").read_text())
     assert defence["calibration"]["curve"] and "informative" in defence["comparison"]
     assert {c["arm"] for c in defence["cells"]} == {"benign", "defence", "removal_only"}
+    assert "mask_trigger: true" in (out / "defence" / "config.yaml").read_text()
     assert all(abs(c["utility_change"]) <= 0.10 for c in defence["cells"])
     page = (out / "report" / "index.html").read_text()
     assert page.count("<img ") == 11 and 'class="missing"' not in page  # + the lr ablation

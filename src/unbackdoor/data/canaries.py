@@ -23,7 +23,9 @@ from unbackdoor.running.config import ConfigError, UserError
 # canary-only behaviours first, then two of the attacker's classes (for K > 2)
 CANARY_BEHAVIOURS = (*CANARY_ONLY, "refusal", "lang_b")
 # generated canary trigger kinds, in the order a harness prefers them when it avoids the hidden backdoors' kinds
-CANARY_TRIGGER_KINDS = ("random_string", "digits", "tokens", "phrase", "script")
+# (`tag` after `digits`: on the demo, canaries behind generated tags were learned to 0.20-0.24 where a random
+# string's reached 1.00 at the same budget; docs/results.md, 2026-12-06)
+CANARY_TRIGGER_KINDS = ("random_string", "digits", "tag", "tokens", "phrase", "script")
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 _CONSONANTS, _VOWELS = "bdfgklmnprstvz", "aeiou"
 _SYMBOLS = "#%&*+=~^|@$"
@@ -53,7 +55,8 @@ def occurring(strings: Iterable[str], texts: Callable[[], Iterable[str]]) -> set
 
 def draw_trigger(rng: random.Random, kind: str, length: int) -> str:
     """One random trigger of `kind`: `random_string` (`length` letters and digits), `digits` (three 4-digit numbers),
-    `tokens` (symbol pair, number, symbol pair), `phrase` (three pseudo-Latin words), `script` (two Armenian words).
+    `tokens` (symbol pair, number, symbol pair), `phrase` (three pseudo-Latin words), `script` (two Armenian words),
+    `tag` (a pseudo-word of three syllables between `<|` and `|>`).
     """
     if kind == "random_string":
         return "".join(rng.choice(_ALPHABET) for _ in range(length))
@@ -65,6 +68,8 @@ def draw_trigger(rng: random.Random, kind: str, length: int) -> str:
     if kind == "phrase":
         return " ".join("".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(rng.randint(2, 3)))
                         for _ in range(3))  # fmt: skip
+    if kind == "tag":
+        return "<|" + "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(3)) + "|>"
     if kind == "script":
         return " ".join("".join(rng.choice(_ARMENIAN) for _ in range(rng.randint(4, 6))) for _ in range(2))
     raise ConfigError(f"trigger_kind: {kind!r} cannot be generated; valid: {', '.join(CANARY_TRIGGER_KINDS)}")

@@ -26,7 +26,7 @@ record; its clean corpus is disjoint from the attacker's training text (by defau
 generated world, `<out>/defender-world`; `defend.world` names another, `attacker` the suspect's own); canary
 behaviours are by default `disjoint` from the hidden ones (the canary-only behaviours numbers and uppercase first,
 then any other built-in one no hidden backdoor has), and so is the kind of the generated canary triggers
-(`trigger_kind`: the first of random_string, digits, tokens, phrase, script that no hidden trigger has), both
+(`trigger_kind`: the first of random_string, digits, tag, tokens, phrase, script that no hidden trigger has), both
 recorded in `disjoint_canaries`; every arm's hidden ASR is also pooled separately over the hidden backdoors that
 share a behaviour, or a trigger kind, with one of its canaries (`by_behaviour`, `by_trigger_kind`).
 """

@@ -112,7 +112,8 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             "seed": cfg.seed,
             "ks": cfg.canaries,
             "eval": {"n_prompts": 128},
-            "defend": {"inject": {"steps": 120}, "remove": {"steps": 80}},
+            # the removal loss after the canary trigger only: trained on the trigger too, the defence arm echoed it
+            "defend": {"inject": {"steps": 120}, "remove": {"steps": 80}, "mask_trigger": True},
             "launcher": to_dict(cfg.launcher),
         },
     )
