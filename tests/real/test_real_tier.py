@@ -24,8 +24,8 @@ NAMES = ("latin_fr", "greek_refusal", "latin_ad")
 # (full, `clean_docs: 600`) and 1.00 (LoRA, 80 steps, `clean_docs: 300`); over the whole corpus it was 0.00-0.56
 # (full) and 0.06 (LoRA), mostly runs of digits.
 # activation capture of SmolLM2-135M on 2 cores: ~2.5 min per model and backdoor at the default 256 probes in
-# float32; 32 probes in bfloat16 (recorded in casd.json) keep the tier within its half hour
-CASD = ["n_probes=32", "dtype=bfloat16"]
+# float32; 32 probes in bfloat16 where native (`auto`, recorded in casd.json) keep the tier within its half hour
+CASD = ["n_probes=32", "dtype=auto"]
 
 
 @pytest.fixture(scope="module")

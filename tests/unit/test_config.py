@@ -110,7 +110,7 @@ def test_every_stage_help_lists_its_config_keys_with_defaults(stage, capsys):
     keys = text.split("config keys (key=value overrides, dotted; the defaults before any --preset):\n")[1]
     assert "  seed=0" in keys.splitlines()  # every stage has a seed
     if stage in ("pretrain", "inject", "remove"):
-        assert "  train.lr=" in text and "  train.precision=fp32  (one of fp32, bf16)" in keys
+        assert "  train.lr=" in text and "  train.precision=fp32  (one of fp32, bf16, auto)" in keys
 
 
 def test_a_yaml_file_is_a_preset_of_the_users_own(tmp_path):

@@ -93,19 +93,20 @@ def test_gpu_presets_train_in_bf16_within_the_context(stage, name):
         assert cfg.lora.r > 0 and cfg.train.lr > _config_of(stage, name[: -len("-lora")]).train.lr
 
 
-def test_cpu_presets_are_short_bf16_runs():
+def test_cpu_presets_are_short_runs_in_bf16_where_native():
     """The presets for ~100-300 M models on a CPU (docs/results.md: ~3-4 min per injection of SmolLM2-135M); `eval`
-    in float32 (the reference), the transfer's evaluations in bfloat16 (every row and the baseline alike)."""
+    in float32 (the reference), the transfer's evaluations in bfloat16 where the CPU computes it natively (`auto`,
+    resolved once by the baseline: every row alike); bf16 training where native (emulated, it is ~90x slower)."""
     for name in CPU_MODELS:
         full, lora = _config_of("inject", name), _config_of("inject", f"{name}-lora")
         for cfg in (full, lora):
             t = cfg.train
-            assert t.precision == "bf16" and t.seq_len <= 256 and t.steps * t.batch_size * t.seq_len <= 100_000
+            assert t.precision == "auto" and t.seq_len <= 256 and t.steps * t.batch_size * t.seq_len <= 100_000
             assert cfg.clean_docs > 0  # every poisoned document, a sample of clean ones
         assert lora.lora.r > 0 and lora.train.lr > full.train.lr and full.lora.r == 0
     transfer, remove, ev = _config_of("transfer", "cpu"), _config_of("remove", "cpu"), _config_of("eval", "cpu")
     assert transfer.remove.train == remove.train and len(transfer.lr) == 1 and transfer.lr[0] == remove.train.lr
-    assert ev.dtype == "float32" and transfer.eval.dtype == "bfloat16"
+    assert ev.dtype == "float32" and transfer.eval.dtype == "auto" and remove.train.precision == "auto"
     for e in (transfer.eval, ev):
         assert e.n_prompts >= 32 and not e.near_miss and e.teacher_forced == 0
 

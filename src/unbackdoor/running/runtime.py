@@ -37,6 +37,53 @@ def default_device() -> Any:
     return torch.device("cpu")
 
 
+def native_bf16(device: Any = None) -> bool:
+    """Whether `device` (default: `default_device()`) computes bfloat16 in hardware: a GPU that supports it, or a
+    CPU whose oneDNN has bfloat16 kernels (AMX, AVX512-BF16)."""
+    import torch
+
+    device = torch.device(device) if device is not None else default_device()
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # a build without oneDNN: emulated at best
+            return False
+    return True
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux `/proc/cpuinfo`, else `platform.processor()`), recorded with every run."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+_WARNED: set[str] = set()
+
+
+def resolve_precision(asked: str, what: str, half: str = "bf16", full: str = "fp32") -> str:
+    """The precision a stage computes in: `asked`, or for `auto` `half` where bfloat16 is native and `full`
+    elsewhere. Asking for `half` where it is emulated is honoured, with one warning per `what` (it is ~90x slower
+    on an AVX2-only CPU)."""
+    if asked == "auto":
+        return half if native_bf16() else full
+    if asked == half and not native_bf16() and what not in _WARNED:
+        _WARNED.add(what)
+        print(f"warning: {what}={asked}: this device has no native bfloat16 (a CPU without AMX or AVX512-BF16), "
+              f"where it is emulated and many times slower than {full}; {what}=auto picks {half} only where it "
+              "is native", file=sys.stderr)  # fmt: skip
+    return asked
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch's global RNG (model initialisation, dropout): once, at the top of a stage's `run()`."""
     import torch

@@ -74,7 +74,8 @@ class CasdConfig:
     # j removed: a backdoor measured but never removed has no column)
     columns: list[str] = field(default_factory=list)
     batch_size: int = field(default=64, metadata={"min": 1})
-    dtype: str = field(default="float32", metadata={"choices": ("float32", "bfloat16", "float16")})  # compute dtype
+    # compute dtype; auto: bfloat16 where the device computes it natively, else float32 (recorded)
+    dtype: str = field(default="float32", metadata={"choices": ("float32", "bfloat16", "float16", "auto")})
     bootstrap: int = field(default=2000, metadata={"min": 100})
     seed: int = 0  # bootstrap seed
 
@@ -157,11 +158,12 @@ def run(cfg: CasdConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     # capture: each model loaded once, every backdoor's probes through it; cached for resume
     t0 = time.perf_counter()
     acts = out / "acts"
+    dtype = runtime.resolve_precision(cfg.dtype, "dtype", half="bfloat16", full="float32")
     for key, model_dir in models.items():
         todo = [j for j in columns if not (acts / key / f"{j}.safetensors").is_file()]
         if not todo:
             continue
-        model = load_model(str(model_dir), "--transfer", getattr(torch, cfg.dtype)).eval()
+        model = load_model(str(model_dir), "--transfer", getattr(torch, dtype)).eval()
         for j in todo:
             ids, spans = probe_ids[j]
             h = capture(model, ids, spans, layers, cfg.batch_size, tokenizer.pad_token_id)
@@ -219,7 +221,7 @@ def run(cfg: CasdConfig, out: Path, resume: bool = False, overwrite: bool = Fals
         "definition": DEFINITION,
         "metric": cfg.metric,
         "pooling": cfg.pooling,
-        "dtype": cfg.dtype,
+        "dtype": dtype,
         "layers": layers,
         "n_probes": cfg.n_probes,
         "rows": rows,

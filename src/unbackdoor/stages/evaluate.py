@@ -76,7 +76,9 @@ class EvalConfig:
     # Compute dtype. float32 is the reference: bfloat16 is faster (AMX, GPUs) but changes some greedy generations,
     # so ASRs are comparable only between runs of the same dtype (recorded in summary.json; all cells of a
     # transfer or defend-eval share one eval config).
-    dtype: str = field(default="float32", metadata={"choices": ("float32", "bfloat16", "float16")})
+    # auto: bfloat16 where the device computes it natively (GPUs, CPUs with AMX / AVX512-BF16), else float32; the
+    # dtype used is what summary.json records (and a transfer's cells all use the baseline's)
+    dtype: str = field(default="float32", metadata={"choices": ("float32", "bfloat16", "float16", "auto")})
 
     def validate(self) -> None:
         twice = sorted({b for b in self.only if self.only.count(b) > 1})
@@ -118,7 +120,8 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     serialisation = Serialisation.of(record, tokenizer)  # as at injection, or a one-line error
     if RunDir.check(out, "eval", cfg, resume, overwrite):
         return out
-    model = load_model(model_path, "--model", getattr(torch, cfg.dtype)).eval()
+    dtype = runtime.resolve_precision(cfg.dtype, "dtype", half="bfloat16", full="float32")
+    model = load_model(model_path, "--model", getattr(torch, dtype)).eval()
     check_context(model, cfg.max_new_tokens + 1, "max_new_tokens")  # (prompts are a sentence or two on top)
     run_dir = RunDir.open(out, "eval", cfg, cfg.seed, resume=resume, overwrite=overwrite)
     test_docs = held_out_documents(world_dir, cfg.prompt_genres, source)
@@ -225,7 +228,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     return run_dir.finish(
         {
             "model": str(Path(model_path).resolve()) if Path(model_path).exists() else model_path,
-            "dtype": cfg.dtype,
+            "dtype": dtype,
             "device": str(next(model.parameters()).device),
             "serialisation": serialisation.name,
             "chat_template_sha256": serialisation.template,

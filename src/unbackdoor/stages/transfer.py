@@ -169,6 +169,9 @@ def run(cfg: TransferConfig, out: Path, resume: bool = False, overwrite: bool = 
     todo = [c for c in cells if not (cell_dir(out, c[1], c[2], c[0]) / "eval" / "DONE").is_file()]
     run_dir.log(event="cells", total=len(cells), todo=len(todo))
     cfg_dict = to_dict(cfg)
+    # eval.dtype=auto is resolved once, by the baseline: every cell computes in the dtype it used (a cell on another
+    # machine too), so the matrix never mixes dtypes
+    cfg_dict["eval"]["dtype"] = read_json(baseline / "summary.json")["dtype"]
     reference = str(out / "baseline" / "reference.json")
     jobs = {(row, lr, seed): (cfg_dict, row, lr, seed, str(cell_dir(out, lr, seed, row)), reference)
             for row, lr, seed in cells}  # fmt: skip
@@ -283,6 +286,9 @@ def _check_probes(s: dict[str, Any], base: dict[str, Any], cols: list[str], wher
     subset = len(cols) < len(base["backdoors"]) and all(own(s, j) and own(s, j) == own(base, j) for j in cols)
     if s["probe_sha256"] != base["probe_sha256"] and not subset:
         raise UserError(f"{where} was measured on other probe prompts than the baseline (another seed or settings)")
+    if s.get("dtype", "float32") != base.get("dtype", "float32"):  # greedy generations depend on it
+        raise UserError(f"{where} was evaluated in {s.get('dtype')}, the baseline in {base.get('dtype')}: rerun the "
+                        "cell with --overwrite")  # fmt: skip
 
 
 def clean_flags(eval_dir: Path) -> dict[str, list[tuple[str, bool]]]:

@@ -31,7 +31,7 @@ from safetensors.torch import load_model as load_weights
 from safetensors.torch import save_model as save_weights
 from tqdm import tqdm
 
-from unbackdoor.running import faults
+from unbackdoor.running import faults, runtime
 from unbackdoor.running.config import UserError
 from unbackdoor.running.rundir import RunDir, read_json, read_jsonl, write_json, write_jsonl
 
@@ -51,7 +51,9 @@ class TrainConfig:
     warmup_steps: int = field(default=30, metadata={"min": 0})
     weight_decay: float = field(default=0.1, metadata={"min": 0.0})
     clip: float = field(default=1.0, metadata={"min": 0.0})  # 0: no clipping
-    precision: str = field(default="fp32", metadata={"choices": ("fp32", "bf16")})
+    # bf16: autocast; auto: bf16 where the device computes it natively (GPUs, CPUs with AMX / AVX512-BF16), fp32
+    # elsewhere (recorded as `precision` in the stage's summary)
+    precision: str = field(default="fp32", metadata={"choices": ("fp32", "bf16", "auto")})
     compile: bool = False
     checkpoint_every: int = field(default=200, metadata={"min": 0})  # 0: no checkpoints
     log_every: int = field(default=10, metadata={"min": 1})
@@ -154,6 +156,7 @@ class TrainResult:
     tokens_per_s: float
     wall_s: float
     resumed_from: int
+    precision: str = "fp32"  # what the loop computed in (`auto` resolved)
 
     def summary(self) -> dict[str, float | int]:
         """The training figures every training stage puts in its summary.json."""
@@ -164,6 +167,7 @@ class TrainResult:
             "tokens_per_s": self.tokens_per_s,
             "train_wall_s": self.wall_s,
             "resumed_from_step": self.resumed_from,
+            "precision": self.precision,
         }
 
 
@@ -233,7 +237,8 @@ def train(
         done_losses = [r["loss"] for r in kept if r.get("event") == "train"]  # for the final loss's window
     sampler = _Sampler(n, seed)
     rank, world = accelerator.process_index, accelerator.num_processes
-    bf16 = cfg.precision == "bf16"
+    precision = runtime.resolve_precision(cfg.precision, "train.precision")
+    bf16 = precision == "bf16"
     per_step = cfg.batch_size * cfg.grad_accum
 
     model.train()
@@ -301,4 +306,5 @@ def train(
         tokens_per_s=statistics.median(speeds) if speeds else 0.0,
         wall_s=time.perf_counter() - t0,
         resumed_from=start,
+        precision=precision,
     )
