@@ -306,8 +306,12 @@ class RunDir:
                     "seed": seed,
                     "git": _git_state(),
                     "versions": _versions(),
-                    "host": {"name": socket.gethostname(), "platform": platform.platform(), "cpus": os.cpu_count(),
-                             "cpu_model": runtime.cpu_model()},  # timings differ by CPU (AMX or not: ~3-4x)
+                    "host": {
+                        "name": socket.gethostname(),
+                        "platform": platform.platform(),
+                        "cpus": os.cpu_count(),
+                        "cpu_model": runtime.cpu_model(),
+                    },  # timings differ by CPU (AMX or not: ~3-4x)
                     "started_at": time.time(),
                     "ended_at": None,
                 }
