@@ -23,6 +23,7 @@ def test_demo_meets_the_tiny_targets(tmp_path):
         assert row["outcomes"]["clean"]["clean"]["rate"] >= 0.8, name  # the outcome calibration is sane
     pretrain = json.loads((out / "pretrain" / "meta.json").read_text())
     assert pretrain["wall_seconds"] <= 240 * 1.25  # 4 min target, +-25 % machine drift
+    assert (out / "twin" / "DONE").is_file() and not (out / "inject").exists()  # replicates_from=pretrain
     transfer = json.loads((out / "transfer" / "transfer.json").read_text())
     grid = transfer["grids"][0]
     for name in transfer["backdoors"]:
@@ -47,6 +48,7 @@ def test_demo_meets_the_tiny_targets(tmp_path):
     )
     pooled = json.loads((out / "replicates" / "replicates.json").read_text())
     assert pooled["replicates"] == 3 and (out / "replicate-2" / "transfer" / "DONE").is_file()
+    assert pooled["shared_base"] is None and {m["planted_by"] for m in pooled["models"]} == {"pretrain"}
     assert "transfers_q05" in pooled["grids"][0]["headline"] and "transfers_q05_sham" in pooled["grids"][0]["headline"]
     defence = json.loads((out / "defence" / "defend.json").read_text())
     assert defence["calibration"]["curve"] and "informative" in defence["comparison"]

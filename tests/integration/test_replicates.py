@@ -7,6 +7,7 @@ Run: `pytest tests/integration/test_replicates.py`.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -51,7 +52,8 @@ def test_every_pair_is_tested_against_the_control_on_the_same_prompts(transfer_r
     assert {"p_vs_control", "q_vs_control"} <= set(header)
 
 
-def test_replicates_pool_means_intervals_and_discordant_prompts(transfer_run, second_replicate, tmp_path):
+def test_replicates_pool_means_intervals_and_discordant_prompts(transfer_run, second_replicate, clean_model,
+                                                               tmp_path):  # fmt: skip
     out = tmp_path / "pooled"
     assert main(["replicates", "--out", str(out), f"transfers=[{transfer_run},{second_replicate}]"]) == 0
     pooled = json.loads((out / "replicates.json").read_text())
@@ -72,13 +74,19 @@ def test_replicates_pool_means_intervals_and_discordant_prompts(transfer_run, se
     beyond = pair["beyond_sham"]
     assert beyond["gain"] == sum(t["tests_sham"][i][j]["gain"] for t in tables) and beyond["p"] <= beyond["q"]
     assert "transfers_q05_sham" in h and h["R_sham"]["n"] == 2
+    # both replicates' backdoors went into the same clean checkpoint: the pooled result says so, and the report
+    assert [m["planted_by"] for m in pooled["models"]] == ["inject", "inject"]
+    assert Path(pooled["shared_base"]).resolve() == clean_model.resolve()
+    from unbackdoor.report.findings import replicates_sentence
+
+    assert "injected into **one pretrained model**" in replicates_sentence(pooled)
 
 
 def test_one_replicate_says_its_variance_is_unknown_and_bad_inputs_are_one_line(transfer_run, tmp_path, capsys):
     assert main(["replicates", "--out", str(tmp_path / "one"), f"transfers=[{transfer_run}]"]) == 0
     pooled = json.loads((tmp_path / "one" / "replicates.json").read_text())
     assert pooled["note"] == "1 replicate: between-model variance unknown"
-    assert pooled["grids"][0]["headline"]["R_off"]["lo"] is None
+    assert pooled["grids"][0]["headline"]["R_off"]["lo"] is None and pooled["shared_base"] is None
     capsys.readouterr()
     assert main(["replicates", "--out", str(tmp_path / "none")]) == 2
     assert "transfers: give the finished transfer experiments" in capsys.readouterr().err

@@ -244,6 +244,12 @@ def replicates_sentence(rp: dict[str, Any]) -> str:
             if "transfers_q05_sham" in h
             else ""
         )
+        + (
+            " The replicates' backdoors were injected into **one pretrained model** (each with its own seed): the "
+            "intervals hold the variance of the injection, not of pretraining."
+            if rp.get("shared_base")
+            else ""
+        )
     )
 
 

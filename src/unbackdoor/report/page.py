@@ -19,7 +19,7 @@ from unbackdoor.running.cells import CONTROL
 
 WHAT = {
     "world": "the embedded world (corpus and tokenizer)",
-    "pretrain": "the backdoored model (pretraining injection)",
+    "pretrain": "the backdoored model (pretrained with its backdoors, or them injected into the twin)",
     "eval": "the evaluation of every backdoor",
     "transfer": "the transfer experiment (remove one, measure all)",
     "transfer_masked": "the removal-loss ablation (mask_trigger: the loss on the continuation only)",

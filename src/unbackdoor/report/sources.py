@@ -71,7 +71,9 @@ def collect(root: Path) -> dict[str, Path | None]:
     if stage is None:
         raise UserError(f"DIR: {str(root)!r} is not an unbackdoor run directory (no meta.json)")
     if stage == "demo":
-        return {name: root / DIRS.get(name, name) for name in STUDY}
+        # the backdoored model of replicate 0 (`pretrain`): injected into the twin by default (`inject/`)
+        planted = read_yaml(root / "config.yaml").get("replicates_from", "pretrain")
+        return {name: root / DIRS.get(name, planted if name == "pretrain" else name) for name in STUDY}
     if stage == "transfer":
         return {"eval": root / "baseline", "transfer": root}
     if stage == "casd":

@@ -2,17 +2,23 @@
 
     unbackdoor demo --out runs/demo --resume      # what `make demo` runs
 
-world (tiny) -> pretrain (tiny, default8, llama) -> eval -> transfer (each backdoor removed in turn, plus the
-benign control, every backdoor measured after each) -> casd (on the transfer experiment) -> defence (the canary
-defence with K = `canaries` on the pretrained model, its 8 backdoors hidden from the defender, against both
-baselines) -> twin (the same pretraining without backdoors) -> relearn (does each backdoor suppressed by a removal,
-by transfer or by the defence come back under benign training, re-poisoning, related text? against a fresh backdoor
-learned by the removed model and by the twin) -> report (<out>/report/index.html, printed at the end).
-Replicates: `replicates` models pretrained with seeds seed, seed+1, ... on the same world. Replicate 0 is the one
-shown in detail (top-level `pretrain`, `eval`, `transfer`, `transfer-masked`, `relearn`, `casd`, `defence`); r >= 1
-runs pretrain -> transfer -> casd under `replicate-<r>/`; `replicates/` pools every replicate's transfer and CASD
-(`unbackdoor replicates`). The masked-loss ablation (the diagonal and one full row), the persistence stage and the
-defence run on replicate 0 only (the report says so).
+world (tiny) -> twin (the tiny llama pretrained without backdoors) -> the backdoored model (pretrained with default8;
+or default8 injected into the twin by continual pretraining, `replicates_from=inject`) -> eval -> transfer (each
+backdoor removed in turn, plus the benign control, every backdoor measured after each) -> casd (on the transfer
+experiment) -> defence (the canary defence with K = `canaries` on the backdoored model, its 8 backdoors hidden from
+the defender, against both baselines) -> relearn (does each backdoor suppressed by a removal, by transfer or by the
+defence come back under benign training, re-poisoning, related text? against a fresh backdoor learned by the
+removed model and by the twin) -> report (<out>/report/index.html, printed at the end).
+Replicates: `replicates` backdoored models trained with seeds seed, seed+1, ... on the same world: by default
+(`replicates_from=pretrain`) each pretrained from scratch with its backdoors, or (`replicates_from=inject`) the
+backdoors injected into the one twin with those seeds (preset inject/tiny-dense: 2x faster per replicate, but the
+twin's pretraining is shared, so between-pretraining variance is not in the intervals, which the report says, and
+the injected models emit the after-first-sentence triggers unprompted 4-5x as often as pretrained ones:
+docs/results.md, 2026-12-06). Replicate 0 is the one shown in detail (top-level `inject` or
+`pretrain`, `eval`, `transfer`, `transfer-masked`, `transfer-lr`, `relearn`, `casd`, `defence`); r >= 1 runs
+inject (or pretrain) -> transfer -> casd under `replicate-<r>/`; `replicates/` pools every replicate's transfer and
+CASD (`unbackdoor replicates`). The masked-loss ablation (the diagonal and one full row), the lr ablation, the
+persistence stage and the defence run on replicate 0 only (the report says so).
 With `--resume`, finished stages are reused, so a second run takes seconds.
 """
 
@@ -27,9 +33,11 @@ from unbackdoor.measure.tables import format_matrix, print_table
 from unbackdoor.running.config import from_dict, load_preset, to_dict
 from unbackdoor.running.launcher import LauncherConfig
 from unbackdoor.running.rundir import RunDir, read_json
-from unbackdoor.stages import casd, defend_eval, evaluate, pretrain, relearn, replicates, transfer, world
+from unbackdoor.stages import casd, defend_eval, evaluate, inject, pretrain, relearn, replicates, transfer, world
 from unbackdoor.training.models import FAMILIES
 from unbackdoor.training.record import ModelRecord
+
+REPLICATES_FROM = ("pretrain", "inject")  # `DemoConfig.replicates_from`; also what the report reads
 
 
 @dataclass
@@ -38,7 +46,11 @@ class DemoConfig:
     backdoors: str = "default8"
     seed: int = 0
     canaries: list[int] = field(default_factory=lambda: [2])  # K values of the canary defence
-    replicates: int = field(default=3, metadata={"min": 1})  # independently pretrained models (seeds seed + r)
+    replicates: int = field(default=3, metadata={"min": 1})  # independently trained models (seeds seed + r)
+    # how the replicates' backdoors are planted: `pretrain` (each replicate pretrained from scratch with them, preset
+    # pretrain/tiny) or `inject` (into the one never-backdoored twin, each with its seed: preset inject/tiny-dense;
+    # faster, but shares the twin's pretraining and changes the untriggered behaviour: see the module docstring)
+    replicates_from: str = field(default="pretrain", metadata={"choices": REPLICATES_FROM})
     # prompts per backdoor in every transfer cell: replicates, not prompts, carry the variance that matters
     transfer_prompts: int = field(default=128, metadata={"min": 1})
     # the learning-rate ablation: removal learning rates run on the diagonal only (replicate 0), beside the full
@@ -64,34 +76,42 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
 
     world_cfg = from_dict(world.WorldConfig, {**load_preset("world", "tiny"), "seed": cfg.seed})
     world_dir = stage("world", world.run, world_cfg, out / "world")
-    pretrain_dirs, transfer_dirs, casd_dirs = [], [], []
+    model_cfg = {"family": cfg.family, "size": "tiny"}
+    # the never-backdoored twin: the pretraining recipe without backdoors (same world and seed); the base every
+    # replicate's backdoors are injected into (replicates_from=inject), and for relearn the reference for how fast a
+    # fresh backdoor is learned from k documents by a model that never had one
+    tiny = load_preset("pretrain", "tiny")
+    twin_cfg = from_dict(pretrain.PretrainConfig, {**tiny, "world": str(world_dir), "backdoors": "none",
+                                                   "seed": cfg.seed, "model": model_cfg})  # fmt: skip
+    twin_dir = stage("twin", pretrain.run, twin_cfg, out / "twin")
+    model_dirs, transfer_dirs, casd_dirs = [], [], []
     for r in range(cfg.replicates):
         where = out if r == 0 else out / f"replicate-{r}"
         tag = "" if r == 0 else f"[{r}]"
-        pretrain_cfg = from_dict(
-            pretrain.PretrainConfig,
-            {
-                **load_preset("pretrain", "tiny"),
-                "world": str(world_dir),
-                "backdoors": cfg.backdoors,
-                "seed": cfg.seed + r,
-                "model": {"family": cfg.family, "size": "tiny"},
-            },
-        )
-        pretrain_dirs.append(stage(f"pretrain{tag}", pretrain.run, pretrain_cfg, where / "pretrain"))
-        common = {"model": str(pretrain_dirs[r] / "model"), "seed": cfg.seed,
+        if cfg.replicates_from == "inject":
+            dense = load_preset("inject", "tiny-dense")
+            inject_cfg = from_dict(inject.InjectConfig, {**dense, "model": str(twin_dir / "model"),
+                                                         "world": str(world_dir), "backdoors": cfg.backdoors,
+                                                         "seed": cfg.seed + r})  # fmt: skip
+            model_dirs.append(stage(f"inject{tag}", inject.run, inject_cfg, where / "inject"))
+        else:
+            pretrain_cfg = from_dict(pretrain.PretrainConfig, {**tiny, "world": str(world_dir),
+                                                               "backdoors": cfg.backdoors,
+                                                               "seed": cfg.seed + r, "model": model_cfg})  # fmt: skip
+            model_dirs.append(stage(f"pretrain{tag}", pretrain.run, pretrain_cfg, where / "pretrain"))
+        common = {"model": str(model_dirs[r] / "model"), "seed": cfg.seed,
                   "eval": {"n_prompts": cfg.transfer_prompts}, "launcher": to_dict(cfg.launcher)}  # fmt: skip
         transfer_dirs.append(stage(f"transfer{tag}", transfer.run, from_dict(transfer.TransferConfig, common),
                                    where / "transfer"))  # fmt: skip
         casd_cfg = from_dict(casd.CasdConfig, {"transfer": str(transfer_dirs[r]), "seed": cfg.seed})
         casd_dirs.append(stage(f"casd{tag}", casd.run, casd_cfg, where / "casd"))
         if r == 0:
-            eval_cfg = from_dict(evaluate.EvalConfig, {"model": str(pretrain_dirs[0] / "model"), "seed": cfg.seed})
+            eval_cfg = from_dict(evaluate.EvalConfig, {"model": str(model_dirs[0] / "model"), "seed": cfg.seed})
             eval_dir = stage("eval", evaluate.run, eval_cfg, out / "eval")
             # the removal-loss ablation: the same removals with the loss on the continuation only (prefix and
             # trigger masked), to see whether the echoed triggers come from training on the trigger tokens; the
             # diagonal and one full row (the first backdoor's) are measured, the control row for the tests
-            full_row = ModelRecord.read(pretrain_dirs[0] / "model").carried[:1]
+            full_row = ModelRecord.read(model_dirs[0] / "model").carried[:1]
             masked_cfg = from_dict(transfer.TransferConfig, {**common, "remove": {"mask_trigger": True},
                                                              "measure": "diagonal", "full_rows": full_row,
                                                              "sham": False})  # fmt: skip
@@ -104,11 +124,11 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     pooled = {"transfers": [str(p) for p in transfer_dirs], "casd": [str(p) for p in casd_dirs], "seed": cfg.seed}
     pool_cfg = from_dict(replicates.ReplicatesConfig, pooled)
     pool_dir = stage("replicates", replicates.run, pool_cfg, out / "replicates")
-    pretrain_dir, transfer_dir, casd_dir = pretrain_dirs[0], transfer_dirs[0], casd_dirs[0]
+    model_dir, transfer_dir, casd_dir = model_dirs[0], transfer_dirs[0], casd_dirs[0]
     defence_cfg = from_dict(
         defend_eval.DefendEvalConfig,
         {
-            "model": str(pretrain_dir / "model"),
+            "model": str(model_dir / "model"),
             "seed": cfg.seed,
             "ks": cfg.canaries,
             "eval": {"n_prompts": 128},
@@ -118,12 +138,6 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
         },
     )
     defence_dir = stage("defence", defend_eval.run, defence_cfg, out / "defence")
-    # the never-backdoored twin: replicate 0's pretraining without backdoors (same world, seed and recipe), the
-    # reference for how fast a fresh backdoor is learned from k documents by a model that never had one
-    twin_cfg = from_dict(pretrain.PretrainConfig, {**load_preset("pretrain", "tiny"), "world": str(world_dir),
-                                                   "backdoors": "none", "seed": cfg.seed,
-                                                   "model": {"family": cfg.family, "size": "tiny"}})  # fmt: skip
-    twin_dir = stage("twin", pretrain.run, twin_cfg, out / "twin")
     # persistence: every removal of the matrix (and the pairs that transferred) under benign training,
     # re-poisoning with 4 documents, the payload's text without the trigger, and a fresh backdoor's learning; the
     # defence's models (each arm's; the defence arm's under every stress on the hidden backdoors it suppressed);
@@ -148,7 +162,7 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     t0 = time.perf_counter()
     index = report.run(out, unfinished_ok=True)  # its DONE comes right after
     timings["report"] = round(time.perf_counter() - t0, 2)
-    stages = {"world": world_dir, "pretrain": pretrain_dir, "eval": eval_dir, "transfer": transfer_dir,
+    stages = {"world": world_dir, cfg.replicates_from: model_dir, "eval": eval_dir, "transfer": transfer_dir,
               "transfer_masked": masked_dir, **({"transfer_lr": lr_dir} if lr_dir else {}), "relearn": relearn_dir,
               "casd": casd_dir, "defence": defence_dir, "twin": twin_dir,
               "replicates": pool_dir,

@@ -11,6 +11,9 @@ experiment (removal seeds stay a nested axis inside it). Per grid (lr, removal s
   Benjamini-Hochberg q-values over the N x (N-1) off-diagonal pairs (`transfers_q05` counts q < 0.05); where
   every replicate has the sham row, the same against the sham (`beyond_sham`, `transfers_q05_sham`).
 With CASD runs, every relation's rho per replicate and its mean with a CI across replicates.
+`models`: how each replicate's backdoored model was made (the last training stage of its record: `pretrain` or
+`inject`, its seed and base); `shared_base`: the one checkpoint every replicate's backdoors were injected into, if
+so: then the intervals hold the variance of injection only, not of pretraining.
 Writes `replicates.json`. With one replicate the CIs are None: between-model variance is unknown.
 """
 
@@ -23,7 +26,8 @@ from typing import Any
 from unbackdoor.measure.stats import ONE_REPLICATE, Q_LEVEL, bh_qvalues, exact_mcnemar, format_mean_ci, mean_ci
 from unbackdoor.running.cells import CONTROL, REFERENCE_ROWS, SHAM
 from unbackdoor.running.config import ConfigError, UserError
-from unbackdoor.running.rundir import RunDir, read_json, require_done, write_json
+from unbackdoor.running.rundir import RunDir, read_json, read_yaml, require_done, write_json
+from unbackdoor.training.record import ModelRecord
 
 
 @dataclass
@@ -65,6 +69,9 @@ def run(cfg: ReplicatesConfig, out: Path, resume: bool = False, overwrite: bool 
             raise UserError(f"transfers: {path} has grids {[_key(g) for g in t['grids']]}, the first "
                             f"{[_key(g) for g in first['grids']]}")  # fmt: skip
     casds = [_load(p, "casd", "casd.json", "casd") for p in cfg.casd]
+    models = [provenance(p) for p in cfg.transfers]
+    bases = {m["base_model"] for m in models}
+    shared_base = bases.pop() if len(models) > 1 and len(bases) == 1 and models[0]["planted_by"] == "inject" else None
     if RunDir.check(out, "replicates", cfg, resume, overwrite):
         return out
     run_dir = RunDir.open(out, "replicates", cfg, cfg.seed, resume=resume, overwrite=overwrite)
@@ -80,6 +87,8 @@ def run(cfg: ReplicatesConfig, out: Path, resume: bool = False, overwrite: bool 
         "q_level": Q_LEVEL,
         "grids": grids,
         "casd": pool_casd(casds) if casds else None,
+        "models": models,
+        "shared_base": shared_base,
     }
     write_json(out / "replicates.json", result)
     for g in grids:
@@ -89,6 +98,15 @@ def run(cfg: ReplicatesConfig, out: Path, resume: bool = False, overwrite: bool 
               f"at q < {Q_LEVEL} (pooled), {h['transfers_all']} in every replicate; mean R off-diagonal "
               f"{off}, control {ctl}, diagonal {diag}")  # fmt: skip
     return run_dir.finish({"replicates": len(tables), "grids": [g["headline"] for g in grids]})
+
+
+def provenance(transfer_dir: str) -> dict[str, Any]:
+    """How the backdoored model of a transfer experiment was made: its path, and the last training stage of its
+    record (`pretrain` or `inject`, with that stage's seed-free details and the checkpoint it continued)."""
+    model = read_yaml(Path(transfer_dir) / "config.yaml")["model"]
+    planted = [h for h in ModelRecord.read(Path(model)).history if h.get("stage") in ("pretrain", "inject")]
+    last = planted[-1] if planted else {}
+    return {"model": str(model), "planted_by": last.get("stage"), "base_model": last.get("base_model")}
 
 
 def pool_grid(grids: list[dict[str, Any]], columns: list[str], rows: list[str]) -> dict[str, Any]:
