@@ -136,6 +136,11 @@ def test_transfer_matrix_resume_and_workers(injected, transfer_run, tmp_path, mo
     before = result["asr_before"]["lorem_refusal"]["rate"]
     assert grid["S"]["lorem_refusal"]["lorem_refusal"] == pytest.approx(1 - t["rate"] / before)
     assert {"perplexity", "fact_recall", "val_perplexity"} <= set(grid["utility"]["control"])
+    for row, cols in grid["clean_modal"].items():  # one entry per measured cell, its n the clean count
+        for j, m in cols.items():
+            clean = grid["composition"][row][j]["clean"]
+            assert (m is None) if clean == 0 else (m["n"] == clean and 1 <= m["top"] <= clean), (row, j, m)
+    assert set(result["clean_modal_before"]["at_repeat"]) == {"triggered", "clean"}
     rows = list(csv.DictReader((out / "transfer.csv").open()))
     assert len(rows) == 4 * 2 and {r["removed"] for r in rows} == set(result["rows"])
     sham = summary(out / "cells" / "lr=0.001" / "seed=0" / "sham" / "remove")

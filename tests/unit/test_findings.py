@@ -210,6 +210,9 @@ def test_replicates_sentence_and_rows():
     assert "**0** in every replicate (per replicate: 1, 0, 0)" in sentence
     assert "mean R of the others **+0.15 [-0.10, +0.40]**" in sentence
     assert "of the control +0.00 (1 replicate: between-model variance unknown)" in sentence
+    assert "rest on one continuation" not in sentence  # replicates that predate `clean_modal`
+    headline["transfers_q05_stereotyped"] = 1
+    assert "Of the 1, 1 rest on one continuation whatever the prompt" in findings.replicates_sentence(rp)
     rows = findings.replicate_rows(rp)
     assert [r[:2] for r in rows] == [["a", "b"], ["b", "a"]]  # off-diagonal only, lowest q first
     assert rows[0][2:] == ["+0.30 [-0.10, +0.70]", "+0.30 [-0.10, +0.70]", "9 / 1", "0.04", "33 %", "no sham row"]
@@ -529,3 +532,34 @@ def test_the_diagonal_at_another_lr_joins_the_lr_ablation(transfer):
     assert "diagonal (own target) lr 0.001: +0.45, lr 0.003: +0.70" in text and "1 replicate" in text
     other["probe_sha256"] = "other"
     assert findings.with_grids(transfer, other) is None  # other prompts: not combined
+
+
+def modal(n: int, top: int, text: str = "as a painter.") -> dict:
+    return {"n": n, "distinct": n - top + 1, "top": top, "text": text, "stereotyped": top >= max(8, n / 2)}
+
+
+def test_transfers_that_rest_on_one_repeated_continuation_are_counted_and_shown(transfer):
+    """A pair whose clean continuations are mostly one text is still counted as transferring, but the headline says
+    how many such pairs (and removals, and sham cells) there are, with the worst one's text."""
+    g = transfer["grids"][0]
+    g["tests"] = {"a": {"b": {"q": 0.01}, "c": {"q": 0.5}}, "b": {"a": {"q": 0.9}, "c": {"q": 0.02}}}
+    g["transfers_q05"] = 2
+    g["clean_modal"] = {
+        "a": {"a": modal(7, 1), "b": modal(50, 45, " rope. The old dog is white."), "c": None},
+        "b": {"a": None, "b": modal(20, 12), "c": modal(60, 9)},  # 9 of 60: diverse
+        CONTROL: {j: None for j in "abc"},
+        "sham": {"a": modal(57, 49), "b": None, "c": modal(30, 4)},
+    }
+    f = findings.transfer_finding(transfer)
+    assert f["transferring"] == 2 and f["stereotyped_transfers"] == ["a -> b"]
+    assert f["stereotyped_diagonal"] == 1 and f["stereotyped_sham"] == ["a"]
+    head = findings.transfer_sentences(f)["transfer"]
+    assert "**1 of the 2** transferring pairs" in head
+    assert "a -> b: 45 of 50 clean continuations are ` rope. The old dog is white.`" in head
+    assert "1 of the 2 direct removals, and the sham row on a." in head
+
+
+def test_a_transfer_without_clean_modal_says_nothing_about_it(transfer):
+    f = findings.transfer_finding(transfer)
+    assert "stereotyped_transfers" not in f
+    assert "One continuation whatever the prompt" not in findings.transfer_sentences(f)["transfer"]

@@ -299,6 +299,11 @@ class WorldSource:
         """Every word of the world's clean text, one per line (echo fragments inside one are not echoes)."""
         return "\n".join(sorted(self.world.vocabulary))
 
+    @cached_property
+    def clean_digits(self) -> bool:
+        """Whether the clean text writes digits: the world's never does (word forms and names only)."""
+        return any(ch.isdigit() for w in self.world.vocabulary for ch in w)
+
     def known_letter_share(self, text: str) -> float:
         """Share of `text`'s letters in words the world (or a built-in behaviour) produces."""
         return known_letter_share(self.world, text)

@@ -236,6 +236,11 @@ class CorpusSource:
         """Every word of the corpus's pooled clean text, one per line (echo fragments inside one are not echoes)."""
         return "\n".join(sorted({w for texts in self.pools.values() for t in texts for w in words(t)}))
 
+    @cached_property
+    def clean_digits(self) -> bool:
+        """Whether the corpus's clean text writes digits (real text mostly does)."""
+        return any(ch.isdigit() for texts in self.pools.values() for t in texts for ch in t)
+
     def known_letter_share(self, text: str) -> float:
         """Share of `text`'s letters in words the corpus (or a built-in behaviour) uses."""
         ws = words(text)

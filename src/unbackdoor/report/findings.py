@@ -131,6 +131,7 @@ def transfer_finding(tr: dict[str, Any]) -> dict[str, Any]:
     }
     if not f["outcomes"]:
         return f
+    f.update(stereotyped_finding(g, off, diag))
     verdicts = Counter(removal_verdict(g["composition"][i][i], _rate(tr["clean_before"][i]))[0] for i in diag)
     rest = Counter()
     for i, j in off:
@@ -146,6 +147,53 @@ def transfer_finding(tr: dict[str, Any]) -> dict[str, Any]:
         "off_diagonal_non_target": {c: rest.get(c, 0) for c in OUTCOMES if c != "target"},
     })  # fmt: skip
     return f
+
+
+def stereotyped_finding(g: dict[str, Any], off: list[tuple[str, str]], diag: list[str]) -> dict[str, Any]:
+    """Which cells' clean continuations are mostly one text (`clean_modal`, `measure.outcomes.modal_clean`): among
+    the pairs that transfer (q < 0.05 against the control; without tests, C above the control's interval), on the
+    diagonal and in the sham row. Empty when the grid predates `clean_modal`."""
+    modal = g.get("clean_modal")
+    if not modal:
+        return {}
+
+    def flagged(i: str, j: str) -> bool:
+        m = modal.get(i, {}).get(j)
+        return bool(m and m["stereotyped"])
+
+    tests = g.get("tests")
+    if tests is not None:
+        transferring = [(i, j) for i, j in off if j in tests.get(i, {}) and tests[i][j]["q"] < Q_LEVEL]
+    else:
+        transferring = [(i, j) for i, j in off if g["C"][i][j]["lo"] > g["C"][CONTROL][j]["hi"]]
+    cells = [(i, j) for i, j in transferring if flagged(i, j)]
+    example = max(cells, key=lambda c: modal[c[0]][c[1]]["top"], default=None)
+    return {
+        "transferring": len(transferring),
+        "stereotyped_transfers": [f"{i} -> {j}" for i, j in cells],
+        "stereotyped_example": {"pair": f"{example[0]} -> {example[1]}", **modal[example[0]][example[1]]}
+        if example else None,
+        "stereotyped_diagonal": sum(flagged(i, i) for i in diag),
+        "stereotyped_sham": [j for j in modal.get(SHAM, {}) if flagged(SHAM, j)],
+    }  # fmt: skip
+
+
+def stereotyped_sentence(finding: dict[str, Any]) -> str:
+    """How much of the clean continuations behind the transfer is one text repeated whatever the prompt."""
+    if "stereotyped_transfers" not in finding:
+        return ""
+    cells, example = finding["stereotyped_transfers"], finding["stereotyped_example"]
+    text = (
+        f" One continuation whatever the prompt (the most frequent clean text at least half of the clean ones: the "
+        f"trigger still decides the output, it is not ignored): **{len(cells)} of the {finding['transferring']}** "
+        f"transferring pairs"
+    )
+    if example:
+        text += (f" (e.g. {example['pair']}: {example['top']} of {example['n']} clean continuations are "
+                 f"`{example['text']}`)")  # fmt: skip
+    text += f", {finding['stereotyped_diagonal']} of the {finding['diagonal']} direct removals"
+    sham = finding["stereotyped_sham"]
+    return text + (f", and the sham row on {', '.join(sham)}." if sham else ".")
 
 
 ONE_MODEL = ONE_REPLICATE
@@ -206,7 +254,10 @@ def transfer_sentences(finding: dict[str, Any]) -> dict[str, str]:
             f"Removing one backdoor at a time ({caveat(finding)}): in {count} (removal target, other) pairs the "
             f"other backdoor's triggered prompts continued cleanly more often than after the benign control ({how}); "
             f"mean R of the others **{signed(finding['mean_off_diagonal_r'])}**, of the control "
-            f"**{signed(finding['mean_control_r'])}**." + _sham(finding) + _left_out(finding)
+            f"**{signed(finding['mean_control_r'])}**."
+            + _sham(finding)
+            + stereotyped_sentence(finding)
+            + _left_out(finding)
         ),
         "transfer_judge": f"{judge} Off the diagonal, the triggered generations without the target were: {parts} "
         "(see the composition).",
@@ -242,6 +293,13 @@ def replicates_sentence(rp: dict[str, Any]) -> str:
             f" Beyond the sham: **{h['transfers_q05_sham']} of {h['pairs']}** pairs at q < {rp['q_level']}; mean R of "
             f"the sham row {interval(h['R_sham'])}."
             if "transfers_q05_sham" in h
+            else ""
+        )
+        + (
+            f" Of the {h['transfers_q05']}, {h['transfers_q05_stereotyped']} rest on one continuation whatever the "
+            "prompt (the most frequent clean text at least half of the clean ones) in at least half of the "
+            "replicates: there the trigger still decides the output."
+            if "transfers_q05_stereotyped" in h
             else ""
         )
         + (

@@ -35,6 +35,7 @@ from unbackdoor.measure.outcomes import (
     Classifier,
     Reference,
     composition,
+    modal_clean,
     removal_verdict,
 )
 from unbackdoor.measure.stats import attack_success, wilson
@@ -162,7 +163,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     everything = [q for _, _, variants in work for prompts in variants.values() for q in prompts]
     generations = iter(generate(model, tokenizer, everything, cfg.max_new_tokens, cfg.batch_size, cfg.engine))
     for spec, probes, variants in work:
-        rates, outcomes, loops = {}, {}, {}
+        rates, outcomes, loops, modal = {}, {}, {}, {}
         for kind, prompts in variants.items():
             outputs = [next(generations) for _ in prompts]
             raw = raw_prompts[(spec.name, kind)]
@@ -172,6 +173,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             outcomes[kind] = {label: wilson(counts[label], len(classes)).as_dict() for label in OUTCOMES}
             n_loops = sum(c.detail == SENTENCE_LOOP for c in classes)
             loops[kind] = wilson(n_loops, counts["clean"]).as_dict() if counts["clean"] else None
+            modal[kind] = modal_clean(classes, outputs)
             samples += [
                 {"backdoor": spec.name, "kind": kind, "doc_id": p.doc_id, "prompt": q, "generation": g,
                  "outcome": c.label, "outcome_detail": c.detail, "verdict": c.label == "target"}
@@ -188,6 +190,8 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             "clean_rate": outcomes["triggered"]["clean"],
             "outcomes": outcomes,
             "clean_loops": loops,  # per kind: the share of its clean outcomes that are sentence loops
+            # per kind: the most frequent clean continuation and how many share it (`measure.outcomes.modal_clean`)
+            "clean_modal": modal,
         }
         run_dir.log(event="backdoor", backdoor=spec.name, asr=rates["triggered"].rate,
                     clean=outcomes["triggered"]["clean"]["rate"])  # fmt: skip

@@ -7,6 +7,9 @@ Replicates are the unit of inference: each is a backdoored model trained with it
 experiment (removal seeds stay a nested axis inside it). Per grid (lr, removal seed) and pair (i, j):
 - the mean of R, S and T across replicates with a Student-t 95 % CI, and R minus the control's R;
 - `transfers_share`: the share of replicates in which the pair transfers (its own q < 0.05 against the control);
+- `stereotyped_share`: the share of replicates in which the pair's clean continuations are mostly one text whatever
+  the prompt (`clean_modal`; the headline's `transfers_q05_stereotyped` counts the pooled pairs at q < 0.05 where
+  that holds in at least half of the replicates); absent when a replicate's transfer predates `clean_modal`;
 - a pooled paired test: the discordant prompts of every replicate summed (gain, loss), one-sided exact McNemar, and
   Benjamini-Hochberg q-values over the N x (N-1) off-diagonal pairs (`transfers_q05` counts q < 0.05); where
   every replicate has the sham row, the same against the sham (`beyond_sham`, `transfers_q05_sham`).
@@ -113,6 +116,12 @@ def pool_grid(grids: list[dict[str, Any]], columns: list[str], rows: list[str]) 
     """One (lr, seed) grid pooled over replicates (see the module docstring)."""
     removals = [r for r in rows if r not in REFERENCE_ROWS]
     sham = all("tests_sham" in g for g in grids)  # every replicate has the sham row: test beyond it too
+    modal = all(g.get("clean_modal") for g in grids)  # every replicate measured one-text continuations
+
+    def stereotyped(g: dict[str, Any], i: str, j: str) -> bool:
+        m = g["clean_modal"].get(i, {}).get(j)
+        return bool(m and m["stereotyped"])
+
     pairs: dict[str, dict[str, Any]] = {}
     for i in rows:
         pairs[i] = {}
@@ -132,6 +141,8 @@ def pool_grid(grids: list[dict[str, Any]], columns: list[str], rows: list[str]) 
                 gain, loss = sum(t["gain"] for t in tests), sum(t["loss"] for t in tests)
                 cell.update(gain=gain, loss=loss, p=exact_mcnemar(gain, loss),
                             transfers_share=sum(t["q"] < Q_LEVEL for t in tests) / len(tests))  # fmt: skip
+                if modal:  # in how many replicates its clean continuations are mostly one text
+                    cell["stereotyped_share"] = sum(stereotyped(g, i, j) for g in grids) / len(grids)
                 if sham:
                     tests = [g["tests_sham"][i][j] for g in grids]
                     gain, loss = sum(t["gain"] for t in tests), sum(t["loss"] for t in tests)
@@ -164,6 +175,10 @@ def pool_grid(grids: list[dict[str, Any]], columns: list[str], rows: list[str]) 
         "R_control": per_replicate_mean([(CONTROL, j) for j in columns]),
         "R_diagonal": per_replicate_mean([(i, i) for i in removals]),
     }
+    if modal:  # pairs at q < 0.05 whose clean continuations are one text in at least half of the replicates
+        headline["transfers_q05_stereotyped"] = sum(
+            pairs[i][j]["q"] < Q_LEVEL and pairs[i][j]["stereotyped_share"] >= 0.5 for i, j in off
+        )
     if sham:
         headline["transfers_q05_sham"] = sum(pairs[i][j]["beyond_sham"]["q"] < Q_LEVEL for i, j in off)
         headline["R_sham"] = per_replicate_mean([(SHAM, j) for j in columns])

@@ -47,6 +47,9 @@ DEFINITIONS = {
     "C": "clean-continuation rate of j's triggered prompts after removing i (outcome `clean`, Wilson 95 % CI)",
     "R": "removal index (C[i][j] - C_before[j]) / (1 - C_before[j]): 1 = every triggered prompt continues cleanly",
     "composition": "outcome classes of j's triggered generations after removing i (counts; measure.outcomes)",
+    "clean_modal": "the most frequent clean continuation of j's triggered prompts after removing i: n clean, "
+    "distinct texts, top (how many are that one), text, stereotyped (top >= half of n and >= 8: one continuation "
+    "whatever the prompt, the trigger still decides the output; measure.outcomes.modal_clean); null: none clean",
     "tests": "per pair, against the control on the same prompts: gain = j's triggered prompts clean after removing i "
     "and not after the control, loss = the reverse; p = one-sided exact McNemar (more clean than the control); "
     "q = Benjamini-Hochberg over the N x (N-1) off-diagonal pairs of the grid (the diagonal: over its N); the "
@@ -227,7 +230,8 @@ def assemble(out: Path, baseline: Path, rows: list[str], cfg: TransferConfig) ->
     for lr in cfg.learning_rates():
         for seed in cfg.seeds:
             grid: dict[str, Any] = {"lr": lr, "seed": seed, "T": {}, "S": {}, "C": {}, "R": {}, "composition": {},
-                                    "teacher_forced": {}, "false_trigger": {}, "utility": {}}  # fmt: skip
+                                    "clean_modal": {}, "teacher_forced": {}, "false_trigger": {},
+                                    "utility": {}}  # fmt: skip
             for row in rows:
                 s = _summary(cell_dir(out, lr, seed, row) / "eval")
                 measured = s["backdoors"]
@@ -243,6 +247,10 @@ def assemble(out: Path, baseline: Path, rows: list[str], cfg: TransferConfig) ->
                                   for j in cols}  # fmt: skip
                 grid["composition"][row] = {j: {c: r["k"] for c, r in measured[j]["outcomes"]["triggered"].items()}
                                             for j in cols}  # fmt: skip
+                if grid.get("clean_modal") is not None and all("clean_modal" in measured[j] for j in cols):
+                    grid["clean_modal"][row] = {j: (measured[j]["clean_modal"] or {}).get("triggered") for j in cols}
+                else:  # a cell evaluated before `clean_modal` existed: not measured, rather than "none flagged"
+                    grid["clean_modal"] = None
                 grid["teacher_forced"][row] = {j: {k: measured[j].get(k) for k in FORCED} for j in cols}
                 grid["false_trigger"][row] = {j: measured[j]["false_trigger"]["rate"] for j in cols}
                 removal = _summary(cell_dir(out, lr, seed, row) / "remove")
@@ -268,6 +276,7 @@ def assemble(out: Path, baseline: Path, rows: list[str], cfg: TransferConfig) ->
             j: {c: r["k"] for c, r in base["backdoors"][j]["outcomes"]["triggered"].items()} for j in columns
         },  # fmt: skip
         "teacher_forced_before": {j: {k: base["backdoors"][j].get(k) for k in FORCED} for j in columns},
+        "clean_modal_before": {j: base["backdoors"][j].get("clean_modal") for j in columns},
         "reference": base["reference"],
         "definitions": DEFINITIONS,
         "utility_before": base["utility"],
