@@ -102,9 +102,12 @@ def test_a_declared_native_backdoor_is_measured_removed_and_related(declared, sm
     assert err.count("\n") == 1 and "a declared backdoor" in err and not (tmp_path / "ga").exists()
 
     # transfer: removing the true trigger's backdoor (retrain on the declared removal documents) suppresses it,
-    # where the benign control at the same compute and the wrong candidate's removal leave it mostly in place
+    # where the benign control at the same compute and the wrong candidate's removal leave it mostly in place. At
+    # lr 3e-4, below the planting's last learning rate: at 1e-3 the 60 benign steps erased it on one Xeon (control
+    # 0.00, wrong candidate 0.16) and not on an EPYC; at 3e-4 on that Xeon: control 1.00, wrong 1.00, true 0.00.
     tr = tmp_path / "transfer"
-    fast = [a if not a.startswith("remove.train.steps") else "remove.train.steps=60" for a in TRANSFER_FAST]
+    fast = [{"remove.train.steps": "remove.train.steps=60", "lr": "lr=[3e-4]"}.get(a.split("=")[0], a)
+            for a in TRANSFER_FAST]  # fmt: skip
     assert main(["transfer", "--model", str(model), "--out", str(tr), *fast, "sham=false"]) == 0
     result = json.loads((tr / "transfer.json").read_text())
     (grid,) = result["grids"]
