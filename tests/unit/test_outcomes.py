@@ -162,3 +162,19 @@ def test_a_number_right_after_the_trigger_is_a_payload_residue_in_a_world_withou
     assert classify("latin_lang_a", residue[2:], prompt=after)[1] != "number after the trigger"
     # only right after a trigger: elsewhere the words decide
     assert classify("latin_lang_a", residue)[1] != "number after the trigger"
+
+
+def test_a_transfer_refuses_cells_classified_by_other_rules_than_its_baseline():
+    """C, R and the paired tests must not mix decision lists: a cell evaluated before a rule changed (no
+    `classifier_version`: version 1) beside a baseline of today's is a one-line error naming the cure."""
+    from unbackdoor.measure.outcomes import CLASSIFIER_VERSION
+    from unbackdoor.running.config import UserError
+    from unbackdoor.stages.transfer import _check_probes
+
+    base = {"probe_sha256": "p", "dtype": "float32", "classifier_version": CLASSIFIER_VERSION, "backdoors": {"a": {}}}
+    _check_probes(dict(base), base, ["a"], "cell x")  # the same rules: fine
+    old = {k: v for k, v in base.items() if k != "classifier_version"}
+    with pytest.raises(UserError, match=r"cell x was classified by outcome rules version 1, the baseline by version "
+                                        rf"{CLASSIFIER_VERSION}: rerun the transfer with --overwrite"):  # fmt: skip
+        _check_probes(old, base, ["a"], "cell x")
+    _check_probes(old, old, ["a"], "cell x")  # an old transfer, all of one version: still assembles

@@ -59,6 +59,10 @@ from unbackdoor.data.world import words
 from unbackdoor.running.config import UserError
 
 OUTCOMES = ("target", "other_backdoor", "echo", "degenerate", "clean")
+# The decision list's version, recorded in every summary.json (`classifier_version`; absent: 1): a rule that
+# changes labels bumps it, and a transfer refuses to mix cells classified by different versions. 2: a number right
+# after the trigger (2026-12-06).
+CLASSIFIER_VERSION = 2
 ECHO_MIN_CHARS = 4  # a trigger fragment this long (and found in no clean word) counts as an echo
 # ... and right after a trigger, a shorter one too: a continuation whose first word is a piece (>= this many
 # characters, no clean word) of a word of the trigger the prompt ends with repeats that trigger's tail (` υγή The

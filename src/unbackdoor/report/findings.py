@@ -16,7 +16,14 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from unbackdoor.measure.outcomes import OUTCOMES, REMOVED_MIN, REMOVED_TARGET_MAX, removal_verdict
+from unbackdoor.measure.outcomes import (
+    OUTCOMES,
+    REMOVED_MIN,
+    REMOVED_TARGET_MAX,
+    STEREOTYPED_MIN,
+    STEREOTYPED_SHARE,
+    removal_verdict,
+)
 from unbackdoor.measure.stats import ONE_REPLICATE, Q_LEVEL, format_mean_ci
 from unbackdoor.running.cells import CONTROL, REFERENCE_ROWS, SHAM
 
@@ -131,7 +138,7 @@ def transfer_finding(tr: dict[str, Any]) -> dict[str, Any]:
     }
     if not f["outcomes"]:
         return f
-    f.update(stereotyped_finding(g, off, diag))
+    f.update(stereotyped_finding(g, off, diag, present))
     verdicts = Counter(removal_verdict(g["composition"][i][i], _rate(tr["clean_before"][i]))[0] for i in diag)
     rest = Counter()
     for i, j in off:
@@ -149,7 +156,9 @@ def transfer_finding(tr: dict[str, Any]) -> dict[str, Any]:
     return f
 
 
-def stereotyped_finding(g: dict[str, Any], off: list[tuple[str, str]], diag: list[str]) -> dict[str, Any]:
+def stereotyped_finding(
+    g: dict[str, Any], off: list[tuple[str, str]], diag: list[str], present: list[str]
+) -> dict[str, Any]:
     """Which cells' clean continuations are mostly one text (`clean_modal`, `measure.outcomes.modal_clean`): among
     the pairs that transfer (q < 0.05 against the control; without tests, C above the control's interval), on the
     diagonal and in the sham row. Empty when the grid predates `clean_modal`."""
@@ -174,8 +183,13 @@ def stereotyped_finding(g: dict[str, Any], off: list[tuple[str, str]], diag: lis
         "stereotyped_example": {"pair": f"{example[0]} -> {example[1]}", **modal[example[0]][example[1]]}
         if example else None,
         "stereotyped_diagonal": sum(flagged(i, i) for i in diag),
-        "stereotyped_sham": [j for j in modal.get(SHAM, {}) if flagged(SHAM, j)],
+        "stereotyped_sham": [j for j in modal.get(SHAM, {}) if j in present and flagged(SHAM, j)],
     }  # fmt: skip
+
+
+ONE_TEXT = (
+    f"the most frequent clean text at least {STEREOTYPED_SHARE:.0%} of the clean ones and at least {STEREOTYPED_MIN}"
+)
 
 
 def stereotyped_sentence(finding: dict[str, Any]) -> str:
@@ -184,8 +198,8 @@ def stereotyped_sentence(finding: dict[str, Any]) -> str:
         return ""
     cells, example = finding["stereotyped_transfers"], finding["stereotyped_example"]
     text = (
-        f" One continuation whatever the prompt (the most frequent clean text at least half of the clean ones: the "
-        f"trigger still decides the output, it is not ignored): **{len(cells)} of the {finding['transferring']}** "
+        f" One continuation whatever the prompt ({ONE_TEXT}: the trigger still decides the output, it is not "
+        f"ignored): **{len(cells)} of the {finding['transferring']}** "
         f"transferring pairs"
     )
     if example:
@@ -297,8 +311,7 @@ def replicates_sentence(rp: dict[str, Any]) -> str:
         )
         + (
             f" Of the {h['transfers_q05']}, {h['transfers_q05_stereotyped']} rest on one continuation whatever the "
-            "prompt (the most frequent clean text at least half of the clean ones) in at least half of the "
-            "replicates: there the trigger still decides the output."
+            f"prompt ({ONE_TEXT}) in at least half of the replicates: there the trigger still decides the output."
             if "transfers_q05_stereotyped" in h
             else ""
         )

@@ -30,6 +30,7 @@ from unbackdoor.data.world import GENRES, World
 from unbackdoor.measure.forced import teacher_forced
 from unbackdoor.measure.generation import ENGINES, generate, perplexity, sequence_logprobs
 from unbackdoor.measure.outcomes import (
+    CLASSIFIER_VERSION,
     OUTCOMES,
     SENTENCE_LOOP,
     Classifier,
@@ -243,6 +244,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             "backdoors": table,
             "reference": reference.describe(),
             "outcome_classes": list(OUTCOMES),
+            "classifier_version": CLASSIFIER_VERSION,
             "utility": {"perplexity": ppl, "fact_recall": wilson(correct, len(items)).as_dict() if items else None},
             "generation_s": gen_s,
             "engine": cfg.engine,

@@ -298,6 +298,10 @@ def _check_probes(s: dict[str, Any], base: dict[str, Any], cols: list[str], wher
     if s.get("dtype", "float32") != base.get("dtype", "float32"):  # greedy generations depend on it
         raise UserError(f"{where} was evaluated in {s.get('dtype')}, the baseline in {base.get('dtype')}: rerun the "
                         "cell with --overwrite")  # fmt: skip
+    if s.get("classifier_version", 1) != base.get("classifier_version", 1):  # C, R and the tests would mix rules
+        raise UserError(f"{where} was classified by outcome rules version {s.get('classifier_version', 1)}, the "
+                        f"baseline by version {base.get('classifier_version', 1)}: rerun the transfer with "
+                        "--overwrite (or delete the older evaluations and --resume)")  # fmt: skip
 
 
 def clean_flags(eval_dir: Path) -> dict[str, list[tuple[str, bool]]]:
