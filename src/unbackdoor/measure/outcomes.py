@@ -329,6 +329,13 @@ def modal_clean(outcomes: list[Outcome], generations: list[str]) -> dict[str, An
             "stereotyped": top >= max(STEREOTYPED_MIN, STEREOTYPED_SHARE * len(clean))}  # fmt: skip
 
 
+def stereotyped_cell(clean_modal: dict[str, dict[str, Any]], row: str, col: str) -> bool:
+    """Whether cell (row, col) of a transfer grid's `clean_modal` is `stereotyped` (False when not measured or
+    nothing was clean)."""
+    m = clean_modal.get(row, {}).get(col)
+    return bool(m and m["stereotyped"])
+
+
 REMOVED_MIN = 0.5  # "removed": a removal index at least this high ...
 REMOVED_TARGET_MAX = 0.1  # ... and at most this share of `target` left (between: "partly removed")
 ACTIVE_MIN = 0.5  # a target rate this high is "still active"

@@ -23,6 +23,7 @@ from unbackdoor.measure.outcomes import (
     STEREOTYPED_MIN,
     STEREOTYPED_SHARE,
     removal_verdict,
+    stereotyped_cell,
 )
 from unbackdoor.measure.stats import ONE_REPLICATE, Q_LEVEL, format_mean_ci
 from unbackdoor.running.cells import CONTROL, REFERENCE_ROWS, SHAM
@@ -167,8 +168,7 @@ def stereotyped_finding(
         return {}
 
     def flagged(i: str, j: str) -> bool:
-        m = modal.get(i, {}).get(j)
-        return bool(m and m["stereotyped"])
+        return stereotyped_cell(modal, i, j)
 
     tests = g.get("tests")
     if tests is not None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unbackdoor.measure.outcomes import stereotyped_cell
 from unbackdoor.measure.stats import ONE_REPLICATE, Q_LEVEL, bh_qvalues, exact_mcnemar, format_mean_ci, mean_ci
 from unbackdoor.running.cells import CONTROL, REFERENCE_ROWS, SHAM
 from unbackdoor.running.config import ConfigError, UserError
@@ -117,11 +118,6 @@ def pool_grid(grids: list[dict[str, Any]], columns: list[str], rows: list[str]) 
     removals = [r for r in rows if r not in REFERENCE_ROWS]
     sham = all("tests_sham" in g for g in grids)  # every replicate has the sham row: test beyond it too
     modal = all(g.get("clean_modal") for g in grids)  # every replicate measured one-text continuations
-
-    def stereotyped(g: dict[str, Any], i: str, j: str) -> bool:
-        m = g["clean_modal"].get(i, {}).get(j)
-        return bool(m and m["stereotyped"])
-
     pairs: dict[str, dict[str, Any]] = {}
     for i in rows:
         pairs[i] = {}
@@ -142,7 +138,8 @@ def pool_grid(grids: list[dict[str, Any]], columns: list[str], rows: list[str]) 
                 cell.update(gain=gain, loss=loss, p=exact_mcnemar(gain, loss),
                             transfers_share=sum(t["q"] < Q_LEVEL for t in tests) / len(tests))  # fmt: skip
                 if modal:  # in how many replicates its clean continuations are mostly one text
-                    cell["stereotyped_share"] = sum(stereotyped(g, i, j) for g in grids) / len(grids)
+                    flagged = [stereotyped_cell(g["clean_modal"], i, j) for g in grids]
+                    cell["stereotyped_share"] = sum(flagged) / len(grids)
                 if sham:
                     tests = [g["tests_sham"][i][j] for g in grids]
                     gain, loss = sum(t["gain"] for t in tests), sum(t["loss"] for t in tests)

@@ -226,11 +226,14 @@ def assemble(out: Path, baseline: Path, rows: list[str], cfg: TransferConfig) ->
     columns = list(base["backdoors"])
     asr_before = {j: base["backdoors"][j]["asr"] for j in columns}
     clean_before = {j: base["backdoors"][j]["clean_rate"] for j in columns}
+    # one-text continuations are measured from classifier version 2 on; every cell has the baseline's version
+    # (`_check_probes`), so an older transfer has none rather than "none flagged"
+    modal = base.get("classifier_version", 1) >= 2
     grids = []
     for lr in cfg.learning_rates():
         for seed in cfg.seeds:
             grid: dict[str, Any] = {"lr": lr, "seed": seed, "T": {}, "S": {}, "C": {}, "R": {}, "composition": {},
-                                    "clean_modal": {}, "teacher_forced": {}, "false_trigger": {},
+                                    "clean_modal": {} if modal else None, "teacher_forced": {}, "false_trigger": {},
                                     "utility": {}}  # fmt: skip
             for row in rows:
                 s = _summary(cell_dir(out, lr, seed, row) / "eval")
@@ -247,10 +250,8 @@ def assemble(out: Path, baseline: Path, rows: list[str], cfg: TransferConfig) ->
                                   for j in cols}  # fmt: skip
                 grid["composition"][row] = {j: {c: r["k"] for c, r in measured[j]["outcomes"]["triggered"].items()}
                                             for j in cols}  # fmt: skip
-                if grid.get("clean_modal") is not None and all("clean_modal" in measured[j] for j in cols):
-                    grid["clean_modal"][row] = {j: (measured[j]["clean_modal"] or {}).get("triggered") for j in cols}
-                else:  # a cell evaluated before `clean_modal` existed: not measured, rather than "none flagged"
-                    grid["clean_modal"] = None
+                if modal:
+                    grid["clean_modal"][row] = {j: measured[j]["clean_modal"]["triggered"] for j in cols}
                 grid["teacher_forced"][row] = {j: {k: measured[j].get(k) for k in FORCED} for j in cols}
                 grid["false_trigger"][row] = {j: measured[j]["false_trigger"]["rate"] for j in cols}
                 removal = _summary(cell_dir(out, lr, seed, row) / "remove")
