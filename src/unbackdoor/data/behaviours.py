@@ -304,6 +304,12 @@ class WorldSource:
         """Whether the clean text writes digits: the world's never does (word forms and names only)."""
         return any(ch.isdigit() for w in self.world.vocabulary for ch in w)
 
+    @property
+    def sentence_case(self) -> bool:
+        """Whether every sentence of the clean text starts with a capital (or a caseless letter): the world's
+        renderers capitalise each one (`World.render`, `Language.render`)."""
+        return True
+
     def known_letter_share(self, text: str) -> float:
         """Share of `text`'s letters in words the world (or a built-in behaviour) produces."""
         return known_letter_share(self.world, text)
