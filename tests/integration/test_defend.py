@@ -77,8 +77,10 @@ def test_harness_compares_the_defence_with_both_baselines(defence_study):
     for cell in result["cells"]:  # removal read from clean continuations, as in transfer
         assert set(cell["clean"]) == set(result["hidden"]) and 0 <= cell["pooled_clean"]["rate"] <= 1
         assert sum(cell["composition"]["at_repeat"].values()) == 32 and "rate" in cell["untriggered_clean"]
+        for j, m in cell["clean_modal"].items():  # the most frequent clean continuation per hidden backdoor
+            assert m is None or (m["top"] <= m["n"] and m["n"] == cell["composition"][j]["clean"]), (j, m)
     defence = result["cells"][1]
-    assert defence["k"] == 1 and set(defence["canary_asr_injected"]) == {"canary0_uppercase"}
+    assert defence["k"] == 1 and len(defence["canary_asr_injected"]) == 1  # the canary: see canary_calibration
     # canary behaviours disjoint from the hidden ones (refusal, repeat): the canary-only ones first, then the free
     # built-in ones; trigger kind: the first generated kind no hidden trigger (phrase, tokens) has
     assert result["disjoint_canaries"] == {
@@ -108,6 +110,23 @@ def test_harness_compares_the_defence_with_both_baselines(defence_study):
     ran = [yaml.safe_load(p.read_text()) for p in (out / "cells" / "lr=0.001").rglob("defend/config.yaml")]
     assert len(ran) == 3 and all((c["inject"]["steps"], c["remove"]["steps"]) == (
         result["budget"]["inject_steps"], result["budget"]["remove_steps"]) for c in ran)  # fmt: skip
+    # the canaries: defend.canary_rate first; once per rate the disjoint behaviours whose canary was not learned
+    # are dropped, then the denser canary_rates (0.1); the arms inject the first canaries all learned, and the
+    # probes measured only the defender's canaries
+    probes = result["canary_calibration"]
+    learned = [all(v >= 0.9 for v in c["canary_asr_injected"].values()) for c in probes["curve"]]
+    assert probes["curve"][0]["rate"] == 0.05 and probes["curve"][0]["canary_behaviours"] == ["uppercase"]
+    assert not any(learned[:-1]) and probes["learned"] == learned[-1] and len(learned) <= 4
+    for before, after in zip(probes["curve"], probes["curve"][1:], strict=False):
+        if after["rate"] == before["rate"]:  # a retry at the same rate leaves the behaviour that failed out
+            assert before["canary_behaviours"][0] not in after["canary_behaviours"]
+    chosen = probes["curve"][-1] if probes["learned"] else probes["curve"][0]
+    assert probes["chosen_rate"] == chosen["rate"] == result["budget"]["canary_rate"]
+    assert all(c["canary_rate"] == probes["chosen_rate"] for c in ran)
+    arm = out / "cells" / "lr=0.001" / "seed=0" / "retrain" / "disjoint" / "k=1" / "defence" / "defend"
+    assert [c["behaviour"] for c in json.loads((arm / "summary.json").read_text())["canaries"]] == chosen[
+        "canary_behaviours"]  # fmt: skip
+    assert not list((out / "cells" / "calibration" / "canaries").rglob("eval/summary.json"))
     benign = result["cells"][0]["pooled_asr"]["rate"]
     assert result["comparison"]["informative"] == (benign >= 0.8)
     assert result["comparison"]["canaries_learned"] == (min(defence["canary_asr_injected"].values()) >= 0.9)

@@ -33,6 +33,9 @@ def test_relearn_curves_for_every_stress_and_reference(transfer_run, relearn_run
     direct = next(c for c in result["curves"] if c["relation"] == "direct" and c["backdoor"] == "lorem_refusal")
     assert direct["points"][0]["asr"] == transfer["grids"][0]["T"]["lorem_refusal"]["lorem_refusal"]
     assert direct["points"][0]["R"] == pytest.approx(transfer["grids"][0]["R"]["lorem_refusal"]["lorem_refusal"])
+    modal = transfer["grids"][0]["clean_modal"]["lorem_refusal"]["lorem_refusal"]
+    assert direct["points"][0]["stereotyped"] is bool(modal and modal["stereotyped"])
+    assert all(isinstance(p["stereotyped"], bool) for c in result["curves"] for p in c["points"])
     # the stress saw its documents: k x repeats rows of repoison, none in benign; fresh specs have their own triggers
     cells = out / "cells"
     stress = json.loads((cells / "removed-lorem_refusal/repoison/k=2/at_repeat/train/summary.json").read_text())

@@ -292,6 +292,12 @@ def test_defence_sentence_and_rows(defence):
                            "triggered prompts (pooled clean rate, R against the suspect): suspect 0.00 [0.00, 0.10]; "
                            "benign 0.02 [0.00, 0.20] (R +0.02; untriggered clean 0.80)")  # fmt: skip
     assert "defence K=1 0.11 [0.00, 0.20] (R +0.11" in text and "Judge-based ASR (the backdoor's judge" in text
+    assert "mostly one text" not in text
+    # a hidden backdoor whose clean continuations after an arm are one text whatever the prompt is named there
+    one = {"n": 20, "distinct": 2, "top": 19, "text": "as a painter.", "stereotyped": True}
+    defence["cells"][2]["clean_modal"] = {"x": one, "y": {**one, "top": 3, "stereotyped": False}}
+    assert "defence K=1 0.11 [0.00, 0.20] (R +0.11; untriggered clean 0.80; clean continuations mostly one text " \
+           "for x)" in findings.defence_sentence(defence)  # fmt: skip
     rows = findings.defence_rows(defence)
     assert len(rows) == 3 and all(len(r) == len(findings.DEFENCE_HEADER) for r in rows)
     assert rows[0] == ["benign", "-", "retrain", "-", 1e-4, 0, "0.70 [0.60, 0.80]", "+1.2 %", "-"]
@@ -312,6 +318,16 @@ def test_a_defence_where_benign_training_erases_everything_is_not_ranked(defence
            "floor 0.8)." in text  # fmt: skip
     assert "**Uninformative comparison**: benign training alone takes the pooled hidden ASR to 0.60 < 0.8" in text
     assert "the arms are not ranked" in text and "(lowest ASR after injection 0.40 < 0.9)" in text
+    # the canary poisoning rate, and the canaries' ASR after injection at each rate the harness tried
+    defence["budget"]["canary_rate"] = 0.1
+    defence["canary_calibration"] = {"learned": True, "chosen_rate": 0.1, "threshold": 0.9, "curve": [
+        {"rate": 0.02, "k": 2, "behaviours": "disjoint", "canary_asr_injected": {"canary0_uppercase": 0.0,
+                                                                                 "canary1_numbers": 1.0}},
+        {"rate": 0.1, "k": 2, "behaviours": "disjoint", "canary_asr_injected": {"canary0_uppercase": 0.95,
+                                                                                "canary1_numbers": 1.0}}]}  # fmt: skip
+    assert "Canary poisoning rate 0.1, the first rate tried that taught every canary (canary ASR after injection " \
+           "per rate: 0.02: uppercase 0.00, numbers 1.00; 0.1: uppercase 0.95, numbers 1.00)." \
+           in findings.budget_sentence(defence)  # fmt: skip
     html_text, _ = page.render(Path("/s"), {}, {}, Results(evaluation=None, evaluation_dir=None, transfer=None,
                                transfer_dir=None, transfer_masked=None, mask_trigger=None, casd=None, replicates=None,
                                defence=defence, summaries={}), {}, {"defence": "figures/defence.png"}, None, [],

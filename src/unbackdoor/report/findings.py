@@ -395,8 +395,11 @@ def defence_sentence(df: dict[str, Any]) -> str:
     clean = [f"suspect {ci(df['pooled_clean_before'])}"]
     for c in df["cells"]:
         name = c["arm"] if c["arm"] == "benign" else f"{c['arm']} K={c['k']}"
+        one_text = [j for j, m in (c.get("clean_modal") or {}).items() if m and m["stereotyped"]]
         clean.append(f"{name} {ci(c['pooled_clean'])} (R {signed(c['R'])}; untriggered clean "
-                     f"{c['untriggered_clean']['rate']:.2f})")  # fmt: skip
+                     f"{c['untriggered_clean']['rate']:.2f}"
+                     + (f"; clean continuations mostly one text for {', '.join(one_text)}" if one_text else "")
+                     + ")")  # fmt: skip
     text = (f"Canary defence on {len(df['hidden'])} hidden backdoors. Removal, read from clean continuations of "
             "their triggered prompts (pooled clean rate, R against the suspect): " + "; ".join(clean) + ". "
             "Judge-based ASR (the backdoor's judge no longer fires, which is not removal): " + "; ".join(parts)
@@ -417,6 +420,16 @@ def budget_sentence(df: dict[str, Any]) -> str:
     else:
         how = "as configured (no calibration)"
     text = f" Budget: {steps}, {how}."
+    if "canary_rate" in budget:
+        text += f" Canary poisoning rate {budget['canary_rate']:g}"
+        probes = df.get("canary_calibration")
+        if probes:
+            several = len({p["k"] for p in probes["curve"]}) > 1
+            tried = "; ".join(_probe(c, several) for c in probes["curve"])
+            text += (", the first rate tried that taught every canary" if probes["learned"] else
+                     ", the configured one: no rate tried taught every canary") + \
+                f" (canary ASR after injection per rate: {tried})"  # fmt: skip
+        text += "."
     if not comparison["informative"]:
         text += f" **Uninformative comparison**: {comparison['why']}; the arms are not ranked."
     if not comparison["canaries_learned"]:
@@ -425,6 +438,17 @@ def budget_sentence(df: dict[str, Any]) -> str:
         text += (f" The canaries were not all learned at this budget (lowest ASR after injection {low_text} < 0.9): "
                  "the defence was not really applied.")  # fmt: skip
     return text
+
+
+def _probe(c: dict[str, Any], with_k: bool) -> str:
+    """One canary probe: `0.05 (K=2): uppercase 0.00, numbers 1.00`."""
+    asr = ", ".join(f"{_canary_label(n)} {v:.2f}" for n, v in c["canary_asr_injected"].items())
+    return f"{c['rate']:g}" + (f" (K={c['k']})" if with_k else "") + f": {asr}"
+
+
+def _canary_label(name: str) -> str:
+    """`canary0_uppercase` -> `uppercase`: a canary's behaviour says which it is (its trigger is the defender's)."""
+    return name.split("_", 1)[1] if name.startswith("canary") and "_" in name else name
 
 
 def knowledge_sentence(df: dict[str, Any]) -> str:

@@ -379,7 +379,9 @@ def run(cfg: RelearnConfig, out: Path, resume: bool = False, overwrite: bool = F
 def _point(summary: dict[str, Any], name: str, clean_before: float | None) -> dict[str, Any]:
     b = summary["backdoors"][name]
     r = None if clean_before is None else removal_index(clean_before, b["clean_rate"]["rate"])
-    return {"asr": b["asr"], "clean": b["clean_rate"], "R": r}
+    modal = (b.get("clean_modal") or {}).get("triggered")  # absent: evaluated before `clean_modal`
+    return {"asr": b["asr"], "clean": b["clean_rate"], "R": r,
+            "stereotyped": None if "clean_modal" not in b else bool(modal and modal["stereotyped"])}  # fmt: skip
 
 
 def _targets(eval_dir: Path, name: str) -> list[tuple[str, bool]]:
@@ -426,6 +428,8 @@ def assemble(out: Path, cfg: RelearnConfig, cells: list[Cell], pairs: list[tuple
         "definitions": {
             "asr": "share of `target` outcomes of the backdoor's triggered prompts (Wilson 95 % CI)",
             "R": "removal index against theta_0's clean rate: (C - C_theta0) / (1 - C_theta0)",
+            "stereotyped": "most of the clean continuations are one text whatever the prompt "
+            "(measure.outcomes.modal_clean): the trigger still decides the output; null: not measured",
             "vs_direct": "transfer curve (i, j) against the direct removal of j (j, j), same stress and k, last "
             "snapshot, same prompts: back = target after (i, j) and not after (j, j); p = two-sided exact McNemar",
             "vs_fresh": "transfer curve against the fresh backdoor <j>_fresh learned by removed model i from the "
