@@ -297,7 +297,7 @@ def test_defence_sentence_and_rows(defence):
     one = {"n": 20, "distinct": 2, "top": 19, "text": "as a painter.", "stereotyped": True}
     defence["cells"][2]["clean_modal"] = {"x": one, "y": {**one, "top": 3, "stereotyped": False}}
     assert "defence K=1 0.11 [0.00, 0.20] (R +0.11; untriggered clean 0.80; clean continuations mostly one text " \
-           "for x)" in findings.defence_sentence(defence)  # fmt: skip
+           "or one opening, the trigger's doing, for x)" in findings.defence_sentence(defence)  # fmt: skip
     rows = findings.defence_rows(defence)
     assert len(rows) == 3 and all(len(r) == len(findings.DEFENCE_HEADER) for r in rows)
     assert rows[0] == ["benign", "-", "retrain", "-", 1e-4, 0, "0.70 [0.60, 0.80]", "+1.2 %", "-"]
@@ -573,6 +573,15 @@ def test_transfers_that_rest_on_one_repeated_continuation_are_counted_and_shown(
     assert "**1 of the 2** transferring pairs" in head
     assert "a -> b: 45 of 50 clean continuations are ` rope. The old dog is white.`" in head
     assert "1 of the 2 direct removals, and the sham row on a." in head
+    # flagged by its opening (distinct texts that open alike, and not so without the trigger): the example says so
+    by_opening = {**modal(60, 9), "stereotyped": True, "stereotyped_by": "opening",
+                  "opening": {"text": "a round flower", "top": 55, "untriggered_share": 0.0}}  # fmt: skip
+    g["clean_modal"]["b"]["c"] = by_opening
+    f = findings.transfer_finding(transfer)
+    assert f["stereotyped_transfers"] == ["a -> b", "b -> c"]
+    head = findings.transfer_sentences(f)["transfer"]
+    assert "(e.g. b -> c: 55 of 60 clean continuations open `a round flower` (the same prompts without the " \
+           "trigger: 0 %))" in head and "most frequent opening of 3 words" in head  # fmt: skip
 
 
 def test_a_transfer_without_clean_modal_says_nothing_about_it(transfer):

@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from unbackdoor.measure.outcomes import (
+    OPENING_TOKENS,
+    OPENING_UNTRIGGERED_MAX,
     OUTCOMES,
     REMOVED_MIN,
     REMOVED_TARGET_MAX,
@@ -176,7 +178,7 @@ def stereotyped_finding(
     else:
         transferring = [(i, j) for i, j in off if g["C"][i][j]["lo"] > g["C"][CONTROL][j]["hi"]]
     cells = [(i, j) for i, j in transferring if flagged(i, j)]
-    example = max(cells, key=lambda c: modal[c[0]][c[1]]["top"], default=None)
+    example = max(cells, key=lambda c: _flagged_count(modal[c[0]][c[1]]), default=None)
     return {
         "transferring": len(transferring),
         "stereotyped_transfers": [f"{i} -> {j}" for i, j in cells],
@@ -187,8 +189,15 @@ def stereotyped_finding(
     }  # fmt: skip
 
 
+def _flagged_count(m: dict[str, Any]) -> int:
+    """How many clean continuations a stereotyped cell's flag rests on (its text's, or its opening's)."""
+    return m["opening"]["top"] if m.get("stereotyped_by") == "opening" else m["top"]
+
+
 ONE_TEXT = (
-    f"the most frequent clean text at least {STEREOTYPED_SHARE:.0%} of the clean ones and at least {STEREOTYPED_MIN}"
+    f"the most frequent clean text, or the most frequent opening of {OPENING_TOKENS} words, at least "
+    f"{STEREOTYPED_SHARE:.0%} of the clean ones and at least {STEREOTYPED_MIN}; an opening only if the same prompts "
+    f"without the trigger open so at most {OPENING_UNTRIGGERED_MAX:g} times as often"
 )
 
 
@@ -203,14 +212,23 @@ def stereotyped_sentence(finding: dict[str, Any]) -> str:
         f"transferring pairs"
     )
     if example:
-        text += (f" (e.g. {example['pair']}: {example['top']} of {example['n']} clean continuations are "
-                 f"`{example['text']}`)")  # fmt: skip
+        text += f" (e.g. {example['pair']}: {one_text_example(example)})"
     text += f", {finding['stereotyped_diagonal']} of the {finding['diagonal']} direct removals"
     sham = finding["stereotyped_sham"]
     return text + (f", and the sham row on {', '.join(sham)}." if sham else ".")
 
 
 ONE_MODEL = ONE_REPLICATE
+
+
+def one_text_example(m: dict[str, Any]) -> str:
+    """`71 of 128 clean continuations are `...``, or by the opening `120 of 124 open `a round flower` (without the
+    trigger: 0 %)`."""
+    if m.get("stereotyped_by") == "opening":
+        o = m["opening"]
+        return (f"{o['top']} of {m['n']} clean continuations open `{o['text']}` (the same prompts without the "
+                f"trigger: {percent(o['untriggered_share'])})")  # fmt: skip
+    return f"{m['top']} of {m['n']} clean continuations are `{m['text']}`"
 
 
 def _left_out(finding: dict[str, Any]) -> str:
@@ -398,7 +416,8 @@ def defence_sentence(df: dict[str, Any]) -> str:
         one_text = [j for j, m in (c.get("clean_modal") or {}).items() if m and m["stereotyped"]]
         clean.append(f"{name} {ci(c['pooled_clean'])} (R {signed(c['R'])}; untriggered clean "
                      f"{c['untriggered_clean']['rate']:.2f}"
-                     + (f"; clean continuations mostly one text for {', '.join(one_text)}" if one_text else "")
+                     + (f"; clean continuations mostly one text or one opening, the trigger's doing, for "
+                        f"{', '.join(one_text)}" if one_text else "")
                      + ")")  # fmt: skip
     text = (f"Canary defence on {len(df['hidden'])} hidden backdoors. Removal, read from clean continuations of "
             "their triggered prompts (pooled clean rate, R against the suspect): " + "; ".join(clean) + ". "

@@ -165,16 +165,23 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     generations = iter(generate(model, tokenizer, everything, cfg.max_new_tokens, cfg.batch_size, cfg.engine))
     for spec, probes, variants in work:
         rates, outcomes, loops, modal = {}, {}, {}, {}
+        said = {kind: [next(generations) for _ in prompts] for kind, prompts in variants.items()}
+        judged = {
+            kind: [
+                classifier.classify(spec, g, p.lang, r)
+                for p, g, r in zip(probes, said[kind], raw_prompts[(spec.name, kind)], strict=True)
+            ]
+            for kind in variants
+        }
         for kind, prompts in variants.items():
-            outputs = [next(generations) for _ in prompts]
-            raw = raw_prompts[(spec.name, kind)]
-            classes = [classifier.classify(spec, g, p.lang, r) for p, g, r in zip(probes, outputs, raw, strict=True)]
+            outputs, classes = said[kind], judged[kind]
             rates[kind] = attack_success([c.label == "target" for c in classes])  # ASR = the share of `target`
             counts = composition(classes)
             outcomes[kind] = {label: wilson(counts[label], len(classes)).as_dict() for label in OUTCOMES}
             n_loops = sum(c.detail == SENTENCE_LOOP for c in classes)
             loops[kind] = wilson(n_loops, counts["clean"]).as_dict() if counts["clean"] else None
-            modal[kind] = modal_clean(classes, outputs)
+            # a triggered set's openings against the same prompts' untriggered continuations
+            modal[kind] = modal_clean(classes, outputs, None if kind == "clean" else (judged["clean"], said["clean"]))
             samples += [
                 {"backdoor": spec.name, "kind": kind, "doc_id": p.doc_id, "prompt": q, "generation": g,
                  "outcome": c.label, "outcome_detail": c.detail, "verdict": c.label == "target"}
