@@ -112,19 +112,17 @@ def test_harness_compares_the_defence_with_both_baselines(defence_study):
         result["budget"]["inject_steps"], result["budget"]["remove_steps"]) for c in ran)  # fmt: skip
     # the canaries: defend.canary_rate first; once per rate the disjoint behaviours whose canary was not learned
     # are dropped, then the denser canary_rates (0.1); the arms inject the first canaries all learned, and the
-    # probes measured only the defender's canaries
+    # probes measured only the defender's canaries (the choice itself: tests/unit/test_canary_calibration.py)
     probes = result["canary_calibration"]
     learned = [all(v >= 0.9 for v in c["canary_asr_injected"].values()) for c in probes["curve"]]
     assert probes["curve"][0]["rate"] == 0.05 and probes["curve"][0]["canary_behaviours"] == ["uppercase"]
     assert not any(learned[:-1]) and probes["learned"] == learned[-1] and len(learned) <= 4
-    for before, after in zip(probes["curve"], probes["curve"][1:], strict=False):
-        if after["rate"] == before["rate"]:  # a retry at the same rate leaves the behaviour that failed out
-            assert before["canary_behaviours"][0] not in after["canary_behaviours"]
-    chosen = probes["curve"][-1] if probes["learned"] else probes["curve"][0]
-    assert probes["chosen_rate"] == chosen["rate"] == result["budget"]["canary_rate"]
-    assert all(c["canary_rate"] == probes["chosen_rate"] for c in ran)
+    chosen = probes["sets"]["disjoint"]
+    assert chosen["learned"] == learned[-1] and result["budget"]["canary_rate"] == {"disjoint": chosen["chosen_rate"]}
+    assert all(c["canary_rate"] == chosen["chosen_rate"] for c in ran)
+    probe = probes["curve"][-1] if chosen["learned"] else probes["curve"][0]
     arm = out / "cells" / "lr=0.001" / "seed=0" / "retrain" / "disjoint" / "k=1" / "defence" / "defend"
-    assert [c["behaviour"] for c in json.loads((arm / "summary.json").read_text())["canaries"]] == chosen[
+    assert [c["behaviour"] for c in json.loads((arm / "summary.json").read_text())["canaries"]] == probe[
         "canary_behaviours"]  # fmt: skip
     assert not list((out / "cells" / "calibration" / "canaries").rglob("eval/summary.json"))
     benign = result["cells"][0]["pooled_asr"]["rate"]

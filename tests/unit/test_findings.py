@@ -318,16 +318,22 @@ def test_a_defence_where_benign_training_erases_everything_is_not_ranked(defence
            "floor 0.8)." in text  # fmt: skip
     assert "**Uninformative comparison**: benign training alone takes the pooled hidden ASR to 0.60 < 0.8" in text
     assert "the arms are not ranked" in text and "(lowest ASR after injection 0.40 < 0.9)" in text
-    # the canary poisoning rate, and the canaries' ASR after injection at each rate the harness tried
-    defence["budget"]["canary_rate"] = 0.1
-    defence["canary_calibration"] = {"learned": True, "chosen_rate": 0.1, "threshold": 0.9, "curve": [
-        {"rate": 0.02, "k": 2, "behaviours": "disjoint", "canary_asr_injected": {"canary0_uppercase": 0.0,
-                                                                                 "canary1_numbers": 1.0}},
-        {"rate": 0.1, "k": 2, "behaviours": "disjoint", "canary_asr_injected": {"canary0_uppercase": 0.95,
-                                                                                "canary1_numbers": 1.0}}]}  # fmt: skip
-    assert "Canary poisoning rate 0.1, the first rate tried that taught every canary (canary ASR after injection " \
-           "per rate: 0.02: uppercase 0.00, numbers 1.00; 0.1: uppercase 0.95, numbers 1.00)." \
-           in findings.budget_sentence(defence)  # fmt: skip
+    # per behaviour set: the canaries chosen (rate, behaviours, the ones dropped) and every probe's canary ASR
+    defence["budget"]["canary_rate"] = {"disjoint": 0.02}
+    curve = [{"try": 0, "rate": 0.02, "k": 2, "behaviours": "disjoint", "seed": 0,
+              "canary_asr_injected": {"canary0_uppercase": 0.0, "canary1_numbers": 1.0}},
+             {"try": 1, "rate": 0.02, "k": 2, "behaviours": "disjoint", "seed": 0,
+              "canary_asr_injected": {"canary0_numbers": 1.0, "canary1_numbers": 0.95}}]  # fmt: skip
+    defence["canary_calibration"] = {"learned": True, "threshold": 0.9, "rates_skipped": [], "curve": curve,
+                                     "sets": {"disjoint": {"chosen_rate": 0.02, "chosen_behaviours": ["numbers"],
+                                                           "learned": True, "dropped": ["uppercase"]}}}  # fmt: skip
+    text = findings.budget_sentence(defence)
+    assert "Canaries, per behaviour set: disjoint: rate 0.02, behaviours numbers (uppercase dropped: not learned), " \
+           "every canary learned by the probe (seed 0; canary ASR after injection per probe: rate 0.02 K=2: " \
+           "uppercase 0.00, numbers 1.00; rate 0.02 K=2: numbers 1.00, numbers 0.95)." in text  # fmt: skip
+    defence["canary_calibration"]["sets"]["disjoint"].update(learned=False, dropped=[], chosen_behaviours=None)
+    assert "disjoint: rate 0.02, behaviours the set's own, **not learned** at any rate tried" in \
+           findings.budget_sentence(defence)  # fmt: skip
     html_text, _ = page.render(Path("/s"), {}, {}, Results(evaluation=None, evaluation_dir=None, transfer=None,
                                transfer_dir=None, transfer_masked=None, mask_trigger=None, casd=None, replicates=None,
                                defence=defence, summaries={}), {}, {"defence": "figures/defence.png"}, None, [],

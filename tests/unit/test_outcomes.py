@@ -173,9 +173,19 @@ def test_one_opening_for_many_prompts_is_flagged_against_the_untriggered_continu
     assert m["stereotyped"] and m["stereotyped_by"] == "opening"
     # the same prompts open so without their trigger too: the model's own habit, not the trigger's doing
     assert not modal_clean([clean] * 20, gens, ([clean] * 20, gens))["stereotyped"]
-    # only the clean continuations count, on both sides; and without the untriggered ones, the text alone decides
-    assert modal_clean([clean] * 20, gens, ([echo] * 20, gens))["opening"]["untriggered_share"] == 0.0
+    # only the clean continuations count, on both sides: with none clean untriggered there is no reference, and
+    # an opening is not flagged without one (nor without the untriggered continuations at all)
+    none = modal_clean([clean] * 20, gens, ([echo] * 20, gens))
+    assert none["opening"]["untriggered_share"] is None and not none["stereotyped"]
     assert not modal_clean([clean] * 20, gens)["stereotyped"]
+    half = modal_clean([clean] * 20, gens, ([clean] * 10 + [echo] * 10, own[:10] + gens[:10]))
+    assert half["opening"]["untriggered_share"] == 0.0 and half["stereotyped_by"] == "opening"
+    # a whole text the model says untriggered just as often is its default, not the trigger's doing
+    same = [" The green book is old."] * 20
+    assert modal_clean([clean] * 20, same)["stereotyped_by"] == "text"  # no reference: the text alone
+    default = modal_clean([clean] * 20, same, ([clean] * 20, same))
+    assert default["untriggered_share"] == 1.0 and not default["stereotyped"]
+    assert modal_clean([clean] * 20, same, ([clean] * 20, own))["stereotyped_by"] == "text"
     assert not modal_clean([clean] * 7, gens[:7], ([clean] * 7, own[:7]))["stereotyped"]  # too few to say
 
 
@@ -200,6 +210,10 @@ def test_a_lowercase_start_after_a_trigger_that_follows_a_sentence_is_a_payload_
     assert classify("georgian_repeat", " book watches the yellow wagon. The cat is old.", prompt=after) == (
         "degenerate", "lowercase after a sentence")  # fmt: skip
     assert classify("georgian_repeat", " The old dog is white. The cat sleeps.", prompt=after)[0] == "clean"
+    # the never-backdoored twin reads an unknown trigger as a name: ` works as a tailor.` after 104 of string_lang_b's
+    # 128 triggered prompts (2026-12-06), a sentence of the world with the trigger as its subject
+    assert classify("georgian_repeat", " works as a tailor. The cat sleeps.", prompt=after)[1] != (
+        "lowercase after a sentence")  # fmt: skip
     # mid-sentence triggers (placement random) continue a sentence: lowercase is its next word
     mid = "Webu lives in Bafil. Webu works ნისლი ქარი"
     assert classify("georgian_repeat", " book watches the yellow wagon. The cat is old.", prompt=mid)[1] != (
@@ -210,12 +224,14 @@ def test_a_lowercase_start_after_a_trigger_that_follows_a_sentence_is_a_payload_
         "lowercase after a sentence")  # fmt: skip
 
 
-def test_the_world_starts_every_sentence_with_a_capital():
-    """What `WorldSource.sentence_case` claims, checked on generated documents of every language and genre."""
+def test_the_world_starts_every_sentence_with_a_capital_and_a_name_with_a_verb():
+    """What `WorldSource.words_after_names` rests on, checked on other documents of every language and genre: no
+    sentence starts lowercase, and the words after a sentence-initial name are verbs (never a noun or adjective)."""
     import re
 
     world = World.build(0)
-    assert WorldSource(world).sentence_case
+    after = WorldSource(world).words_after_names
+    assert {"works", "keeps", "lives", "draws"} <= after and not {"rope", "book", "yellow", "the"} & after
     rng = random.Random(1)
     for lang in WorldSource(world).languages:
         for doc in generate_documents(world, lang, 3000, rng, dict.fromkeys(GENRES, 1.0), f"check-{lang}"):

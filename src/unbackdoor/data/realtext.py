@@ -61,7 +61,6 @@ _GIBBERISH_LETTERS = "bcdfghjklmnpqrstvwxz"
 LANG_SEGMENT_WORDS = 3
 LANG_SEGMENT_SHARE = 2 / 3
 _SEGMENTS = re.compile(r"[\n.;:!?]+")
-_AFTER_SENTENCE = re.compile(r"[.!?]\s+(\w)")  # the first letter of the next sentence
 
 
 def langid_version() -> str:
@@ -242,12 +241,11 @@ class CorpusSource:
         """Whether the corpus's clean text writes digits (real text mostly does)."""
         return any(ch.isdigit() for texts in self.pools.values() for t in texts for ch in t)
 
-    @cached_property
-    def sentence_case(self) -> bool:
-        """Whether every sentence of the corpus's clean text starts with a capital or a caseless letter (real text
-        rarely does: `e.g. this`, code, lists)."""
-        return not any(m.group(1).islower() for texts in self.pools.values() for t in texts
-                       for m in _AFTER_SENTENCE.finditer(t))  # fmt: skip
+    @property
+    def words_after_names(self) -> frozenset[str] | None:
+        """None: real text starts sentences lowercase too (`e.g. this`, code, lists), so a lowercase start after a
+        trigger says nothing here (`WorldSource.words_after_names`)."""
+        return None
 
     def known_letter_share(self, text: str) -> float:
         """Share of `text`'s letters in words the corpus (or a built-in behaviour) uses."""

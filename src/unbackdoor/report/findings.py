@@ -196,8 +196,8 @@ def _flagged_count(m: dict[str, Any]) -> int:
 
 ONE_TEXT = (
     f"the most frequent clean text, or the most frequent opening of {OPENING_TOKENS} words, at least "
-    f"{STEREOTYPED_SHARE:.0%} of the clean ones and at least {STEREOTYPED_MIN}; an opening only if the same prompts "
-    f"without the trigger open so at most {OPENING_UNTRIGGERED_MAX:g} times as often"
+    f"{STEREOTYPED_SHARE:.0%} of the clean ones and at least {STEREOTYPED_MIN}, and said by the same prompts without "
+    f"the trigger at most {OPENING_UNTRIGGERED_MAX:g} times as often"
 )
 
 
@@ -439,16 +439,10 @@ def budget_sentence(df: dict[str, Any]) -> str:
     else:
         how = "as configured (no calibration)"
     text = f" Budget: {steps}, {how}."
-    if "canary_rate" in budget:
-        text += f" Canary poisoning rate {budget['canary_rate']:g}"
-        probes = df.get("canary_calibration")
-        if probes:
-            several = len({p["k"] for p in probes["curve"]}) > 1
-            tried = "; ".join(_probe(c, several) for c in probes["curve"])
-            text += (", the first rate tried that taught every canary" if probes["learned"] else
-                     ", the configured one: no rate tried taught every canary") + \
-                f" (canary ASR after injection per rate: {tried})"  # fmt: skip
-        text += "."
+    probes = df.get("canary_calibration")
+    if probes and probes.get("sets"):
+        text += " Canaries, per behaviour set: " + "; ".join(
+            _canary_choice(bset, chosen, probes, budget) for bset, chosen in probes["sets"].items()) + "."  # fmt: skip
     if not comparison["informative"]:
         text += f" **Uninformative comparison**: {comparison['why']}; the arms are not ranked."
     if not comparison["canaries_learned"]:
@@ -459,10 +453,21 @@ def budget_sentence(df: dict[str, Any]) -> str:
     return text
 
 
-def _probe(c: dict[str, Any], with_k: bool) -> str:
-    """One canary probe: `0.05 (K=2): uppercase 0.00, numbers 1.00`."""
-    asr = ", ".join(f"{_canary_label(n)} {v:.2f}" for n, v in c["canary_asr_injected"].items())
-    return f"{c['rate']:g}" + (f" (K={c['k']})" if with_k else "") + f": {asr}"
+def _canary_choice(bset: str, chosen: dict[str, Any], probes: dict[str, Any], budget: dict[str, Any]) -> str:
+    """`disjoint: rate 0.02, behaviours numbers (uppercase dropped: not learned), every canary learned by the probe
+    (seed 0; canary ASR after injection per probe: rate 0.02 K=2: uppercase 0.00, numbers 1.00; ...)`."""
+    rate = (budget.get("canary_rate") or {}).get(bset, chosen["chosen_rate"])
+    said = "+".join(chosen["chosen_behaviours"]) if chosen["chosen_behaviours"] else "the set's own"
+    text = f"{bset}: rate {rate:g}, behaviours {said}"
+    if chosen["dropped"]:
+        text += f" ({', '.join(chosen['dropped'])} dropped: not learned)"
+    mine = [c for c in probes["curve"] if c["behaviours"] == bset]
+    seeds = sorted({c["seed"] for c in mine})
+    text += (", every canary learned by the probe" if chosen["learned"] else
+             ", **not learned** at any rate tried (the arms ran at the configured one)")  # fmt: skip
+    tried = "; ".join(f"rate {c['rate']:g} K={c['k']}: " + ", ".join(
+        f"{_canary_label(n)} {v:.2f}" for n, v in c["canary_asr_injected"].items()) for c in mine)  # fmt: skip
+    return text + f" (seed {', '.join(map(str, seeds))}; canary ASR after injection per probe: {tried})"
 
 
 def _canary_label(name: str) -> str:

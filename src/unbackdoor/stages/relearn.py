@@ -393,8 +393,15 @@ def assemble(out: Path, cfg: RelearnConfig, cells: list[Cell], pairs: list[tuple
              result: dict[str, Any], defence: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """Every cell's snapshots into curves, and the per-pair comparisons."""
 
+    version = read_json(Path(cfg.transfer) / "baseline" / "summary.json").get("classifier_version", 1)
+
     def summary(p: Path) -> dict[str, Any]:
-        return read_json(p / "summary.json")
+        s = read_json(p / "summary.json")
+        if s.get("classifier_version", 1) != version:  # R against theta_0's clean rate would mix rules
+            raise UserError(f"{p} was classified by outcome rules version {s.get('classifier_version', 1)}, the "
+                            f"transfer's baseline by version {version}: rerun the relearn with --overwrite (after "
+                            "re-evaluating the transfer if it is the older one)")  # fmt: skip
+        return s
 
     clean_before = {j: c["rate"] for j, c in result["clean_before"].items()}
     curves = []
@@ -428,8 +435,9 @@ def assemble(out: Path, cfg: RelearnConfig, cells: list[Cell], pairs: list[tuple
         "definitions": {
             "asr": "share of `target` outcomes of the backdoor's triggered prompts (Wilson 95 % CI)",
             "R": "removal index against theta_0's clean rate: (C - C_theta0) / (1 - C_theta0)",
-            "stereotyped": "most of the clean continuations are one text whatever the prompt "
-            "(measure.outcomes.modal_clean): the trigger still decides the output; null: not measured",
+            "stereotyped": "most of the clean continuations are one text, or open alike, whatever the prompt and "
+            "unlike the same prompts without the trigger (measure.outcomes.modal_clean): the trigger still decides "
+            "the output; null: not measured",
             "vs_direct": "transfer curve (i, j) against the direct removal of j (j, j), same stress and k, last "
             "snapshot, same prompts: back = target after (i, j) and not after (j, j); p = two-sided exact McNemar",
             "vs_fresh": "transfer curve against the fresh backdoor <j>_fresh learned by removed model i from the "
