@@ -68,8 +68,10 @@ def test_replicates_pool_means_intervals_and_discordant_prompts(transfer_run, se
     assert pair["gain"] == sum(t["tests"][i][j]["gain"] for t in tables)
     assert pair["p"] == pytest.approx(exact_mcnemar(pair["gain"], pair["loss"])) and pair["p"] <= pair["q"] <= 1
     assert pair["transfers_share"] in (0.0, 0.5, 1.0)
-    flagged = [bool(t["clean_modal"][i][j] and t["clean_modal"][i][j]["stereotyped"]) for t in tables]
-    assert pair["stereotyped_share"] == sum(flagged) / 2 and "transfers_q05_stereotyped" in grid["headline"]
+    judged = [m for t in tables if (m := t["clean_modal"][i][j]) and m["n"] >= 8]  # enough clean ones to tell
+    assert pair["stereotyped_judged"] == len(judged) and "transfers_q05_stereotyped" in grid["headline"]
+    assert pair["stereotyped_share"] == (sum(m["stereotyped"] for m in judged) / len(judged) if judged else None)
+    assert len(grid["headline"]["transfers_stereotyped_per_replicate"]) == 2
     h = grid["headline"]
     assert h["pairs"] == 2 and h["transfers_per_replicate"] == [t["transfers_q05"] for t in tables]
     assert "control" in grid["pairs"] and "R_minus_control" not in grid["pairs"]["control"][j]

@@ -213,6 +213,9 @@ def test_replicates_sentence_and_rows():
     assert "rest on one continuation" not in sentence  # replicates that predate `clean_modal`
     headline["transfers_q05_stereotyped"] = 1
     assert "Of the 1, 1 rest on one continuation whatever the prompt" in findings.replicates_sentence(rp)
+    headline["transfers_stereotyped_per_replicate"] = [1, 0, 0]
+    assert "the output; per replicate, of its own pairs at q < 0.05: 1 of 1, 0 of 0, 0 of 0." in \
+        findings.replicates_sentence(rp)  # fmt: skip
     rows = findings.replicate_rows(rp)
     assert [r[:2] for r in rows] == [["a", "b"], ["b", "a"]]  # off-diagonal only, lowest q first
     assert rows[0][2:] == ["+0.30 [-0.10, +0.70]", "+0.30 [-0.10, +0.70]", "9 / 1", "0.04", "33 %", "no sham row"]

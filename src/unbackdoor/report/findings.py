@@ -329,7 +329,20 @@ def replicates_sentence(rp: dict[str, Any]) -> str:
         )
         + (
             f" Of the {h['transfers_q05']}, {h['transfers_q05_stereotyped']} rest on one continuation whatever the "
-            f"prompt ({ONE_TEXT}) in at least half of the replicates: there the trigger still decides the output."
+            f"prompt ({ONE_TEXT}) in at least half of the replicates with {STEREOTYPED_MIN} or more clean ones: "
+            "there the trigger still decides the output"
+            + (
+                "; per replicate, of its own pairs at q < 0.05: "
+                + ", ".join(
+                    f"{k} of {n}"
+                    for k, n in zip(
+                        h["transfers_stereotyped_per_replicate"], h["transfers_per_replicate"], strict=True
+                    )
+                )  # fmt: skip
+                if "transfers_stereotyped_per_replicate" in h
+                else ""
+            )
+            + "."
             if "transfers_q05_stereotyped" in h
             else ""
         )

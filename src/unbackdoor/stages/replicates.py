@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unbackdoor.measure.outcomes import stereotyped_cell
+from unbackdoor.measure.outcomes import STEREOTYPED_MIN, stereotyped_cell
 from unbackdoor.measure.stats import ONE_REPLICATE, Q_LEVEL, bh_qvalues, exact_mcnemar, format_mean_ci, mean_ci
 from unbackdoor.running.cells import CONTROL, REFERENCE_ROWS, SHAM
 from unbackdoor.running.config import ConfigError, UserError
@@ -137,9 +137,13 @@ def pool_grid(grids: list[dict[str, Any]], columns: list[str], rows: list[str]) 
                 gain, loss = sum(t["gain"] for t in tests), sum(t["loss"] for t in tests)
                 cell.update(gain=gain, loss=loss, p=exact_mcnemar(gain, loss),
                             transfers_share=sum(t["q"] < Q_LEVEL for t in tests) / len(tests))  # fmt: skip
-                if modal:  # in how many replicates its clean continuations are mostly one text
-                    flagged = [stereotyped_cell(g["clean_modal"], i, j) for g in grids]
-                    cell["stereotyped_share"] = sum(flagged) / len(grids)
+                if modal:  # in how many replicates its clean continuations are mostly one text, of those where
+                    # there were enough clean ones to tell (a replicate with 2 clean continuations shows nothing)
+                    judged = [m for g in grids if (m := g["clean_modal"].get(i, {}).get(j))
+                              and m["n"] >= STEREOTYPED_MIN]  # fmt: skip
+                    cell["stereotyped_judged"] = len(judged)
+                    cell["stereotyped_share"] = (sum(m["stereotyped"] for m in judged) / len(judged)
+                                                 if judged else None)  # fmt: skip
                 if sham:
                     tests = [g["tests_sham"][i][j] for g in grids]
                     gain, loss = sum(t["gain"] for t in tests), sum(t["loss"] for t in tests)
@@ -172,10 +176,15 @@ def pool_grid(grids: list[dict[str, Any]], columns: list[str], rows: list[str]) 
         "R_control": per_replicate_mean([(CONTROL, j) for j in columns]),
         "R_diagonal": per_replicate_mean([(i, i) for i in removals]),
     }
-    if modal:  # pairs at q < 0.05 whose clean continuations are one text in at least half of the replicates
+    if modal:  # pairs at q < 0.05 whose clean continuations are one text in at least half of the replicates judged
         headline["transfers_q05_stereotyped"] = sum(
-            pairs[i][j]["q"] < Q_LEVEL and pairs[i][j]["stereotyped_share"] >= 0.5 for i, j in off
+            pairs[i][j]["q"] < Q_LEVEL and (pairs[i][j]["stereotyped_share"] or 0.0) >= 0.5 for i, j in off
         )
+        # and in each replicate, of its own pairs at q < 0.05: how many are stereotyped there
+        headline["transfers_stereotyped_per_replicate"] = [
+            sum(g["tests"][i][j]["q"] < Q_LEVEL and stereotyped_cell(g["clean_modal"], i, j) for i, j in off)
+            for g in grids
+        ]
     if sham:
         headline["transfers_q05_sham"] = sum(pairs[i][j]["beyond_sham"]["q"] < Q_LEVEL for i, j in off)
         headline["R_sham"] = per_replicate_mean([(SHAM, j) for j in columns])
