@@ -67,6 +67,18 @@ OUTCOMES = ("target", "other_backdoor", "echo", "degenerate", "clean")
 # after the trigger (2026-12-06). 3: a lowercase start after a trigger that follows a sentence (2026-12-06). 4:
 # `clean_modal`'s `stereotyped` also by the opening, both against the untriggered continuations (2026-12-06).
 CLASSIFIER_VERSION = 4
+
+
+def require_same_rules(summary: dict[str, Any], version: int, where: str, against: str, cure: str) -> None:
+    """A one-line error when `summary` (an evaluation's) was classified by another decision list than `version`
+    (`against`'s): clean rates, R and the tests must not mix rules."""
+    found = summary.get("classifier_version", 1)
+    if found != version:
+        raise UserError(
+            f"{where} was classified by outcome rules version {found}, {against} by version {version}: {cure}"
+        )
+
+
 ECHO_MIN_CHARS = 4  # a trigger fragment this long (and found in no clean word) counts as an echo
 # ... and right after a trigger, a shorter one too: a continuation whose first word is a piece (>= this many
 # characters, no clean word) of a word of the trigger the prompt ends with repeats that trigger's tail (` υγή The

@@ -51,7 +51,7 @@ from unbackdoor.data.backdoors import load_specs, specs_to_yaml_dict
 from unbackdoor.data.behaviours import BEHAVIOURS, CANARY_ONLY
 from unbackdoor.data.canaries import CANARY_TRIGGER_KINDS
 from unbackdoor.data.serialisation import CHAT
-from unbackdoor.measure.outcomes import removal_index
+from unbackdoor.measure.outcomes import removal_index, require_same_rules
 from unbackdoor.measure.stats import wilson
 from unbackdoor.measure.tables import abbreviate, csv_text
 from unbackdoor.running import runtime
@@ -501,11 +501,13 @@ def assemble(out: Path, baseline: Path, cells: list[dict[str, Any]], hidden: lis
     for cell in cells:
         path = out / "cells" / cell["dir"]
         ev, df = _summary(path / "eval"), _summary(path / "defend")
-        if ev.get("classifier_version", 1) != base.get("classifier_version", 1):  # clean rates would mix rules
-            raise UserError(f"cell {cell['dir']} was classified by outcome rules version "
-                            f"{ev.get('classifier_version', 1)}, the baseline by version "
-                            f"{base.get('classifier_version', 1)}: rerun with --overwrite (or delete the older "
-                            "evaluations, baseline/ and cells/**/eval, and --resume)")  # fmt: skip
+        require_same_rules(
+            ev,
+            base.get("classifier_version", 1),
+            f"cell {cell['dir']}",
+            "the baseline",
+            "rerun with --overwrite (or delete the older evaluations, baseline/ and cells/**/eval, and --resume)",
+        )
         asr = {j: ev["backdoors"][j]["asr"] for j in hidden}
         canary_behaviours = {c["behaviour"] for c in df["canaries"]} if cell["arm"] != "benign" else set()
         canary_kinds = {c["trigger_kind"] for c in df["canaries"]} if cell["arm"] != "benign" else set()

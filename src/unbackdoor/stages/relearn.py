@@ -39,7 +39,7 @@ import yaml
 from unbackdoor.data.backdoors import specs_to_yaml_dict
 from unbackdoor.data.serialisation import Serialisation
 from unbackdoor.data.sham import sham_trigger
-from unbackdoor.measure.outcomes import removal_index
+from unbackdoor.measure.outcomes import removal_index, require_same_rules
 from unbackdoor.measure.stats import Q_LEVEL, exact_mcnemar
 from unbackdoor.running import runtime
 from unbackdoor.running.cells import cell_dir, run_cells
@@ -397,10 +397,13 @@ def assemble(out: Path, cfg: RelearnConfig, cells: list[Cell], pairs: list[tuple
 
     def summary(p: Path) -> dict[str, Any]:
         s = read_json(p / "summary.json")
-        if s.get("classifier_version", 1) != version:  # R against theta_0's clean rate would mix rules
-            raise UserError(f"{p} was classified by outcome rules version {s.get('classifier_version', 1)}, the "
-                            f"transfer's baseline by version {version}: rerun the relearn with --overwrite (after "
-                            "re-evaluating the transfer if it is the older one)")  # fmt: skip
+        require_same_rules(
+            s,
+            version,
+            str(p),
+            "the transfer's baseline",
+            "rerun the relearn with --overwrite (after re-evaluating the transfer if it is the older one)",
+        )  # R against theta_0
         return s
 
     clean_before = {j: c["rate"] for j, c in result["clean_before"].items()}

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unbackdoor.measure.outcomes import OUTCOMES, removal_index
+from unbackdoor.measure.outcomes import OUTCOMES, removal_index, require_same_rules
 from unbackdoor.measure.stats import Q_LEVEL, bh_qvalues, exact_mcnemar
 from unbackdoor.measure.tables import csv_text, format_matrix
 from unbackdoor.running import runtime
@@ -299,10 +299,13 @@ def _check_probes(s: dict[str, Any], base: dict[str, Any], cols: list[str], wher
     if s.get("dtype", "float32") != base.get("dtype", "float32"):  # greedy generations depend on it
         raise UserError(f"{where} was evaluated in {s.get('dtype')}, the baseline in {base.get('dtype')}: rerun the "
                         "cell with --overwrite")  # fmt: skip
-    if s.get("classifier_version", 1) != base.get("classifier_version", 1):  # C, R and the tests would mix rules
-        raise UserError(f"{where} was classified by outcome rules version {s.get('classifier_version', 1)}, the "
-                        f"baseline by version {base.get('classifier_version', 1)}: rerun the transfer with "
-                        "--overwrite (or delete the older evaluations and --resume)")  # fmt: skip
+    require_same_rules(
+        s,
+        base.get("classifier_version", 1),
+        where,
+        "the baseline",
+        "rerun the transfer with --overwrite (or delete the older evaluations and --resume)",
+    )
 
 
 def clean_flags(eval_dir: Path) -> dict[str, list[tuple[str, bool]]]:
