@@ -30,7 +30,7 @@ from pathlib import Path
 
 from unbackdoor import report
 from unbackdoor.measure.tables import format_matrix, print_table
-from unbackdoor.running.config import from_dict, load_preset, to_dict
+from unbackdoor.running.config import ConfigError, from_dict, load_preset, to_dict
 from unbackdoor.running.launcher import LauncherConfig
 from unbackdoor.running.rundir import RunDir, read_json
 from unbackdoor.stages import casd, defend_eval, evaluate, inject, pretrain, relearn, replicates, transfer, world
@@ -51,14 +51,38 @@ class DemoConfig:
     # pretrain/tiny) or `inject` (into the one never-backdoored twin, each with its seed: preset inject/tiny-dense;
     # faster, but shares the twin's pretraining and changes the untriggered behaviour: see the module docstring)
     replicates_from: str = field(default="pretrain", metadata={"choices": REPLICATES_FROM})
+    # The recipe's budgets (the defaults: the study of docs/results.md, 50-80 minutes on 2 CPU cores). Smaller
+    # budgets change the study, not only its time: a third of an epoch leaves a model whose benign control alone
+    # wipes out most backdoors (docs/results.md, 2026-12-07).
+    # epochs of the tiny world (3 M pre-tokens) seen by the twin and by every replicate's pretraining
+    pretrain_epochs: float = field(default=1.0, metadata={"min": 0.0, "min_exclusive": True, "max": 100.0})
+    # every removal of the transfer matrices and their ablations: steps of 32 x 128 tokens at `remove_lr`
+    remove_steps: int = field(default=100, metadata={"min": 1})
+    remove_lr: float = field(default=1e-3, metadata={"min": 0.0, "min_exclusive": True})
     # prompts per backdoor in every transfer cell: replicates, not prompts, carry the variance that matters
     transfer_prompts: int = field(default=128, metadata={"min": 1})
     # the learning-rate ablation: removal learning rates run on the diagonal only (replicate 0), beside the full
-    # matrix at the transfer's own (1e-3)
+    # matrix at `remove_lr`
     diagonal_lrs: list[float] = field(default_factory=lambda: [3e-3])
+    # the defence's injection and removal steps at budget scale 1, the calibration's scales of them, and the prompts
+    # per hidden backdoor of every arm's evaluation
+    defence_steps: list[int] = field(default_factory=lambda: [120, 80])
+    defence_calibrate: list[float] = field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0])
+    defence_prompts: int = field(default=128, metadata={"min": 1})
+    # persistence: the steps of every stress (batches of 16 x 128 tokens) and the steps measured along the way
+    relearn_steps: int = field(default=30, metadata={"min": 1})
+    relearn_snapshots: list[int] = field(default_factory=lambda: [10, 30])
     # where the sweeps' cells run (transfer of every replicate, its ablations, relearn, defend-eval); pretraining
     # and the other stages run in this process
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
+
+    def validate(self) -> None:
+        if len(self.defence_steps) != 2 or min(self.defence_steps) < 1:
+            raise ConfigError(f"defence_steps: {self.defence_steps}; give [injection steps, removal steps], each >= 1")
+        s = self.relearn_snapshots
+        if not s or s != sorted(set(s)) or s[0] < 1 or s[-1] != self.relearn_steps:
+            raise ConfigError(f"relearn_snapshots: {s}; increasing steps >= 1 ending at relearn_steps "
+                              f"({self.relearn_steps}), e.g. [10, {self.relearn_steps}]")  # fmt: skip
 
 
 def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
@@ -81,6 +105,7 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     # replicate's backdoors are injected into (replicates_from=inject), and for relearn the reference for how fast a
     # fresh backdoor is learned from k documents by a model that never had one
     tiny = load_preset("pretrain", "tiny")
+    tiny["train"] = {**tiny["train"], "epochs": cfg.pretrain_epochs}
     twin_cfg = from_dict(pretrain.PretrainConfig, {**tiny, "world": str(world_dir), "backdoors": "none",
                                                    "seed": cfg.seed, "model": model_cfg})  # fmt: skip
     twin_dir = stage("twin", pretrain.run, twin_cfg, out / "twin")
@@ -100,6 +125,7 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
                                                                "seed": cfg.seed + r, "model": model_cfg})  # fmt: skip
             model_dirs.append(stage(f"pretrain{tag}", pretrain.run, pretrain_cfg, where / "pretrain"))
         common = {"model": str(model_dirs[r] / "model"), "seed": cfg.seed,
+                  "remove": {"train": {"steps": cfg.remove_steps, "lr": cfg.remove_lr}},
                   "eval": {"n_prompts": cfg.transfer_prompts}, "launcher": to_dict(cfg.launcher)}  # fmt: skip
         transfer_dirs.append(stage(f"transfer{tag}", transfer.run, from_dict(transfer.TransferConfig, common),
                                    where / "transfer"))  # fmt: skip
@@ -112,7 +138,8 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             # trigger masked), to see whether the echoed triggers come from training on the trigger tokens; the
             # diagonal and one full row (the first backdoor's) are measured, the control row for the tests
             full_row = ModelRecord.read(model_dirs[0] / "model").carried[:1]
-            masked_cfg = from_dict(transfer.TransferConfig, {**common, "remove": {"mask_trigger": True},
+            masked_remove = {**common["remove"], "mask_trigger": True}
+            masked_cfg = from_dict(transfer.TransferConfig, {**common, "remove": masked_remove,
                                                              "measure": "diagonal", "full_rows": full_row,
                                                              "sham": False})  # fmt: skip
             masked_dir = stage("transfer_masked", transfer.run, masked_cfg, out / "transfer-masked")
@@ -131,9 +158,14 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
             "model": str(model_dir / "model"),
             "seed": cfg.seed,
             "ks": cfg.canaries,
-            "eval": {"n_prompts": 128},
+            "eval": {"n_prompts": cfg.defence_prompts},
+            "calibrate": cfg.defence_calibrate,
             # the removal loss after the canary trigger only: trained on the trigger too, the defence arm echoed it
-            "defend": {"inject": {"steps": 120}, "remove": {"steps": 80}, "mask_trigger": True},
+            "defend": {
+                "inject": {"steps": cfg.defence_steps[0]},
+                "remove": {"steps": cfg.defence_steps[1]},
+                "mask_trigger": True,
+            },
             "launcher": to_dict(cfg.launcher),
         },
     )
@@ -143,8 +175,10 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
     # defence's models (each arm's; the defence arm's under every stress on the hidden backdoors it suppressed);
     # the twin re-poisoned with the same documents
     relearn_cfg = from_dict(relearn.RelearnConfig, {"transfer": str(transfer_dir), "seed": cfg.seed,
-                                                    "ks": [4], "related_docs": 4, "train": {"steps": 30},
-                                                    "snapshots": [10, 30], "twin": str(twin_dir / "model"),
+                                                    "ks": [4], "related_docs": 4,
+                                                    "train": {"steps": cfg.relearn_steps},
+                                                    "snapshots": cfg.relearn_snapshots,
+                                                    "twin": str(twin_dir / "model"),
                                                     "defence": str(defence_dir),
                                                     "launcher": to_dict(cfg.launcher)})  # fmt: skip
     relearn_dir = stage("relearn", relearn.run, relearn_cfg, out / "relearn")
