@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from unbackdoor.running.config import ConfigError
-from unbackdoor.running.launcher import COMMANDS_DIR, CellsPending, LauncherConfig, run_slurm, write_cells
+from unbackdoor.running.launcher import COMMANDS_DIR, CellsPending, LauncherConfig, job_threads, run_slurm, write_cells
 
 CONTROL = "control"  # the benign-control row of a transfer experiment (same compute, clean text only)
 SHAM = "sham"  # the sham-removal row: the removal recipe with fresh triggers never injected (`data.sham`)
@@ -111,7 +111,7 @@ def run_cells(
         )  # fmt: skip
     if launcher.kind == "slurm":
         return run_slurm(launcher, sweep, out, {key: files[key] for key in jobs}, on_done, label)
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, job_threads() // workers)  # the CPUs this process may run on (taskset, cgroups), split
     results: dict[Hashable, Any] = {}
     if workers == 1:
         for key, args in jobs.items():
