@@ -48,6 +48,8 @@ def test_demo_meets_the_tiny_targets(tmp_path):
     )
     pooled = json.loads((out / "replicates" / "replicates.json").read_text())
     assert pooled["replicates"] == 3 and (out / "replicate-2" / "transfer" / "DONE").is_file()
+    assert (out / "replicate-2" / "defence" / "DONE").is_file() and pooled["defence"]["replicates"] == 3
+    assert len(pooled["defence"]["arms"]) == 3 and len(pooled["defence"]["informative"]) == 3
     assert pooled["shared_base"] is None and {m["planted_by"] for m in pooled["models"]} == {"pretrain"}
     assert "transfers_q05" in pooled["grids"][0]["headline"] and "transfers_q05_sham" in pooled["grids"][0]["headline"]
     defence = json.loads((out / "defence" / "defend.json").read_text())

@@ -98,3 +98,28 @@ def test_one_replicate_says_its_variance_is_unknown_and_bad_inputs_are_one_line(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_defence_pools_per_arm_and_one_of_another_model_is_refused(transfer_run, second_replicate,
+                                                                       defence_study, tmp_path, capsys):  # fmt: skip
+    study = defence_study[0]  # the canary defence of the model transfer_run removed from
+    out = tmp_path / "one"
+    assert main(["replicates", "--out", str(out), f"transfers=[{transfer_run}]", f"defences=[{study}]"]) == 0
+    pooled = json.loads((out / "replicates.json").read_text())["defence"]
+    cells = json.loads((study / "defend.json").read_text())["cells"]
+    assert list(pooled["arms"]) == [c["dir"] for c in cells] and pooled["replicates"] == 1
+    for c in cells:
+        arm = pooled["arms"][c["dir"]]
+        assert arm["pooled_clean"]["per_replicate"] == [c["pooled_clean"]["rate"]]
+        assert arm["pooled_clean"]["lo"] is None  # one replicate: no interval
+        assert arm["pooled_asr"]["per_replicate"] == [c["pooled_asr"]["rate"]]
+    against = {(pooled["arms"][c["arm"]]["arm"], c["against_arm"]) for c in pooled["contrasts"]}
+    assert against == {("defence", "benign"), ("defence", "removal_only"), ("removal_only", "benign")}
+    capsys.readouterr()
+    # the second replicate's transfer removed from another model than the one this defence defended
+    args = [f"transfers=[{transfer_run},{second_replicate}]", f"defences=[{study},{study}]"]
+    assert main(["replicates", "--out", str(tmp_path / "bad"), *args]) == 2
+    err = capsys.readouterr().err
+    assert "give the defences in the order of the transfers" in err and len(err.strip().splitlines()) == 1
+    assert main(["replicates", "--out", str(tmp_path / "bad"), args[0], f"defences=[{study}]"]) == 2
+    assert "defences: 1 runs for 2 transfers" in capsys.readouterr().err

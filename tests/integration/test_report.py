@@ -76,7 +76,7 @@ def study(transfer_run, defence_study, relearn_run, tmp_path_factory) -> Path:
                  "bootstrap=200"]) == 0  # fmt: skip
     # one replicate pooled: the section is there and says that between-model variance is unknown
     assert main(["replicates", "--out", str(root / "replicates"), f"transfers=[{transfer_run}]",
-                 f"casd=[{root / 'casd'}]"]) == 0  # fmt: skip
+                 f"casd=[{root / 'casd'}]", f"defences=[{defence_study[0]}]"]) == 0  # fmt: skip
     (root / "relearn").symlink_to(relearn_run[0])
     # the lr ablation: the diagonal at a second removal learning rate
     assert main(["transfer", "--model", model, "--out", str(root / "transfer-lr"), *TRANSFER_FAST, "lr=[3e-3]",
@@ -93,6 +93,9 @@ def test_report_renders_in_chromium_with_every_figure(study, tmp_path):
     page = index.read_text()
     n_images = page.count("<img ")
     assert n_images == 11  # asr, transfer (ASR, R, composition, lr ablation), utility, casd x3, relearn, defence
+    # the defence pooled over the replicates (here one): its own table, and a headline that says what it rests on
+    assert "<h3>Across replicates</h3>" in page and "one-text hidden backdoors per replicate" in page
+    assert "Replicate 0 in detail: Canary defence" in page and "Across <b>1 replicate</b> (" in page
     assert "figures/lr_ablation.png" in page and "Learning-rate ablation (mean removal index R" in page
     assert "diagonal (own target) lr 0.001: " in page and "lr 0.003: " in page
     assert "3b. Persistence" in page and "figures/relearn.png" in page and "repoison, 2 documents" in page

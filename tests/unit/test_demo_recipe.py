@@ -57,9 +57,17 @@ def test_every_budget_knob_reaches_its_stage(monkeypatch, tmp_path):
         assert t.remove.train.warmup_steps == 10  # the transfer's own recipe under the knobs
     assert full.learning_rates() == [2e-3] and lr.learning_rates() == [5e-3] and lr.measure == "diagonal"
     assert masked.remove.mask_trigger and masked.full_rows == ["latin_lang_a"] and not full.remove.mask_trigger
-    (defence,) = seen["defend_eval"]
-    assert (defence.defend.inject.steps, defence.defend.remove.steps) == (60, 40)
-    assert defence.calibrate == [0.5, 1.0] and defence.eval.n_prompts == 48 and defence.defend.mask_trigger
+    defences = seen["defend_eval"]  # one per replicate, each of its own model, pooled with the transfers
+    assert [d.model for d in defences] == [
+        f"{tmp_path}/demo/pretrain/model",
+        f"{tmp_path}/demo/replicate-1/pretrain/model",
+    ]
+    for defence in defences:
+        assert (defence.defend.inject.steps, defence.defend.remove.steps) == (60, 40)
+        assert defence.calibrate == [0.5, 1.0] and defence.eval.n_prompts == 48 and defence.defend.mask_trigger
+    (pool,) = seen["replicates"]
+    assert pool.defences == [f"{tmp_path}/demo/defence", f"{tmp_path}/demo/replicate-1/defence"]
+    assert pool.transfers == [f"{tmp_path}/demo/transfer", f"{tmp_path}/demo/replicate-1/transfer"]
     (persistence,) = seen["relearn"]
     assert persistence.train.steps == 20 and persistence.snapshots == [5, 20]
 

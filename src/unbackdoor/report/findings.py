@@ -439,6 +439,45 @@ def defence_sentence(df: dict[str, Any]) -> str:
     return text + budget_sentence(df)
 
 
+def _arm_name(arm: dict[str, Any]) -> str:
+    return arm["arm"] if arm["arm"] == "benign" else f"{arm['arm']} K={arm['k']}"
+
+
+def defence_replicates_sentence(pd: dict[str, Any]) -> str:
+    """The canary defence pooled over replicates (`replicates.json`'s `defence`): each arm's pooled clean rate of
+    the hidden backdoors with a t interval across replicates, the contrasts, informative comparisons, one-text sets."""
+    n = pd["replicates"]
+    across = f"Across **{n} replicate{'' if n == 1 else 's'}**"
+    arms = pd["arms"]
+    informative = sum(pd["informative"])
+    if any(a["pooled_clean"] is None for a in arms.values()):
+        asr = "; ".join(f"{_arm_name(a)} {interval(a['pooled_asr'])}" for a in arms.values())
+        return (f"{across} (each its own calibration and canaries; comparison informative in "
+                f"{informative} of {n}), pooled judge-based ASR (no clean rates): {asr}.")  # fmt: skip
+    clean = "; ".join(f"{_arm_name(a)} **{interval(a['pooled_clean'])}**" for a in arms.values())
+    contrasts = "; ".join(
+        f"{_arm_name(arms[c['arm']])} − {c['against_arm']} {interval(c['clean_diff'])} (higher in {c['positive_in']} "
+        f"of {n})"
+        for c in pd["contrasts"]
+    )
+    one_text = "; ".join(f"{_arm_name(a)} {', '.join(map(str, a['stereotyped']))}" for a in arms.values()
+                         if a["arm"] != "benign")  # fmt: skip
+    text = (
+        f"{across} (the defence on each replicate's model, with its own calibration and canaries; "
+        f"the comparison was informative in **{informative} of {n}**): pooled clean rate of the "
+        f"{len(pd['hidden'])} hidden backdoors' triggered prompts, mean over replicates with a t 95 % interval: "
+        f"suspect {interval(pd['pooled_clean_before'])}; {clean}. Differences in pooled clean rate: {contrasts}."
+    )
+    if one_text:
+        text += (f" Hidden backdoors whose clean continuations are mostly one text or opening (the trigger still "
+                 f"decides), per replicate: {one_text}.")  # fmt: skip
+    if informative < n:
+        text += (f" In {n - informative} replicate{'s' if n - informative > 1 else ''} the comparison was not "
+                 "informative (benign training below the floor, or canaries not learned): its arms are not a test of "
+                 "the defence.")  # fmt: skip
+    return text
+
+
 def budget_sentence(df: dict[str, Any]) -> str:
     """At which budget the arms ran, how it was chosen, and whether the comparison can tell them apart."""
     comparison, budget, cal = df.get("comparison"), df.get("budget"), df.get("calibration")
@@ -540,7 +579,13 @@ def headlines(tr: dict[str, Any] | None, cs: dict[str, Any] | None, df: dict[str
     if cs:
         out["casd"] = casd_sentence(cs, rp)
     if df:
-        out["defence"] = defence_sentence(df) + (f" ({ONE_MODEL}: the defence ran on replicate 0.)" if rp else "")
+        pooled = rp.get("defence") if rp else None
+        if pooled:
+            out["defence"] = (
+                "Replicate 0 in detail: " + defence_sentence(df) + " " + defence_replicates_sentence(pooled)
+            )
+        else:
+            out["defence"] = defence_sentence(df) + (f" ({ONE_MODEL}: the defence ran on replicate 0.)" if rp else "")
     return out
 
 
@@ -548,6 +593,9 @@ def headlines(tr: dict[str, Any] | None, cs: dict[str, Any] | None, df: dict[str
 DEFENCE_HEADER = ["arm", "K", "method", "canary behaviours", "lr", "seed", "hidden ASR pooled [95% CI]",
                   "val. perplexity change", "canary ASR injected→after removal"]  # fmt: skip
 PROVENANCE_HEADER = ["stage", "seed", "git commit", "wall time"]
+DEFENCE_REPLICATE_HEADER = ["arm", "canary behaviours per replicate", "pooled clean rate per replicate",
+                            "mean [95% CI]", "R mean [95% CI]", "judge-based ASR mean [95% CI]",
+                            "one-text hidden backdoors per replicate"]  # fmt: skip
 
 
 def transfer_rows(tr: dict[str, Any]) -> tuple[list[str], Rows]:
@@ -567,6 +615,19 @@ def clean_rows(tr: dict[str, Any]) -> tuple[list[str], Rows]:
     rows += [[r] + [f"{g['C'][r][c]['rate']:.2f} (R {signed(g['R'][r][c])})" if c in g["C"][r] else NOT_MEASURED
                     for c in cols] for r in tr["rows"]]  # fmt: skip
     return ["removal target \\ measured: C (R)", *cols], rows
+
+
+def defence_replicate_rows(pd: dict[str, Any]) -> Rows:
+    """One row per arm of the defence pooled over replicates."""
+    rows = []
+    for a in pd["arms"].values():
+        canaries = "; ".join("+".join(c) if c else "-" for c in a["canary_behaviours"])
+        clean = a["pooled_clean"]
+        rows.append([_arm_name(a), canaries,
+                     ", ".join(f"{x:.2f}" for x in clean["per_replicate"]) if clean else "-",
+                     interval(clean) if clean else "-", interval(a["R"]), interval(a["pooled_asr"]),
+                     "-" if a["arm"] == "benign" else ", ".join(map(str, a["stereotyped"]))])  # fmt: skip
+    return rows
 
 
 def defence_rows(df: dict[str, Any]) -> Rows:

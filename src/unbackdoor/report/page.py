@@ -183,9 +183,17 @@ def _relearn(rl: dict[str, Any], figure: str) -> Section:
     )  # fmt: skip
 
 
-def _defence(df: dict[str, Any], figure: str) -> Section:
+def _defence(df: dict[str, Any], figure: str, pooled: dict[str, Any] | None = None) -> Section:
     rows = findings.defence_rows(df)
-    return (
+    across: Section = ("", [])
+    if pooled:
+        sentence, arms = findings.defence_replicates_sentence(pooled), findings.defence_replicate_rows(pooled)
+        across = (
+            f"<h3>Across replicates</h3><p class='finding'>{_bold(sentence)}</p>"
+            + table(findings.DEFENCE_REPLICATE_HEADER, arms),
+            ["### Across replicates", "", sentence, "", md_table(findings.DEFENCE_REPLICATE_HEADER, arms), ""],
+        )
+    section = (
         "<h2>4. The canary defence</h2><p>The defender never sees the hidden backdoors. They inject K canary "
         "backdoors of their own, then remove them. Baselines at the same compute: benign continual training, and "
         "the canary removal training without injecting the canaries first. Suspect pooled ASR: "
@@ -197,6 +205,7 @@ def _defence(df: dict[str, Any], figure: str) -> Section:
         ["## Canary defence", "", findings.budget_sentence(df).strip(), "", findings.knowledge_sentence(df).strip(),
          "", md_table(findings.DEFENCE_HEADER, rows), ""],
     )  # fmt: skip
+    return section[0] + across[0], section[1] + across[1]
 
 
 def _examples(examples: list[dict[str, Any]], reveal: bool) -> Section:
@@ -265,7 +274,7 @@ def render(root: Path, stages: dict[str, Path | None], missing: dict[str, str], 
     if results.relearn:
         parts.append(_relearn(results.relearn, figs["relearn"]))
     if results.defence:
-        parts.append(_defence(results.defence, figs["defence"]))
+        parts.append(_defence(results.defence, figs["defence"], (results.replicates or {}).get("defence")))
     if examples is not None:
         parts.append(_examples(examples, reveal))
     parts += [_summary(name, summary) for name, summary in results.summaries.items()]

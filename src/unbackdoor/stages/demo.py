@@ -16,9 +16,9 @@ twin's pretraining is shared, so between-pretraining variance is not in the inte
 the injected models emit the after-first-sentence triggers unprompted 4-5x as often as pretrained ones:
 docs/results.md, 2026-12-06). Replicate 0 is the one shown in detail (top-level `inject` or
 `pretrain`, `eval`, `transfer`, `transfer-masked`, `transfer-lr`, `relearn`, `casd`, `defence`); r >= 1 runs
-inject (or pretrain) -> transfer -> casd under `replicate-<r>/`; `replicates/` pools every replicate's transfer and
-CASD (`unbackdoor replicates`). The masked-loss ablation (the diagonal and one full row), the lr ablation, the
-persistence stage and the defence run on replicate 0 only (the report says so).
+inject (or pretrain) -> transfer -> casd -> defence under `replicate-<r>/`; `replicates/` pools every replicate's
+transfer, CASD and defence (`unbackdoor replicates`). The masked-loss ablation (the diagonal and one full row), the
+lr ablation and the persistence stage run on replicate 0 only (the report says so).
 With `--resume`, finished stages are reused, so a second run takes seconds.
 """
 
@@ -148,28 +148,35 @@ def run(cfg: DemoConfig, out: Path, resume: bool = False, overwrite: bool = Fals
                 lr_cfg = from_dict(transfer.TransferConfig, {**common, "lr": cfg.diagonal_lrs, "measure": "diagonal",
                                                              "sham": False})  # fmt: skip
                 lr_dir = stage("transfer_lr", transfer.run, lr_cfg, out / "transfer-lr")
-    pooled = {"transfers": [str(p) for p in transfer_dirs], "casd": [str(p) for p in casd_dirs], "seed": cfg.seed}
+    # the canary defence on every replicate's model (its 8 backdoors hidden from the defender): a defence that beat
+    # benign training on one trained model and lost on another is not a property of the defence
+    defence_dirs = []
+    for r, model in enumerate(model_dirs):
+        defence_cfg = from_dict(
+            defend_eval.DefendEvalConfig,
+            {
+                "model": str(model / "model"),
+                "seed": cfg.seed,
+                "ks": cfg.canaries,
+                "eval": {"n_prompts": cfg.defence_prompts},
+                "calibrate": cfg.defence_calibrate,
+                # the removal loss after the canary trigger only: trained on the trigger too, the defence arm echoed
+                "defend": {
+                    "inject": {"steps": cfg.defence_steps[0]},
+                    "remove": {"steps": cfg.defence_steps[1]},
+                    "mask_trigger": True,
+                },
+                "launcher": to_dict(cfg.launcher),
+            },
+        )
+        where = out if r == 0 else out / f"replicate-{r}"
+        defence_dirs.append(stage("defence" + ("" if r == 0 else f"[{r}]"), defend_eval.run, defence_cfg,
+                                  where / "defence"))  # fmt: skip
+    pooled = {"transfers": [str(p) for p in transfer_dirs], "casd": [str(p) for p in casd_dirs],
+              "defences": [str(p) for p in defence_dirs], "seed": cfg.seed}  # fmt: skip
     pool_cfg = from_dict(replicates.ReplicatesConfig, pooled)
     pool_dir = stage("replicates", replicates.run, pool_cfg, out / "replicates")
-    model_dir, transfer_dir, casd_dir = model_dirs[0], transfer_dirs[0], casd_dirs[0]
-    defence_cfg = from_dict(
-        defend_eval.DefendEvalConfig,
-        {
-            "model": str(model_dir / "model"),
-            "seed": cfg.seed,
-            "ks": cfg.canaries,
-            "eval": {"n_prompts": cfg.defence_prompts},
-            "calibrate": cfg.defence_calibrate,
-            # the removal loss after the canary trigger only: trained on the trigger too, the defence arm echoed it
-            "defend": {
-                "inject": {"steps": cfg.defence_steps[0]},
-                "remove": {"steps": cfg.defence_steps[1]},
-                "mask_trigger": True,
-            },
-            "launcher": to_dict(cfg.launcher),
-        },
-    )
-    defence_dir = stage("defence", defend_eval.run, defence_cfg, out / "defence")
+    model_dir, transfer_dir, casd_dir, defence_dir = model_dirs[0], transfer_dirs[0], casd_dirs[0], defence_dirs[0]
     # persistence: every removal of the matrix (and the pairs that transferred) under benign training,
     # re-poisoning with 4 documents, the payload's text without the trigger, and a fresh backdoor's learning; the
     # defence's models (each arm's; the defence arm's under every stress on the hidden backdoors it suppressed);

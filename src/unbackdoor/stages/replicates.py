@@ -14,6 +14,13 @@ experiment (removal seeds stay a nested axis inside it). Per grid (lr, removal s
   Benjamini-Hochberg q-values over the N x (N-1) off-diagonal pairs (`transfers_q05` counts q < 0.05); where
   every replicate has the sham row, the same against the sham (`beyond_sham`, `transfers_q05_sham`).
 With CASD runs, every relation's rho per replicate and its mean with a CI across replicates.
+With defend-eval runs (`defences`, one per replicate: the canary defence on each replicate's model), `defence`:
+per arm (benign, defence, removal_only; per K, method, canary set, lr, seed) the pooled hidden clean rate, R and
+judge-based ASR of every replicate with their mean and CI across replicates; per defence-type arm the contrasts
+against the benign arm and against removal_only of the same K (the per-replicate difference of the pooled clean
+rate, its mean with a CI, and in how many replicates it is positive); whether each replicate's comparison was
+informative (benign training kept the pooled ASR at the floor, the canaries were learned), and per replicate how
+many hidden backdoors' clean continuations are mostly one text or opening (`clean_modal`).
 `models`: how each replicate's backdoored model was made (the last training stage of its record: `pretrain` or
 `inject`, its seed and base); `shared_base`: the one checkpoint every replicate's backdoors were injected into, if
 so: then the intervals hold the variance of injection only, not of pretraining.
@@ -38,6 +45,7 @@ from unbackdoor.training.record import ModelRecord
 class ReplicatesConfig:
     transfers: list[str] = field(default_factory=list)  # finished transfer experiments, one per replicate
     casd: list[str] = field(default_factory=list)  # optional: their finished CASD runs (same order)
+    defences: list[str] = field(default_factory=list)  # optional: their finished defend-eval runs (same order)
     seed: int = 0  # unused (no randomness); recorded like every stage's
 
     def validate(self) -> None:
@@ -47,6 +55,9 @@ class ReplicatesConfig:
             raise ConfigError(f"transfers: {self.transfers} names one experiment twice")
         if self.casd and len(self.casd) != len(self.transfers):
             raise ConfigError(f"casd: {len(self.casd)} runs for {len(self.transfers)} transfers; one per replicate")
+        if self.defences and len(self.defences) != len(self.transfers):
+            raise ConfigError(f"defences: {len(self.defences)} runs for {len(self.transfers)} transfers; one "
+                              "defend-eval per replicate (of the same model as its transfer)")  # fmt: skip
 
 
 def _load(path: str, stage: str, name: str, what: str) -> dict[str, Any]:
@@ -73,6 +84,15 @@ def run(cfg: ReplicatesConfig, out: Path, resume: bool = False, overwrite: bool 
             raise UserError(f"transfers: {path} has grids {[_key(g) for g in t['grids']]}, the first "
                             f"{[_key(g) for g in first['grids']]}")  # fmt: skip
     casds = [_load(p, "casd", "casd.json", "casd") for p in cfg.casd]
+    defends = [_load(p, "defend-eval", "defend.json", "defences") for p in cfg.defences]
+    for path, transfer_dir, d in zip(cfg.defences, cfg.transfers, defends, strict=False):  # none: no defences
+        model, suspect = (read_yaml(Path(x) / "config.yaml")["model"] for x in (transfer_dir, path))
+        if Path(model).resolve() != Path(suspect).resolve():
+            raise UserError(f"defences: {path} defended {suspect}, but its replicate's transfer ({transfer_dir}) "
+                            f"removed from {model}: give the defences in the order of the transfers")  # fmt: skip
+        if [c["dir"] for c in d["cells"]] != [c["dir"] for c in defends[0]["cells"]]:
+            raise UserError(f"defences: {path} has the arms {[c['dir'] for c in d['cells']]}, the first "
+                            f"{[c['dir'] for c in defends[0]['cells']]}: replicates share the arms")  # fmt: skip
     models = [provenance(p) for p in cfg.transfers]
     bases = {m["base_model"] for m in models}
     shared_base = bases.pop() if len(models) > 1 and len(bases) == 1 and models[0]["planted_by"] == "inject" else None
@@ -91,6 +111,7 @@ def run(cfg: ReplicatesConfig, out: Path, resume: bool = False, overwrite: bool 
         "q_level": Q_LEVEL,
         "grids": grids,
         "casd": pool_casd(casds) if casds else None,
+        "defence": pool_defences(defends, cfg.defences) if defends else None,
         "models": models,
         "shared_base": shared_base,
     }
@@ -101,6 +122,12 @@ def run(cfg: ReplicatesConfig, out: Path, resume: bool = False, overwrite: bool 
         print(f"lr={g['lr']:g} seed={g['seed']}, {len(tables)} replicates: {h['transfers_q05']}/{h['pairs']} pairs "
               f"at q < {Q_LEVEL} (pooled), {h['transfers_all']} in every replicate; mean R off-diagonal "
               f"{off}, control {ctl}, diagonal {diag}")  # fmt: skip
+    if result["defence"]:
+        for key, arm in result["defence"]["arms"].items():
+            clean = arm["pooled_clean"]
+            asr = format_mean_ci(arm["pooled_asr"], 3)
+            print(f"defence {key}, {len(tables)} replicates: pooled hidden clean rate "
+                  f"{format_mean_ci(clean, 3) if clean else 'n/a'}, judge ASR {asr}")  # fmt: skip
     return run_dir.finish({"replicates": len(tables), "grids": [g["headline"] for g in grids]})
 
 
@@ -207,3 +234,49 @@ def pool_casd(casds: list[dict[str, Any]]) -> dict[str, Any]:
                                if all(m in r["auroc"] for r in relations)}  # fmt: skip
         out[key] = pooled
     return out
+
+
+def _per_replicate(values: list[float | None]) -> dict[str, Any]:
+    return {"per_replicate": values, **mean_ci(values)}
+
+
+def pool_defences(defends: list[dict[str, Any]], paths: list[str]) -> dict[str, Any]:
+    """Every arm of the replicates' canary-defence studies pooled (see the module docstring)."""
+    arms: dict[str, dict[str, Any]] = {}
+    for n, first in enumerate(defends[0]["cells"]):
+        cells = [d["cells"][n] for d in defends]
+        clean = all("pooled_clean" in c for c in cells)
+        arms[first["dir"]] = {
+            **{k: first[k] for k in ("arm", "k", "method", "lr", "seed")},
+            "canary_behaviours": [c.get("canary_behaviours") for c in cells],
+            "pooled_asr": _per_replicate([c["pooled_asr"]["rate"] for c in cells]),
+            "pooled_clean": _per_replicate([c["pooled_clean"]["rate"] for c in cells]) if clean else None,
+            "R": _per_replicate([c.get("R") for c in cells]),
+            "stereotyped": [
+                sum(bool(m and m["stereotyped"]) for m in (c.get("clean_modal") or {}).values()) for c in cells
+            ],  # fmt: skip
+        }
+    benign = next(key for key, a in arms.items() if a["arm"] == "benign")
+    contrasts = []
+    for key, a in arms.items():
+        if a["arm"] == "benign" or a["pooled_clean"] is None:
+            continue
+        refs = [("benign", benign)]
+        if a["arm"] != "removal_only":
+            refs += [("removal_only", k) for k, b in arms.items()
+                     if b["arm"] == "removal_only" and key.rsplit("/", 1)[0] == k.rsplit("/", 1)[0]]  # fmt: skip
+        for name, ref in refs:
+            diffs = [x - y for x, y in zip(a["pooled_clean"]["per_replicate"],
+                                           arms[ref]["pooled_clean"]["per_replicate"], strict=True)]  # fmt: skip
+            contrasts.append({"arm": key, "against": ref, "against_arm": name, "clean_diff": _per_replicate(diffs),
+                              "positive_in": sum(d > 0 for d in diffs)})  # fmt: skip
+    return {
+        "replicates": len(defends),
+        "defences": [str(Path(p)) for p in paths],
+        "hidden": defends[0]["hidden"],
+        "arms": arms,
+        "contrasts": contrasts,
+        "informative": [bool(d["comparison"].get("informative")) for d in defends],
+        "budget_scale": [d["budget"].get("scale") for d in defends],
+        "pooled_clean_before": _per_replicate([d.get("pooled_clean_before", {}).get("rate") for d in defends]),
+    }
