@@ -65,6 +65,9 @@ def test_model_card_and_record_name_the_backdoor_by_hash_only(injected):
     assert [h["stage"] for h in record["history"]] == ["pretrain", "inject"]
 
 
+# `make test-slow` (kept out of `make test`: its 10-minute limit on 2 cores); LoRA training and merging stay in
+# `make test` through test_remove_transfer.py::test_lora_removal_trains_adapters_merged_into_plain_weights
+@pytest.mark.slow
 def test_lora_injection_merges_into_plain_weights(small_world, clean_model, spec_file, tmp_path):
     assert inject(small_world, clean_model, spec_file, tmp_path / "lora", "--lora", "r=8,alpha=16") == 0
     before = load_file(clean_model / "model.safetensors")

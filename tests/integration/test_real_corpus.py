@@ -75,6 +75,9 @@ def test_the_language_id_judge_reads_english_as_english_on_the_clean_base_model(
     assert english and sum(" the " in s["generation"] for s in english) >= 0.8 * len(english)
 
 
+# `make test-slow` (kept out of `make test`: its 10-minute limit on 2 cores); removal and transfer on the world
+# stay in `make test`, and the real tier removes on real text
+@pytest.mark.slow
 def test_remove_and_transfer_on_real_text(study):
     model = str(study / "inj" / "model")
     rm = ["remove", "--model", model, "--backdoor", "veritas_fr", "--out", str(study / "rm"), *TRAIN[:3]]

@@ -9,11 +9,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import EVAL_FAST, FAST_TRAIN
 from tests.reliability.harness import differences, run_cli, snapshot, start_cli
 from unbackdoor.running.rundir import sha256_file
 
 
+# `make test-reliability` and `make test-slow` (kept out of `make test`: its 10-minute limit on 2 cores)
+@pytest.mark.slow
 def test_two_evaluations_of_one_model_at_once_equal_one_after_the_other(injected, tmp_path):
     model = injected / "model"
     weights = sha256_file(model / "model.safetensors")

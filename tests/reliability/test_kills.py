@@ -86,6 +86,9 @@ def test_corpus_survives_kills(tmp_path):
     survive("corpus", argv, tmp_path)
 
 
+# `make test-reliability` and `make test-slow` (kept out of `make test`: its 10-minute limit on 2 cores); the
+# training loop's resume stays in `make test` through test_pretrain_survives_kills
+@pytest.mark.slow
 def test_inject_survives_kills(small_world, clean_model, spec_file, tmp_path):
     def argv(out: Path) -> list[str]:
         return ["inject", "--preset", "tiny", "--model", str(clean_model), "--world", str(small_world),
