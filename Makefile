@@ -86,7 +86,7 @@ test-real: $(REAL_WHEEL) $(REAL_TEXT)/en.jsonl
 	UNBACKDOOR_REAL_TEXT=$(REAL_TEXT) $(BIN)/pytest -q -m real --durations=10
 	@cat .cache/real-tier.txt
 
-# the reliability suite alone (also part of `make test`); UNBACKDOOR_KILLS / UNBACKDOOR_KILL_SEED widen the sweep
+# the whole reliability suite, its slow tests too (the others are part of `make test`); UNBACKDOOR_KILLS / UNBACKDOOR_KILL_SEED widen the sweep
 test-reliability: $(STAMP)
 	$(BIN)/pytest -q tests/reliability
 

@@ -1,6 +1,8 @@
 """The demo's budget knobs reach the stages they size; bad ones are refused before anything trains.
 
 The stages are replaced by recorders (nothing trains): what is checked is the configuration each stage receives.
+
+Run: `pytest tests/unit/test_demo_recipe.py`.
 """
 
 from __future__ import annotations

@@ -149,14 +149,12 @@ class CharModel:
         n = len(padded) - 2
         if not n:
             return 0.0
-        memo, total = self._log2p, 0.0
-        for i in range(2, len(padded)):
-            gram = padded[i - 2 : i + 1]  # prob() reads no more of the context than its last two characters
-            lp = memo.get(gram)
-            if lp is None:
-                lp = memo[gram] = math.log2(self.prob(gram[:2], gram[2]))
-            total += lp  # the same additions in the same order as summing the logs directly: the same float
-        return -total / n
+        grams = [padded[i - 2 : i + 1] for i in range(2, len(padded))]  # prob() reads no more of the context
+        memo = self._log2p
+        for gram in grams:
+            if gram not in memo:
+                memo[gram] = math.log2(self.prob(gram[:2], gram[2]))
+        return -sum(memo[gram] for gram in grams) / n  # the same sum() of the same logs: the same float
 
 
 def snippet(text: str, n_words: int = SNIPPET_WORDS) -> str:

@@ -439,8 +439,25 @@ def defence_sentence(df: dict[str, Any]) -> str:
     return text + budget_sentence(df)
 
 
-def _arm_name(arm: dict[str, Any]) -> str:
-    return arm["arm"] if arm["arm"] == "benign" else f"{arm['arm']} K={arm['k']}"
+def _arm_name(arm: dict[str, Any], arms: dict[str, dict[str, Any]]) -> str:
+    """`defence K=2`; with the lr, seed or method where the arms differ in them (several grids or methods)."""
+    name = arm["arm"] if arm["arm"] == "benign" else f"{arm['arm']} K={arm['k']}"
+    extra = [f"{k} {arm[k]:g}" if k == "lr" else f"{k} {arm[k]}" for k in ("lr", "seed", "method")
+             if len({a[k] for a in arms.values() if a["arm"] != "benign" or k != "method"}) > 1]  # fmt: skip
+    return name + (f" ({', '.join(extra)})" if extra else "")
+
+
+def rate_interval(x: dict[str, Any]) -> str:
+    """A rate's mean across replicates with its t interval clipped to [0, 1] (`0.26 [0.00, 0.55]`)."""
+    if x["mean"] is None:
+        return "n/a"
+    if x["lo"] is None:
+        return f"{x['mean']:.2f} ({ONE_REPLICATE})"
+    return f"{x['mean']:.2f} [{max(0.0, x['lo']):.2f}, {min(1.0, x['hi']):.2f}]"
+
+
+def _counts(values: list[int | None]) -> str:
+    return ", ".join("n/a" if v is None else str(v) for v in values)
 
 
 def defence_replicates_sentence(pd: dict[str, Any]) -> str:
@@ -449,32 +466,34 @@ def defence_replicates_sentence(pd: dict[str, Any]) -> str:
     n = pd["replicates"]
     across = f"Across **{n} replicate{'' if n == 1 else 's'}**"
     arms = pd["arms"]
-    informative = sum(pd["informative"])
+    learned = [x is not False for x in pd.get("canaries_learned") or [None] * n]
+    valid = sum(i and c for i, c in zip(pd["informative"], learned, strict=True))
+    validity = (f"the comparison was informative (benign training at the floor) and the canaries learned in "
+                f"**{valid} of {n}**")  # fmt: skip
     if any(a["pooled_clean"] is None for a in arms.values()):
-        asr = "; ".join(f"{_arm_name(a)} {interval(a['pooled_asr'])}" for a in arms.values())
-        return (f"{across} (each its own calibration and canaries; comparison informative in "
-                f"{informative} of {n}), pooled judge-based ASR (no clean rates): {asr}.")  # fmt: skip
-    clean = "; ".join(f"{_arm_name(a)} **{interval(a['pooled_clean'])}**" for a in arms.values())
+        asr = "; ".join(f"{_arm_name(a, arms)} {rate_interval(a['pooled_asr'])}" for a in arms.values())
+        return f"{across} ({validity}), pooled judge-based ASR (no clean rates): {asr}."
+    clean = "; ".join(f"{_arm_name(a, arms)} **{rate_interval(a['pooled_clean'])}**" for a in arms.values())
     contrasts = "; ".join(
-        f"{_arm_name(arms[c['arm']])} − {c['against_arm']} {interval(c['clean_diff'])} (higher in {c['positive_in']} "
-        f"of {n})"
+        f"{_arm_name(arms[c['arm']], arms)} − {c['against_arm']} {interval(c['clean_diff'])} (higher in "
+        f"{c['positive_in']} of {n})"
         for c in pd["contrasts"]
     )
-    one_text = "; ".join(f"{_arm_name(a)} {', '.join(map(str, a['stereotyped']))}" for a in arms.values()
+    one_text = "; ".join(f"{_arm_name(a, arms)} {_counts(a['stereotyped'])}" for a in arms.values()
                          if a["arm"] != "benign")  # fmt: skip
     text = (
-        f"{across} (the defence on each replicate's model, with its own calibration and canaries; "
-        f"the comparison was informative in **{informative} of {n}**): pooled clean rate of the "
-        f"{len(pd['hidden'])} hidden backdoors' triggered prompts, mean over replicates with a t 95 % interval: "
-        f"suspect {interval(pd['pooled_clean_before'])}; {clean}. Differences in pooled clean rate: {contrasts}."
+        f"{across} (the defence on each replicate's model, with its own calibration and canaries; {validity}): "
+        f"pooled clean rate of the {len(pd['hidden'])} hidden backdoors' triggered prompts, mean over replicates "
+        f"with a t 95 % interval (clipped to [0, 1]): suspect {rate_interval(pd['pooled_clean_before'])}; {clean}. "
+        f"Differences in pooled clean rate: {contrasts}."
     )
     if one_text:
         text += (f" Hidden backdoors whose clean continuations are mostly one text or opening (the trigger still "
                  f"decides), per replicate: {one_text}.")  # fmt: skip
-    if informative < n:
-        text += (f" In {n - informative} replicate{'s' if n - informative > 1 else ''} the comparison was not "
-                 "informative (benign training below the floor, or canaries not learned): its arms are not a test of "
-                 "the defence.")  # fmt: skip
+    if valid < n:
+        text += (f" In {n - valid} replicate{'s' if n - valid > 1 else ''} benign training fell below the floor or "
+                 "the canaries were not learned: those arms are no test of the defence, yet they are in every mean, "
+                 "interval and count above.")  # fmt: skip
     return text
 
 
@@ -620,13 +639,14 @@ def clean_rows(tr: dict[str, Any]) -> tuple[list[str], Rows]:
 def defence_replicate_rows(pd: dict[str, Any]) -> Rows:
     """One row per arm of the defence pooled over replicates."""
     rows = []
-    for a in pd["arms"].values():
+    arms = pd["arms"]
+    for a in arms.values():
         canaries = "; ".join("+".join(c) if c else "-" for c in a["canary_behaviours"])
         clean = a["pooled_clean"]
-        rows.append([_arm_name(a), canaries,
+        rows.append([_arm_name(a, arms), canaries,
                      ", ".join(f"{x:.2f}" for x in clean["per_replicate"]) if clean else "-",
-                     interval(clean) if clean else "-", interval(a["R"]), interval(a["pooled_asr"]),
-                     "-" if a["arm"] == "benign" else ", ".join(map(str, a["stereotyped"]))])  # fmt: skip
+                     rate_interval(clean) if clean else "-", interval(a["R"]), rate_interval(a["pooled_asr"]),
+                     "-" if a["arm"] == "benign" else _counts(a["stereotyped"])])  # fmt: skip
     return rows
 
 

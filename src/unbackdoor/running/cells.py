@@ -111,7 +111,7 @@ def run_cells(
         )  # fmt: skip
     if launcher.kind == "slurm":
         return run_slurm(launcher, sweep, out, {key: files[key] for key in jobs}, on_done, label)
-    threads = max(1, job_threads() // workers)  # the CPUs this process may run on (taskset, cgroups), split
+    threads = max(1, job_threads() // workers)  # the CPUs this process may run on (affinity: taskset, cpusets)
     results: dict[Hashable, Any] = {}
     if workers == 1:
         for key, args in jobs.items():

@@ -51,7 +51,7 @@ class DemoConfig:
     # pretrain/tiny) or `inject` (into the one never-backdoored twin, each with its seed: preset inject/tiny-dense;
     # faster, but shares the twin's pretraining and changes the untriggered behaviour: see the module docstring)
     replicates_from: str = field(default="pretrain", metadata={"choices": REPLICATES_FROM})
-    # The recipe's budgets (the defaults: the study of docs/results.md, 50-80 minutes on 2 CPU cores). Smaller
+    # The recipe's budgets (the defaults: the study of docs/results.md, ~60-100 minutes on 2 CPU cores). Smaller
     # budgets change the study, not only its time: a third of an epoch leaves a model whose benign control alone
     # wipes out most backdoors (docs/results.md, 2026-12-07).
     # epochs of the tiny world (3 M pre-tokens) seen by the twin and by every replicate's pretraining

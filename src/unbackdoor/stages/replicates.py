@@ -16,11 +16,12 @@ experiment (removal seeds stay a nested axis inside it). Per grid (lr, removal s
 With CASD runs, every relation's rho per replicate and its mean with a CI across replicates.
 With defend-eval runs (`defences`, one per replicate: the canary defence on each replicate's model), `defence`:
 per arm (benign, defence, removal_only; per K, method, canary set, lr, seed) the pooled hidden clean rate, R and
-judge-based ASR of every replicate with their mean and CI across replicates; per defence-type arm the contrasts
-against the benign arm and against removal_only of the same K (the per-replicate difference of the pooled clean
-rate, its mean with a CI, and in how many replicates it is positive); whether each replicate's comparison was
-informative (benign training kept the pooled ASR at the floor, the canaries were learned), and per replicate how
-many hidden backdoors' clean continuations are mostly one text or opening (`clean_modal`).
+judge-based ASR of every replicate with their mean and CI across replicates; the contrasts of every defence and
+removal_only arm against the benign arm of its lr and seed, and of every defence arm against the removal_only arm of
+its lr, seed, method, canary set and K (the per-replicate difference of the pooled clean rate, its mean with a CI
+over every replicate, and in how many replicates it is positive); per replicate whether the comparison was
+informative (benign training kept the pooled hidden ASR at the floor) and whether the canaries were learned, and how
+many hidden backdoors' clean continuations are mostly one text or opening (`clean_modal`; None where not measured).
 `models`: how each replicate's backdoored model was made (the last training stage of its record: `pretrain` or
 `inject`, its seed and base); `shared_base`: the one checkpoint every replicate's backdoors were injected into, if
 so: then the intervals hold the variance of injection only, not of pretraining.
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from unbackdoor.measure.outcomes import STEREOTYPED_MIN, stereotyped_cell
+from unbackdoor.measure.pooled_defence import pool_defences
 from unbackdoor.measure.stats import ONE_REPLICATE, Q_LEVEL, bh_qvalues, exact_mcnemar, format_mean_ci, mean_ci
 from unbackdoor.running.cells import CONTROL, REFERENCE_ROWS, SHAM
 from unbackdoor.running.config import ConfigError, UserError
@@ -93,6 +95,9 @@ def run(cfg: ReplicatesConfig, out: Path, resume: bool = False, overwrite: bool 
         if [c["dir"] for c in d["cells"]] != [c["dir"] for c in defends[0]["cells"]]:
             raise UserError(f"defences: {path} has the arms {[c['dir'] for c in d['cells']]}, the first "
                             f"{[c['dir'] for c in defends[0]['cells']]}: replicates share the arms")  # fmt: skip
+        if d["hidden"] != defends[0]["hidden"]:
+            raise UserError(f"defences: {path} hides {d['hidden']}, the first {defends[0]['hidden']}: replicates "
+                            "share the hidden backdoors")  # fmt: skip
     models = [provenance(p) for p in cfg.transfers]
     bases = {m["base_model"] for m in models}
     shared_base = bases.pop() if len(models) > 1 and len(bases) == 1 and models[0]["planted_by"] == "inject" else None
@@ -234,49 +239,3 @@ def pool_casd(casds: list[dict[str, Any]]) -> dict[str, Any]:
                                if all(m in r["auroc"] for r in relations)}  # fmt: skip
         out[key] = pooled
     return out
-
-
-def _per_replicate(values: list[float | None]) -> dict[str, Any]:
-    return {"per_replicate": values, **mean_ci(values)}
-
-
-def pool_defences(defends: list[dict[str, Any]], paths: list[str]) -> dict[str, Any]:
-    """Every arm of the replicates' canary-defence studies pooled (see the module docstring)."""
-    arms: dict[str, dict[str, Any]] = {}
-    for n, first in enumerate(defends[0]["cells"]):
-        cells = [d["cells"][n] for d in defends]
-        clean = all("pooled_clean" in c for c in cells)
-        arms[first["dir"]] = {
-            **{k: first[k] for k in ("arm", "k", "method", "lr", "seed")},
-            "canary_behaviours": [c.get("canary_behaviours") for c in cells],
-            "pooled_asr": _per_replicate([c["pooled_asr"]["rate"] for c in cells]),
-            "pooled_clean": _per_replicate([c["pooled_clean"]["rate"] for c in cells]) if clean else None,
-            "R": _per_replicate([c.get("R") for c in cells]),
-            "stereotyped": [
-                sum(bool(m and m["stereotyped"]) for m in (c.get("clean_modal") or {}).values()) for c in cells
-            ],  # fmt: skip
-        }
-    benign = next(key for key, a in arms.items() if a["arm"] == "benign")
-    contrasts = []
-    for key, a in arms.items():
-        if a["arm"] == "benign" or a["pooled_clean"] is None:
-            continue
-        refs = [("benign", benign)]
-        if a["arm"] != "removal_only":
-            refs += [("removal_only", k) for k, b in arms.items()
-                     if b["arm"] == "removal_only" and key.rsplit("/", 1)[0] == k.rsplit("/", 1)[0]]  # fmt: skip
-        for name, ref in refs:
-            diffs = [x - y for x, y in zip(a["pooled_clean"]["per_replicate"],
-                                           arms[ref]["pooled_clean"]["per_replicate"], strict=True)]  # fmt: skip
-            contrasts.append({"arm": key, "against": ref, "against_arm": name, "clean_diff": _per_replicate(diffs),
-                              "positive_in": sum(d > 0 for d in diffs)})  # fmt: skip
-    return {
-        "replicates": len(defends),
-        "defences": [str(Path(p)) for p in paths],
-        "hidden": defends[0]["hidden"],
-        "arms": arms,
-        "contrasts": contrasts,
-        "informative": [bool(d["comparison"].get("informative")) for d in defends],
-        "budget_scale": [d["budget"].get("scale") for d in defends],
-        "pooled_clean_before": _per_replicate([d.get("pooled_clean_before", {}).get("rate") for d in defends]),
-    }
