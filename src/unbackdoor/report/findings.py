@@ -27,6 +27,7 @@ from unbackdoor.measure.outcomes import (
     removal_verdict,
     stereotyped_cell,
 )
+from unbackdoor.measure.pooled_defence import rate_interval
 from unbackdoor.measure.stats import ONE_REPLICATE, Q_LEVEL, format_mean_ci
 from unbackdoor.running.cells import CONTROL, REFERENCE_ROWS, SHAM
 
@@ -445,15 +446,6 @@ def _arm_name(arm: dict[str, Any], arms: dict[str, dict[str, Any]]) -> str:
     extra = [f"{k} {arm[k]:g}" if k == "lr" else f"{k} {arm[k]}" for k in ("lr", "seed", "method")
              if len({a[k] for a in arms.values() if a["arm"] != "benign" or k != "method"}) > 1]  # fmt: skip
     return name + (f" ({', '.join(extra)})" if extra else "")
-
-
-def rate_interval(x: dict[str, Any]) -> str:
-    """A rate's mean across replicates with its t interval clipped to [0, 1] (`0.26 [0.00, 0.55]`)."""
-    if x["mean"] is None:
-        return "n/a"
-    if x["lo"] is None:
-        return f"{x['mean']:.2f} ({ONE_REPLICATE})"
-    return f"{x['mean']:.2f} [{max(0.0, x['lo']):.2f}, {min(1.0, x['hi']):.2f}]"
 
 
 def _counts(values: list[int | None]) -> str:
