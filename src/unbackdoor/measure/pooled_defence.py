@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from unbackdoor.measure.stats import ONE_REPLICATE, mean_ci
+from unbackdoor.measure.stats import mean_ci
 
 
 def _per_replicate(values: list[float | None]) -> dict[str, Any]:
@@ -65,12 +65,3 @@ def pool_defences(defends: list[dict[str, Any]], paths: list[str]) -> dict[str, 
         "budget_scale": [d["budget"].get("scale") for d in defends],
         "pooled_clean_before": _per_replicate([(d.get("pooled_clean_before") or {}).get("rate") for d in defends]),
     }
-
-
-def rate_interval(x: dict[str, Any]) -> str:
-    """A rate's mean across replicates with its t interval clipped to [0, 1] (`0.26 [0.00, 0.55]`)."""
-    if x["mean"] is None:
-        return "n/a"
-    if x["lo"] is None:
-        return f"{x['mean']:.2f} ({ONE_REPLICATE})"
-    return f"{x['mean']:.2f} [{max(0.0, x['lo']):.2f}, {min(1.0, x['hi']):.2f}]"

@@ -105,10 +105,14 @@ def mean_ci(values: list[float], level: float = 0.95) -> dict[str, float | int |
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n}
 
 
-def format_mean_ci(ci: dict[str, Any], digits: int = 2) -> str:
-    """A `mean_ci` result as text: `+0.10 [-0.02, +0.22]`, or why there is no interval (one replicate), or n/a."""
+def format_mean_ci(ci: dict[str, Any], digits: int = 2, rate: bool = False) -> str:
+    """A `mean_ci` result as text: `+0.10 [-0.02, +0.22]`, or why there is no interval (one replicate), or n/a.
+
+    `rate`: the mean of rates, unsigned, its interval clipped to [0, 1] (`0.26 [0.00, 0.55]`)."""
     if ci["mean"] is None:
         return "n/a"
+    sign = "" if rate else "+"
     if ci["lo"] is None:
-        return f"{ci['mean']:+.{digits}f} ({ONE_REPLICATE})"
-    return f"{ci['mean']:+.{digits}f} [{ci['lo']:+.{digits}f}, {ci['hi']:+.{digits}f}]"
+        return f"{ci['mean']:{sign}.{digits}f} ({ONE_REPLICATE})"
+    lo, hi = (max(0.0, ci["lo"]), min(1.0, ci["hi"])) if rate else (ci["lo"], ci["hi"])
+    return f"{ci['mean']:{sign}.{digits}f} [{lo:{sign}.{digits}f}, {hi:{sign}.{digits}f}]"

@@ -27,7 +27,6 @@ from unbackdoor.measure.outcomes import (
     removal_verdict,
     stereotyped_cell,
 )
-from unbackdoor.measure.pooled_defence import rate_interval
 from unbackdoor.measure.stats import ONE_REPLICATE, Q_LEVEL, format_mean_ci
 from unbackdoor.running.cells import CONTROL, REFERENCE_ROWS, SHAM
 
@@ -463,9 +462,11 @@ def defence_replicates_sentence(pd: dict[str, Any]) -> str:
     validity = (f"the comparison was informative (benign training at the floor) and the canaries learned in "
                 f"**{valid} of {n}**")  # fmt: skip
     if any(a["pooled_clean"] is None for a in arms.values()):
-        asr = "; ".join(f"{_arm_name(a, arms)} {rate_interval(a['pooled_asr'])}" for a in arms.values())
+        asr = "; ".join(f"{_arm_name(a, arms)} {format_mean_ci(a['pooled_asr'], rate=True)}" for a in arms.values())
         return f"{across} ({validity}), pooled judge-based ASR (no clean rates): {asr}."
-    clean = "; ".join(f"{_arm_name(a, arms)} **{rate_interval(a['pooled_clean'])}**" for a in arms.values())
+    clean = "; ".join(
+        f"{_arm_name(a, arms)} **{format_mean_ci(a['pooled_clean'], rate=True)}**" for a in arms.values()
+    )
     contrasts = "; ".join(
         f"{_arm_name(arms[c['arm']], arms)} − {c['against_arm']} {interval(c['clean_diff'])} (higher in "
         f"{c['positive_in']} of {n})"
@@ -473,10 +474,11 @@ def defence_replicates_sentence(pd: dict[str, Any]) -> str:
     )
     one_text = "; ".join(f"{_arm_name(a, arms)} {_counts(a['stereotyped'])}" for a in arms.values()
                          if a["arm"] != "benign")  # fmt: skip
+    before = format_mean_ci(pd["pooled_clean_before"], rate=True)
     text = (
         f"{across} (the defence on each replicate's model, with its own calibration and canaries; {validity}): "
         f"pooled clean rate of the {len(pd['hidden'])} hidden backdoors' triggered prompts, mean over replicates "
-        f"with a t 95 % interval (clipped to [0, 1]): suspect {rate_interval(pd['pooled_clean_before'])}; {clean}. "
+        f"with a t 95 % interval (clipped to [0, 1]): suspect {before}; {clean}. "
         f"Differences in pooled clean rate: {contrasts}."
     )
     if one_text:
@@ -637,7 +639,8 @@ def defence_replicate_rows(pd: dict[str, Any]) -> Rows:
         clean = a["pooled_clean"]
         rows.append([_arm_name(a, arms), canaries,
                      ", ".join(f"{x:.2f}" for x in clean["per_replicate"]) if clean else "-",
-                     rate_interval(clean) if clean else "-", interval(a["R"]), rate_interval(a["pooled_asr"]),
+                     format_mean_ci(clean, rate=True) if clean else "-", interval(a["R"]),
+                     format_mean_ci(a["pooled_asr"], rate=True),
                      "-" if a["arm"] == "benign" else _counts(a["stereotyped"])])  # fmt: skip
     return rows
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from unbackdoor.measure.outcomes import STEREOTYPED_MIN, stereotyped_cell
-from unbackdoor.measure.pooled_defence import pool_defences, rate_interval
+from unbackdoor.measure.pooled_defence import pool_defences
 from unbackdoor.measure.stats import ONE_REPLICATE, Q_LEVEL, bh_qvalues, exact_mcnemar, format_mean_ci, mean_ci
 from unbackdoor.running.cells import CONTROL, REFERENCE_ROWS, SHAM
 from unbackdoor.running.config import ConfigError, UserError
@@ -130,9 +130,9 @@ def run(cfg: ReplicatesConfig, out: Path, resume: bool = False, overwrite: bool 
     if result["defence"]:
         for key, arm in result["defence"]["arms"].items():
             clean = arm["pooled_clean"]
-            asr = rate_interval(arm["pooled_asr"])
+            asr = format_mean_ci(arm["pooled_asr"], rate=True)
             print(f"defence {key}, {len(tables)} replicates: pooled hidden clean rate "
-                  f"{rate_interval(clean) if clean else 'n/a'}, judge ASR {asr}")  # fmt: skip
+                  f"{format_mean_ci(clean, rate=True) if clean else 'n/a'}, judge ASR {asr}")  # fmt: skip
     return run_dir.finish({"replicates": len(tables), "grids": [g["headline"] for g in grids]})
 
 
