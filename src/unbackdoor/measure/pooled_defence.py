@@ -41,9 +41,13 @@ def pool_defences(defends: list[dict[str, Any]], paths: list[str]) -> dict[str, 
     for key, a in arms.items():
         if a["arm"] == "benign" or a["pooled_clean"] is None:
             continue
-        grid, setting = "/".join(key.split("/")[:2]), key.rsplit("/", 1)[0]  # lr=../seed=.., and .../k=K
-        refs = [("benign", k) for k, b in arms.items() if b["arm"] == "benign" and k.startswith(grid + "/")]
+        refs = [
+            ("benign", k)
+            for k, b in arms.items()
+            if b["arm"] == "benign" and (b["lr"], b["seed"]) == (a["lr"], a["seed"])
+        ]
         if a["arm"] != "removal_only":  # the canary removal without the canaries: same lr, seed, method, set, K
+            setting = key.rsplit("/", 1)[0]  # the cell's directory without its arm: lr, seed, method, canary set, K
             refs += [("removal_only", k) for k, b in arms.items()
                      if b["arm"] == "removal_only" and k.rsplit("/", 1)[0] == setting]  # fmt: skip
         for name, ref in refs:

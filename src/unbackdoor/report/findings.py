@@ -457,7 +457,7 @@ def defence_replicates_sentence(pd: dict[str, Any]) -> str:
     n = pd["replicates"]
     across = f"Across **{n} replicate{'' if n == 1 else 's'}**"
     arms = pd["arms"]
-    learned = [x is not False for x in pd.get("canaries_learned") or [None] * n]
+    learned = [x is not False for x in pd["canaries_learned"]]  # None: a defend.json that did not record it
     valid = sum(i and c for i, c in zip(pd["informative"], learned, strict=True))
     validity = (f"the comparison was informative (benign training at the floor) and the canaries learned in "
                 f"**{valid} of {n}**")  # fmt: skip
